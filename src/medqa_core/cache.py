@@ -1,0 +1,141 @@
+"""Content-addressed store for pretrained bases, adapters, answers and scores.
+
+Key = sha256 of the canonical JSON of every input that changes the artefact. An entry is a
+directory ``<root>/<kind>/<key[:2]>/<key>/`` holding the artefact plus ``meta.json``; it is
+built in a temporary sibling directory and renamed into place only when complete, under a
+per-key file lock, so pytest-xdist workers never build the same entry twice and never see a
+half-written one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from .errors import CacheError
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+
+
+def canonical_json(payload: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, floats by repr; rejects NaN/inf."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def content_key(payload: Any) -> str:
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_digest(path: Path) -> str:
+    """Digest of every file under a directory (relative names + contents)."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode())
+        h.update(file_digest(p).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    path: Path
+    meta: dict[str, Any]
+    built: bool  # True when this call built it, False when it was already cached
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "locks").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"--cache-dir {self.root}: cannot create it ({exc}); pass a writable directory") from exc
+
+    def path_for(self, kind: str, key: str) -> Path:
+        return self.root / kind / key[:2] / key
+
+    def lookup(self, kind: str, payload: Any) -> Entry | None:
+        key = content_key(payload)
+        path = self.path_for(kind, key)
+        meta = self._read_meta(path)
+        return None if meta is None else Entry(key, path, meta, built=False)
+
+    def get_or_build(
+        self,
+        kind: str,
+        payload: Any,
+        build: Callable[[Path], dict[str, Any] | None],
+    ) -> Entry:
+        """Return the entry for ``payload``, calling ``build(tmp_dir)`` once if it is missing.
+
+        ``build`` writes its files into ``tmp_dir`` and returns extra metadata (JSON-able).
+        If it raises, nothing is left behind and the error propagates.
+        """
+        key = content_key(payload)
+        path = self.path_for(kind, key)
+        meta = self._read_meta(path)
+        if meta is not None:
+            return Entry(key, path, meta, built=False)
+        with FileLock(str(self.root / "locks" / f"{kind}-{key}.lock")):
+            meta = self._read_meta(path)  # another worker may have built it while we waited
+            if meta is not None:
+                return Entry(key, path, meta, built=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=path.parent))
+            try:
+                extra = build(tmp) or {}
+                meta = {"kind": kind, "key": key, "inputs": payload, **extra}
+                _check_finite(meta, f"cache entry {kind}/{key}")
+                (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=False))
+                if path.exists():  # a corrupt leftover without meta.json: replace it
+                    shutil.rmtree(path)
+                os.replace(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            log.info("cache: built %s/%s", kind, key[:12])
+            return Entry(key, path, meta, built=True)
+
+    @staticmethod
+    def _read_meta(path: Path) -> dict[str, Any] | None:
+        f = path / META
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CacheError(
+                f"{f}: unreadable cache metadata ({exc}); delete {path} and rerun to rebuild it"
+            ) from exc
+
+
+def _check_finite(obj: Any, where: str) -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise CacheError(f"{where}: refusing to store a non-finite number")
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _check_finite(v, where)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _check_finite(v, where)

@@ -1,0 +1,170 @@
+"""Loaders: each dataset's own file layout -> ``QAExample`` rows, and a deterministic split.
+
+Supported files: JSON (a list of objects), JSONL, CSV (header row) and parquet. The spec's
+column mapping picks the question column(s) (joined with a newline) and the answer column.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import content_key
+from .errors import DatasetError
+from .specs import DatasetSpec, SplitConfig
+
+FORMATS = ("json", "jsonl", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class QAExample:
+    id: str  # stable: sha256 of the normalised question, first 16 hex digits
+    question: str
+    answer: str
+
+
+@dataclass
+class LoadStats:
+    rows_read: int = 0
+    dropped_empty: int = 0
+    dropped_duplicate: int = 0
+    kept: int = 0
+
+
+@dataclass
+class Split:
+    train: list[QAExample]
+    test: list[QAExample]
+    stats: LoadStats = field(default_factory=LoadStats)
+
+    def fingerprint(self) -> str:
+        return content_key([[e.question, e.answer] for e in self.train] + ["|"] + [[e.question, e.answer] for e in self.test])
+
+
+def normalize(text: str) -> str:
+    """Lower-case, collapse whitespace: the form used for ids and duplicate checks."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"train": [...]} style
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        return data
+    if fmt == "jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}: row {i}: invalid JSON ({exc.msg}); fix or remove that line") from exc
+        return rows
+    if fmt == "csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise DatasetError(f"{path}: not a readable parquet file ({exc})") from exc
+    raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
+
+
+def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], LoadStats]:
+    """Read a dataset file, map its columns, drop empty and duplicate questions."""
+    if spec.file is None:
+        raise DatasetError(
+            f"dataset {spec.name!r}: no local file configured (hub_id={spec.hub_id!r}); "
+            "download it and set 'file' in the profile or pass --data-dir"
+        )
+    path = Path(spec.file)
+    path = path if path.is_absolute() else data_dir / path
+    if not path.is_file():
+        raise DatasetError(f"dataset {spec.name!r}: file {path} not found; check --data-dir or the profile's 'file'")
+    fmt = spec.format or path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise DatasetError(f"{path}: cannot tell the format from suffix {path.suffix!r}; set format = one of {FORMATS}")
+    rows = _read_rows(path, fmt)
+    if not rows:
+        raise DatasetError(f"{path}: file has no rows; dataset {spec.name!r} needs question/answer rows")
+    needed = [*spec.question, spec.answer]
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: row {i} is {type(row).__name__}, expected an object with columns {needed}")
+        missing = [c for c in needed if c not in row]
+        if missing:
+            raise DatasetError(
+                f"{path}: row {i} lacks column(s) {missing} (has {sorted(row)}); "
+                f"fix the file or the column mapping of dataset {spec.name!r}"
+            )
+    stats = LoadStats(rows_read=len(rows))
+    seen: set[str] = set()
+    out: list[QAExample] = []
+    for row in rows:
+        parts = [_text(row[c]) for c in spec.question]
+        question = "\n".join(p for p in parts if p)
+        answer = _text(row[spec.answer])
+        if not question or not answer:
+            stats.dropped_empty += 1
+            continue
+        norm = normalize(question)
+        if norm in seen:
+            stats.dropped_duplicate += 1
+            continue
+        seen.add(norm)
+        out.append(QAExample(hashlib.sha256(norm.encode()).hexdigest()[:16], question, answer))
+    if not out:
+        raise DatasetError(f"{path}: all {len(rows)} rows have an empty question or answer")
+    stats.kept = len(out)
+    return out, stats
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+        return ""
+    return str(value).strip()
+
+
+def split(examples: list[QAExample], cfg: SplitConfig, name: str = "dataset") -> Split:
+    """Deterministic split: the ``test_size`` examples with the smallest seeded hash are the test set.
+
+    The order of the input rows does not matter, and adding rows moves an existing example
+    from train to test only if the new rows push it out of the smallest-hash set.
+    """
+    if cfg.test_size <= 0 or cfg.test_size >= len(examples):
+        raise DatasetError(
+            f"dataset {name!r}: split.test_size={cfg.test_size} needs 0 < test_size < {len(examples)} (rows kept)"
+        )
+
+    def rank(e: QAExample) -> str:
+        return hashlib.sha256(f"{cfg.seed}:{e.id}".encode()).hexdigest()
+
+    ordered = sorted(examples, key=rank)
+    test = sorted(ordered[: cfg.test_size], key=lambda e: e.id)
+    train = sorted(ordered[cfg.test_size:], key=lambda e: e.id)
+    leaked = {normalize(e.question) for e in train} & {normalize(e.question) for e in test}
+    if leaked:  # cannot happen after dedup; guards future loaders
+        raise DatasetError(f"dataset {name!r}: {len(leaked)} test questions also in train")
+    return Split(train, test)
+
+
+def load_split(spec: DatasetSpec, data_dir: Path, cfg: SplitConfig) -> Split:
+    examples, stats = load_examples(spec, data_dir)
+    s = split(examples, cfg, spec.name)
+    s.stats = stats
+    return s

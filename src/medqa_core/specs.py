@@ -1,0 +1,233 @@
+"""Frozen specs for models, datasets, training and profiles, and the profile loader.
+
+A profile is data: a TOML file (``profiles/<name>.toml`` or any path) that lists the model
+families, the datasets and the recipes. Nothing in the pipeline branches on a profile's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_DIR = REPO_ROOT / "profiles"
+
+#: Architectural facts per family: transformers config/model classes, the attention
+#: implementation that family supports on every backend, and its LoRA target modules.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": {"config": "LlamaConfig", "attn": "sdpa", "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "mistral": {"config": "MistralConfig", "attn": "sdpa", "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    # Gemma 2 soft-caps attention logits; transformers refuses sdpa for it.
+    "gemma": {"config": "Gemma2Config", "attn": "eager", "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    # Phi-3 fuses q/k/v into one projection.
+    "phi": {"config": "Phi3Config", "attn": "sdpa", "targets": ["qkv_proj", "o_proj"]},
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model family in a profile: either a tiny config built offline or a hub id."""
+
+    name: str  # short id used in test ids: llama, mistral, gemma, phi
+    family: str
+    hub_id: str | None = None
+    tiny_config: dict[str, Any] | None = None
+    target_modules: tuple[str, ...] = ()
+    attn_implementation: str = "sdpa"
+    tokenizer: str | None = None  # dir of a tokenizer we ship (tiny); None = the hub model's own
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.tiny_config is not None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A QA dataset: where it lives and which columns hold the question and the answer."""
+
+    name: str
+    file: str | None  # path relative to the data dir
+    question: tuple[str, ...]  # columns joined (newline) into the question text
+    answer: str
+    hub_id: str | None = None
+    format: str | None = None  # json | jsonl | csv | parquet; None = from the file suffix
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """LoRA fine-tuning recipe (same for every case of a profile unless a model overrides it)."""
+
+    steps: int = 300
+    learning_rate: float = 3e-3
+    batch_size: int = 16
+    max_length: int = 128
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    optimizer: str = "adamw_torch"
+    quantization: str = "none"  # none | nf4
+    warmup_ratio: float = 0.05
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Short full-parameter pretraining that gives a tiny model some language before LoRA."""
+
+    corpus: str = "fixtures/corpus/pretrain.txt"
+    steps: int = 300
+    learning_rate: float = 3e-3
+    batch_size: int = 16
+    block_size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    repetition_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_size: int = 40
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How a case is judged against its baseline. See README "Tolerances"."""
+
+    metric_tolerance: dict[str, float] = field(default_factory=dict)
+    time_factor: float = 3.0
+    memory_factor: float = 1.5
+    require_beats_base: tuple[str, ...] = ("bert_f1",)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    description: str
+    models: dict[str, ModelSpec]
+    datasets: dict[str, DatasetSpec]
+    train: TrainConfig
+    generation: GenerationConfig
+    split: SplitConfig
+    gate: GateConfig
+    pretrain: PretrainConfig | None
+    data_dir: Path
+    baseline: Path
+
+    def case_ids(self) -> list[str]:
+        return [f"{m}-{d}" for m in self.models for d in self.datasets]
+
+    def resolve(self, rel: str) -> Path:
+        """Resolve a path written in the profile relative to the repository root."""
+        p = Path(rel)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
+    family = table.get("family", name)
+    if family not in FAMILIES:
+        raise ConfigError(f"{where}: unknown family {family!r}; known: {sorted(FAMILIES)}")
+    facts = FAMILIES[family]
+    if ("hub_id" in table) == ("tiny_config" in table):
+        raise ConfigError(f"{where}: give exactly one of 'hub_id' or 'tiny_config'")
+    spec = _build(
+        ModelSpec,
+        {
+            "name": name,
+            "family": family,
+            "target_modules": table.get("target_modules", facts["targets"]),
+            "attn_implementation": table.get("attn_implementation", facts["attn"]),
+            **{k: v for k, v in table.items() if k not in ("family", "target_modules", "attn_implementation")},
+        },
+        where,
+    )
+    return spec
+
+
+def _dataset_spec(name: str, table: dict[str, Any], where: str) -> DatasetSpec:
+    table = dict(table)
+    q = table.pop("question", None)
+    if q is None or "answer" not in table:
+        raise ConfigError(f"{where}: needs 'question' (column or list of columns) and 'answer'")
+    table["question"] = [q] if isinstance(q, str) else list(q)
+    if table.get("file") is None and table.get("hub_id") is None:
+        raise ConfigError(f"{where}: needs 'file' (relative to the data dir) or 'hub_id'")
+    return _build(DatasetSpec, {"name": name, "file": None, **table}, where)
+
+
+def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -> Profile:
+    """Load ``profiles/<name>.toml`` or a TOML file path into a :class:`Profile`."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+        raise ConfigError(f"--profile {name_or_path!r}: no file {path}; known profiles: {known} or a .toml path")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    where = str(path)
+    try:
+        pname = raw.get("name", path.stem)
+        models = {n: _model_spec(n, t, f"{where} [models.{n}]") for n, t in raw["models"].items()}
+        datasets = {n: _dataset_spec(n, t, f"{where} [datasets.{n}]") for n, t in raw["datasets"].items()}
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing table [{exc.args[0]}]") from exc
+    if not models or not datasets:
+        raise ConfigError(f"{where}: needs at least one [models.*] and one [datasets.*] table")
+    gate_raw = dict(raw.get("gate", {}))
+    pre = raw.get("pretrain")
+    ddir = Path(data_dir) if data_dir else Path(raw.get("data_dir", "fixtures/data"))
+    prof = Profile(
+        name=pname,
+        path=path,
+        description=raw.get("description", ""),
+        models=models,
+        datasets=datasets,
+        train=_build(TrainConfig, raw.get("train", {}), f"{where} [train]"),
+        generation=_build(GenerationConfig, raw.get("generation", {}), f"{where} [generation]"),
+        split=_build(SplitConfig, raw.get("split", {}), f"{where} [split]"),
+        gate=_build(GateConfig, gate_raw, f"{where} [gate]"),
+        pretrain=_build(PretrainConfig, pre, f"{where} [pretrain]") if pre is not None else None,
+        data_dir=ddir if ddir.is_absolute() else REPO_ROOT / ddir,
+        baseline=Path(raw.get("baseline", f"baselines/{pname}.json")),
+    )
+    if prof.train.quantization not in ("none", "nf4"):
+        raise ConfigError(f"{where} [train] quantization={prof.train.quantization!r}: use 'none' or 'nf4'")
+    return prof
+
+
+def as_dict(obj: Any) -> Any:
+    """JSON-ready dict of a spec (for cache keys and result records)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [as_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: as_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
