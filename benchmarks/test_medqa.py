@@ -12,7 +12,7 @@ import json
 import pytest
 
 from medqa_core.baselines import compare
-from medqa_core.pipeline import provenance, run_case
+from medqa_core import pipeline
 from medqa_core.pytest_plugin import RECORD_KEY
 
 
@@ -23,11 +23,11 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_ru
     if not spec.is_tiny and medqa_context.device != "cuda":
         pytest.skip(f"{medqa_case.id}: profile {profile.name!r} runs {spec.hub_id} and needs a CUDA GPU; none found")
 
-    result = run_case(profile, medqa_case.model, medqa_case.dataset, medqa_context)
+    result = pipeline.run_case(profile, medqa_case.model, medqa_case.dataset, medqa_context)
 
     baseline_case = (medqa_baseline or {}).get("cases", {}).get(result.case_id)
     verdict = compare(result.case_id, result.metrics, baseline_case, profile.gate, result.resources, result.per_example)
-    record = {**result.to_json(), "provenance": provenance(profile, medqa_context),
+    record = {**result.to_json(), "provenance": pipeline.provenance(profile, medqa_context),
               "verdict": {"status": verdict.status, "explain": verdict.explain()}}
     path = medqa_run_dir / f"{result.case_id}.json"
     path.write_text(json.dumps(record, indent=1, allow_nan=False))

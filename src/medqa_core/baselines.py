@@ -49,6 +49,9 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
         for m in METRICS:
             if not _num(case["metrics"].get(m)):
                 raise BaselineError(f"{where}.metrics.{m}: missing or not a finite number")
+        for section in ("resources", "per_example", "base_metrics"):
+            if section in case and not isinstance(case[section], dict):
+                raise BaselineError(f"{where}.{section}: must be an object, got {type(case[section]).__name__}")
         for k, v in case.get("resources", {}).items():
             if k != "device" and not _num(v):
                 raise BaselineError(f"{where}.resources.{k}: not a finite number")
@@ -79,6 +82,14 @@ def write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
+        # mkstemp creates 0600; keep the old file's mode, or the umask default for a new one.
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True, allow_nan=False)
             fh.write("\n")
@@ -92,7 +103,10 @@ def paired_bootstrap_ci(
     current: np.ndarray, baseline: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float, float]:
     """Mean of ``current - baseline`` over paired examples and its percentile bootstrap CI."""
-    d = np.asarray(current, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    a, b = np.asarray(current, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_bootstrap_ci: shapes differ {a.shape} vs {b.shape}; the examples must be paired")
+    d = a - b
     if d.ndim != 1 or d.size == 0:
         raise ValueError("paired_bootstrap_ci needs two equal-length non-empty 1-d arrays")
     rng = np.random.default_rng(seed)

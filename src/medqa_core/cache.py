@@ -108,6 +108,7 @@ class Cache:
                 meta = {"kind": kind, "key": key, "inputs": payload, **extra}
                 _check_finite(meta, f"cache entry {kind}/{key}")
                 (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=False))
+                tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
                 if path.exists():  # a corrupt leftover without meta.json: replace it
                     shutil.rmtree(path)
                 os.replace(tmp, path)

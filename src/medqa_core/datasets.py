@@ -50,7 +50,15 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+def _read_rows(path: Path, fmt: str) -> list[tuple[int, Any]]:
+    """(row number, row) pairs: JSONL rows by their line in the file, other formats by position."""
+    try:
+        return _read_rows_unchecked(path, fmt)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from exc
+
+
+def _read_rows_unchecked(path: Path, fmt: str) -> list[tuple[int, Any]]:
     if fmt == "json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -60,7 +68,7 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             data = next(iter(data.values()))  # {"train": [...]} style
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-        return data
+        return list(enumerate(data, start=1))
     if fmt == "jsonl":
         rows = []
         with path.open(encoding="utf-8") as fh:
@@ -68,18 +76,18 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((i, json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}: row {i}: invalid JSON ({exc.msg}); fix or remove that line") from exc
         return rows
     if fmt == "csv":
         with path.open(encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh))
+            return list(enumerate(csv.DictReader(fh), start=1))  # row 1 = first row after the header
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            return list(enumerate(pq.read_table(path).to_pylist(), start=1))
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DatasetError(f"{path}: not a readable parquet file ({exc})") from exc
     raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
@@ -96,6 +104,8 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
     path = path if path.is_absolute() else data_dir / path
     if not path.is_file():
         raise DatasetError(f"dataset {spec.name!r}: file {path} not found; check --data-dir or the profile's 'file'")
+    if spec.format is not None and spec.format not in FORMATS:
+        raise DatasetError(f"{path}: dataset {spec.name!r} has format={spec.format!r}; use one of {FORMATS}")
     fmt = spec.format or path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise DatasetError(f"{path}: cannot tell the format from suffix {path.suffix!r}; set format = one of {FORMATS}")
@@ -103,7 +113,7 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
     if not rows:
         raise DatasetError(f"{path}: file has no rows; dataset {spec.name!r} needs question/answer rows")
     needed = [*spec.question, spec.answer]
-    for i, row in enumerate(rows, start=1):
+    for i, row in rows:
         if not isinstance(row, dict):
             raise DatasetError(f"{path}: row {i} is {type(row).__name__}, expected an object with columns {needed}")
         missing = [c for c in needed if c not in row]
@@ -115,7 +125,7 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
     stats = LoadStats(rows_read=len(rows))
     seen: set[str] = set()
     out: list[QAExample] = []
-    for row in rows:
+    for _, row in rows:
         parts = [_text(row[c]) for c in spec.question]
         question = "\n".join(p for p in parts if p)
         answer = _text(row[spec.answer])

@@ -6,25 +6,30 @@ families, the datasets and the recipes. Nothing in the pipeline branches on a pr
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .metrics import METRICS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "profiles"
 
-#: Architectural facts per family: transformers config/model classes, the attention
-#: implementation that family supports on every backend, and its LoRA target modules.
+#: Architectural facts per family: transformers config class, the attention implementation
+#: that family supports on every backend, and its LoRA target modules. The targets are all
+#: linear projections of attention and MLP: with r=16 this reproduces the study's Table 1
+#: trainable-parameter counts (e.g. 41.9M for Mistral 7B).
+_LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FAMILIES: dict[str, dict[str, Any]] = {
-    "llama": {"config": "LlamaConfig", "attn": "sdpa", "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    "mistral": {"config": "MistralConfig", "attn": "sdpa", "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "llama": {"config": "LlamaConfig", "attn": "sdpa", "targets": _LLAMA_LINEARS},
+    "mistral": {"config": "MistralConfig", "attn": "sdpa", "targets": _LLAMA_LINEARS},
     # Gemma 2 soft-caps attention logits; transformers refuses sdpa for it.
-    "gemma": {"config": "Gemma2Config", "attn": "eager", "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    # Phi-3 fuses q/k/v into one projection.
-    "phi": {"config": "Phi3Config", "attn": "sdpa", "targets": ["qkv_proj", "o_proj"]},
+    "gemma": {"config": "Gemma2Config", "attn": "eager", "targets": _LLAMA_LINEARS},
+    # Phi-3 fuses q/k/v into one projection and gate/up into another.
+    "phi": {"config": "Phi3Config", "attn": "sdpa", "targets": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]},
 }
 
 
@@ -139,10 +144,25 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            _check_type(kwargs[f.name], f.type, f"{where} {f.name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _check_type(value: Any, declared: Any, where: str) -> None:
+    """Scalars must match the field's declared type (annotations are strings here)."""
+    kind = str(declared)
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{where} = {value!r}: must be an integer")
+    if kind == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"{where} = {value!r}: must be a finite number")
+    if kind == "str" and not isinstance(value, str):
+        raise ConfigError(f"{where} = {value!r}: must be a string")
 
 
 def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
@@ -215,9 +235,19 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         data_dir=ddir if ddir.is_absolute() else REPO_ROOT / ddir,
         baseline=Path(raw.get("baseline", f"baselines/{pname}.json")),
     )
+    _check_gate(prof.gate, f"{where} [gate]")
     if prof.train.quantization not in ("none", "nf4"):
         raise ConfigError(f"{where} [train] quantization={prof.train.quantization!r}: use 'none' or 'nf4'")
     return prof
+
+
+def _check_gate(gate: GateConfig, where: str) -> None:
+    bad = sorted((set(gate.metric_tolerance) | set(gate.require_beats_base)) - set(METRICS))
+    if bad:
+        raise ConfigError(f"{where}: unknown metric name(s) {bad}; metrics are {list(METRICS)}")
+    for m, tol in gate.metric_tolerance.items():
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
+            raise ConfigError(f"{where} metric_tolerance.{m} = {tol!r}: must be a finite number >= 0")
 
 
 def as_dict(obj: Any) -> Any:

@@ -1,0 +1,168 @@
+"""Orchestration tests of the pytest layer: the real benchmark module and plugin, with the
+pipeline's ``run_case`` replaced by a fake that returns scores from a JSON file (no model,
+no metric). Checks parametrization ids, gating, the summary, and baseline recording."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
+
+FAKE_CONFTEST = '''
+import json, os
+import pytest
+from medqa_core import pipeline
+from medqa_core.training import TrainStats
+
+@pytest.fixture(autouse=True)
+def _fake_pipeline(monkeypatch):
+    table = json.loads(open(os.environ["FAKE_SCORES"]).read())
+
+    def fake(profile, model, dataset, ctx):
+        cid = f"{model}-{dataset}"
+        row = table[cid]
+        stats = TrainStats(train_seconds=row.get("train_seconds", 10.0), tokens_per_s=1000.0, tokens_seen=10000,
+                           trainable_params=10, total_params=100, peak_mem_mib=row.get("mem", 100.0),
+                           peak_mem_abs_mib=500.0, loss_first=3.0, loss_last=2.0, device=ctx.device)
+        ids = ["a", "b", "c"]
+        per = {"ids": ids, **{m: [row["tuned"][m]] * 3 for m in row["tuned"]}}
+        return pipeline.CaseResult(
+            case_id=cid, model=model, dataset=dataset, profile=profile.name,
+            metrics=row["tuned"], base_metrics=row["base"], per_example=per, train=stats,
+            cached={"train": False}, seconds={}, keys={}, data={}, answers_sample=[])
+
+    monkeypatch.setattr(pipeline, "run_case", fake)
+'''
+
+
+def _metrics(v: float) -> dict[str, float]:
+    return {m: v for m in METRICS}
+
+
+@pytest.fixture
+def env(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    baseline = tmp_path / "base.json"
+    (tmp_path / "prof.toml").write_text(f'''
+name = "fake"
+baseline = "{baseline}"
+data_dir = "{tmp_path}"
+[gate]
+metric_tolerance = {{ bert_f1 = 0.02 }}
+require_beats_base = ["bert_f1"]
+[models.llama]
+tiny_config = {{}}
+tokenizer = "fixtures/tokenizer"
+[datasets.wikidoc]
+file = "w.json"
+question = "q"
+answer = "a"
+[datasets.mental_health]
+file = "m.json"
+question = "q"
+answer = "a"
+''')
+    scores = tmp_path / "scores.json"
+    monkeypatch.setenv("FAKE_SCORES", str(scores))
+    pytester.makeconftest(FAKE_CONFTEST)
+    pytester.makepyfile(test_medqa=(REPO / "benchmarks" / "test_medqa.py").read_text())
+
+    def write_scores(table: dict) -> None:
+        scores.write_text(json.dumps(table))
+
+    def run(*args: str, subprocess: bool = False) -> pytest.RunResult:
+        common = ["-p", "medqa_core.pytest_plugin", "--profile", str(tmp_path / "prof.toml"),
+                  "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+                  "-p", "no:cacheprovider", *args]
+        return pytester.runpytest_subprocess(*common) if subprocess else pytester.runpytest_inprocess(*common)
+
+    return baseline, write_scores, run
+
+
+GOOD = {"llama-wikidoc": {"tuned": _metrics(0.5), "base": _metrics(0.3)},
+        "llama-mental_health": {"tuned": _metrics(0.6), "base": _metrics(0.4)}}
+
+
+def test_ids_and_selection(env):
+    _, write_scores, run = env
+    write_scores(GOOD)
+    res = run("--collect-only", "-q")
+    assert "test_medqa.py::test_case[llama-wikidoc]" in res.stdout.str()
+    assert "test_medqa.py::test_case[llama-mental_health]" in res.stdout.str()
+    res = run("--collect-only", "-q", "-k", "mental")
+    assert "1/2 tests collected" in res.stdout.str() or "1 test collected" in res.stdout.str()
+
+
+def test_missing_baseline_fails_with_instruction(env):
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    res = run()
+    res.assert_outcomes(errors=2)
+    assert str(baseline) in res.stdout.str() and "--update-baselines" in res.stdout.str()
+    assert not baseline.exists()
+
+
+def test_record_then_gate(env):
+    baseline, write_scores, run = env
+    bad_base = {**GOOD, "llama-mental_health": {"tuned": _metrics(0.4), "base": _metrics(0.45)}}
+    write_scores(bad_base)
+    res = run("--update-baselines")
+    res.assert_outcomes(passed=1, failed=1)
+    assert "does not beat the base model" in res.stdout.str()
+    data = json.loads(baseline.read_text())
+    assert set(data["cases"]) == {"llama-wikidoc"}  # the failing case is not recorded
+    assert data["cases"]["llama-wikidoc"]["metrics"] == _metrics(0.5)
+
+    write_scores(GOOD)
+    res = run("--update-baselines")
+    res.assert_outcomes(passed=2)
+    recorded = baseline.read_bytes()
+    assert set(json.loads(recorded)["cases"]) == {"llama-wikidoc", "llama-mental_health"}
+
+    res = run()  # unchanged scores: pass, summary printed, baseline untouched
+    res.assert_outcomes(passed=2)
+    out = res.stdout.str()
+    assert "medqa-bench summary" in out and "+0.0000" in out
+    assert baseline.read_bytes() == recorded
+
+    dropped = json.loads(json.dumps(GOOD))
+    dropped["llama-wikidoc"]["tuned"]["bert_f1"] = 0.45  # -0.05, tolerance 0.02
+    write_scores(dropped)
+    res = run()
+    res.assert_outcomes(passed=1, failed=1)
+    out = res.stdout.str()
+    assert "regression" in out and "bert_f1: 0.4500 vs baseline 0.5000" in out
+    assert baseline.read_bytes() == recorded
+
+    within = json.loads(json.dumps(GOOD))
+    within["llama-wikidoc"]["tuned"]["bert_f1"] = 0.49  # -0.01 is within tolerance
+    write_scores(within)
+    run().assert_outcomes(passed=2)
+
+    slow = json.loads(json.dumps(GOOD))
+    slow["llama-wikidoc"]["train_seconds"] = 31.0  # baseline 10 s x factor 3
+    write_scores(slow)
+    res = run()
+    res.assert_outcomes(passed=1, failed=1)
+    assert "train_seconds" in res.stdout.str()
+
+
+def test_update_baselines_under_xdist(env):
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    res = run("-n", "2", "--update-baselines", subprocess=True)
+    res.assert_outcomes(passed=2)
+    assert set(json.loads(baseline.read_text())["cases"]) == {"llama-wikidoc", "llama-mental_health"}
+    assert "medqa-bench summary" in res.stdout.str()
+
+
+def test_unknown_profile_is_a_usage_error(env):
+    _, write_scores, run = env
+    write_scores(GOOD)
+    res = run("--profile", "no-such-profile")
+    assert res.ret != 0
+    assert "no-such-profile" in res.stderr.str() + res.stdout.str()

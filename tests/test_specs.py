@@ -1,0 +1,293 @@
+"""Profile loading (medqa_core.specs): the shipped tiny profile, user TOML files, and every
+way a profile can be wrong (each must raise a ConfigError naming the file and the key)."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from medqa_core.cache import content_key
+from medqa_core.errors import ConfigError, MedQAError
+from medqa_core.specs import (
+    FAMILIES,
+    PROFILES_DIR,
+    REPO_ROOT,
+    GateConfig,
+    GenerationConfig,
+    PretrainConfig,
+    SplitConfig,
+    TrainConfig,
+    as_dict,
+    load_profile,
+)
+
+TINY_TOML = PROFILES_DIR / "tiny.toml"
+
+MINIMAL = """\
+name = "mine"
+
+[models.llama]
+tiny_config = { hidden_size = 8, num_hidden_layers = 1 }
+
+[datasets.d1]
+file = "d1.json"
+question = "q"
+answer = "a"
+"""
+
+
+def write_profile(tmp_path: Path, text: str, name: str = "prof.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def expect_config_error(path: Path | str, *fragments: str) -> str:
+    with pytest.raises(MedQAError) as info:
+        load_profile(path)
+    assert isinstance(info.value, ConfigError)
+    msg = str(info.value)
+    for frag in fragments:
+        assert frag in msg, f"{frag!r} not in {msg!r}"
+    return msg
+
+
+# ---------------------------------------------------------------- the shipped profile
+
+
+def test_tiny_profile_has_four_models_and_five_datasets():
+    prof = load_profile("tiny")
+    raw = tomllib.loads(TINY_TOML.read_text())
+    assert prof.name == "tiny"
+    assert list(prof.models) == ["llama", "mistral", "gemma", "phi"] == list(raw["models"])
+    assert list(prof.datasets) == list(raw["datasets"])
+    assert len(prof.datasets) == 5
+    ids = prof.case_ids()
+    assert len(ids) == 20 == len(set(ids))
+    assert "mistral-wikidoc" in ids and "phi-ai_medical_chatbot" in ids
+    assert ids == [f"{m}-{d}" for m in raw["models"] for d in raw["datasets"]]
+
+
+def test_tiny_profile_values_match_the_toml_file():
+    prof = load_profile("tiny")
+    raw = tomllib.loads(TINY_TOML.read_text())
+    for key, value in raw["train"].items():
+        assert getattr(prof.train, key) == value, key
+    for key, value in raw["generation"].items():
+        assert getattr(prof.generation, key) == value, key
+    assert prof.split == SplitConfig(**raw["split"])
+    assert prof.gate.metric_tolerance == raw["gate"]["metric_tolerance"]
+    assert prof.gate.require_beats_base == tuple(raw["gate"]["require_beats_base"])
+    assert prof.pretrain is not None and prof.pretrain.steps == raw["pretrain"]["steps"]
+    for name, table in raw["datasets"].items():
+        spec = prof.datasets[name]
+        q = table["question"]
+        assert spec.question == ((q,) if isinstance(q, str) else tuple(q))
+        assert spec.answer == table["answer"]
+        assert spec.file == table["file"]
+        assert (prof.data_dir / spec.file).is_file()
+    assert prof.data_dir == REPO_ROOT / raw["data_dir"]
+
+
+def test_tiny_models_take_family_facts():
+    prof = load_profile("tiny")
+    for name, spec in prof.models.items():
+        assert spec.is_tiny and spec.hub_id is None
+        assert spec.family == name
+        assert spec.target_modules == tuple(FAMILIES[name]["targets"])
+        assert spec.attn_implementation == FAMILIES[name]["attn"]
+    assert prof.models["gemma"].attn_implementation == "eager"  # soft-capping: no sdpa
+    assert "qkv_proj" in prof.models["phi"].target_modules  # fused projection
+
+
+def test_profile_as_dict_is_json_and_key_is_stable():
+    a, b = load_profile("tiny"), load_profile(TINY_TOML)
+    assert content_key(as_dict(a)) == content_key(as_dict(b))
+    assert content_key(as_dict(a.train)) != content_key(as_dict(TrainConfig()))
+
+
+# ---------------------------------------------------------------- user TOML files
+
+
+def test_user_toml_loads_with_defaults(tmp_path):
+    path = write_profile(tmp_path, MINIMAL)
+    prof = load_profile(path)
+    assert prof.name == "mine" and prof.path == path
+    assert prof.case_ids() == ["llama-d1"]
+    assert prof.train == TrainConfig()
+    assert prof.generation == GenerationConfig()
+    assert prof.split == SplitConfig()
+    assert prof.gate == GateConfig()
+    assert prof.pretrain is None
+    spec = prof.models["llama"]
+    assert spec.tiny_config == {"hidden_size": 8, "num_hidden_layers": 1}
+    assert spec.target_modules == tuple(FAMILIES["llama"]["targets"])
+    assert prof.datasets["d1"].question == ("q",)
+    assert prof.baseline == Path("baselines/mine.json")
+
+
+def test_user_toml_as_string_path_and_data_dir_override(tmp_path):
+    path = write_profile(tmp_path, MINIMAL)
+    prof = load_profile(str(path), data_dir=tmp_path)
+    assert prof.data_dir == tmp_path
+
+
+def test_user_toml_overrides(tmp_path):
+    text = MINIMAL + """
+[models.big]
+family = "mistral"
+hub_id = "org/some-model"
+target_modules = ["q_proj"]
+
+[datasets.d2]
+file = "d2.csv"
+question = ["title", "body"]
+answer = "reply"
+format = "csv"
+
+[train]
+steps = 7
+quantization = "nf4"
+
+[gate]
+metric_tolerance = { bert_f1 = 0.5 }
+time_factor = 9.0
+"""
+    prof = load_profile(write_profile(tmp_path, text))
+    big = prof.models["big"]
+    assert big.family == "mistral" and big.hub_id == "org/some-model" and not big.is_tiny
+    assert big.target_modules == ("q_proj",)
+    assert prof.datasets["d2"].question == ("title", "body")
+    assert prof.datasets["d2"].format == "csv"
+    assert prof.train.steps == 7 and prof.train.quantization == "nf4"
+    assert prof.train.learning_rate == TrainConfig().learning_rate
+    assert prof.gate.time_factor == 9.0 and prof.gate.metric_tolerance == {"bert_f1": 0.5}
+    assert prof.case_ids() == ["llama-d1", "llama-d2", "big-d1", "big-d2"]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_profile_name_lists_known_profiles():
+    msg = expect_config_error("no-such-profile", "no-such-profile", "known profiles")
+    known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+    assert "tiny" in known
+    for k in known:
+        assert k in msg
+
+
+def test_missing_toml_path_is_named(tmp_path):
+    missing = tmp_path / "nope.toml"
+    expect_config_error(missing, str(missing))
+
+
+def test_invalid_toml_names_file(tmp_path):
+    path = write_profile(tmp_path, MINIMAL + "\n[train\nsteps = 3\n")
+    expect_config_error(path, str(path), "invalid TOML")
+
+
+@pytest.mark.parametrize(
+    "table, key",
+    [("train", "stepz"), ("generation", "top_k"), ("split", "test_fraction"), ("gate", "tolerance"),
+     ("pretrain", "epochs")],
+)
+def test_unknown_key_in_section_names_key_and_file(tmp_path, table, key):
+    path = write_profile(tmp_path, MINIMAL + f"\n[{table}]\n{key} = 3\n")
+    expect_config_error(path, str(path), f"[{table}]", key)
+
+
+def test_unknown_key_in_model_table(tmp_path):
+    path = write_profile(tmp_path, MINIMAL.replace("[models.llama]\n", "[models.llama]\nlora_rank = 4\n"))
+    expect_config_error(path, str(path), "[models.llama]", "lora_rank")
+
+
+def test_unknown_family_names_model_and_known_families(tmp_path):
+    path = write_profile(tmp_path, MINIMAL + '\n[models.gpt]\nhub_id = "x/y"\n')
+    msg = expect_config_error(path, str(path), "[models.gpt]", "'gpt'")
+    for fam in FAMILIES:
+        assert fam in msg
+
+
+def test_unknown_explicit_family(tmp_path):
+    path = write_profile(tmp_path, MINIMAL + '\n[models.m2]\nfamily = "falcon"\nhub_id = "x/y"\n')
+    expect_config_error(path, str(path), "[models.m2]", "falcon")
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['hub_id = "org/m"\ntiny_config = { hidden_size = 8 }\n', 'tokenizer = "fixtures/tokenizer"\n'],
+    ids=["both", "neither"],
+)
+def test_hub_id_xor_tiny_config(tmp_path, body):
+    path = write_profile(tmp_path, MINIMAL + "\n[models.mistral]\n" + body)
+    expect_config_error(path, str(path), "[models.mistral]", "hub_id", "tiny_config")
+
+
+@pytest.mark.parametrize(
+    "body, fragments",
+    [
+        ('file = "x.json"\nanswer = "a"\n', ("question",)),
+        ('file = "x.json"\nquestion = "q"\n', ("answer",)),
+        ('question = "q"\nanswer = "a"\n', ("file", "hub_id")),
+        ('file = "x.json"\nquestion = "q"\nanswer = "a"\nsplit = "train"\n', ("split",)),
+    ],
+    ids=["no-question", "no-answer", "no-source", "unknown-key"],
+)
+def test_bad_dataset_table(tmp_path, body, fragments):
+    path = write_profile(tmp_path, MINIMAL + "\n[datasets.d9]\n" + body)
+    expect_config_error(path, str(path), "[datasets.d9]", *fragments)
+
+
+@pytest.mark.parametrize("value", ["nf8", "int4", "NONE"])
+def test_bad_quantization(tmp_path, value):
+    path = write_profile(tmp_path, MINIMAL + f'\n[train]\nquantization = "{value}"\n')
+    expect_config_error(path, str(path), "quantization", value)
+
+
+@pytest.mark.parametrize("drop", ["models", "datasets"])
+def test_missing_table(tmp_path, drop):
+    prof = load_profile(write_profile(tmp_path, MINIMAL))  # sanity: the full text loads
+    assert prof.models and prof.datasets
+    if drop == "models":
+        text = MINIMAL.split("[models.llama]")[0] + "[datasets" + MINIMAL.split("[datasets")[1]
+    else:
+        text = MINIMAL.split("[datasets.d1]")[0]
+    path = write_profile(tmp_path, text, "cut.toml")
+    expect_config_error(path, str(path), drop)
+
+
+def test_empty_models_table(tmp_path):
+    text = "[models]\n" + "[datasets" + MINIMAL.split("[datasets")[1]
+    path = write_profile(tmp_path, text)
+    expect_config_error(path, str(path), "[models.*]")
+
+
+@given(st.sampled_from(["train", "generation", "split", "gate", "pretrain"]),
+       st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+@settings(max_examples=30, deadline=None)
+def test_property_any_unknown_key_is_rejected(tmp_path_factory, table, key):
+    cls = {"train": TrainConfig, "generation": GenerationConfig, "split": SplitConfig, "gate": GateConfig,
+           "pretrain": PretrainConfig}[table]
+    assume(key not in {f.name for f in dataclasses.fields(cls)})
+    path = write_profile(tmp_path_factory.mktemp("p"), MINIMAL + f"\n[{table}]\n{key} = 1\n")
+    expect_config_error(path, str(path), f"[{table}]", key)
+
+
+# ---------------------------------------------------------------- bugs: values not validated
+
+
+@pytest.mark.parametrize("line, key", [("steps = \"many\"", "steps"), ("learning_rate = nan", "learning_rate")])
+def test_bad_value_type_in_train(tmp_path, line, key):
+    path = write_profile(tmp_path, MINIMAL + f"\n[train]\n{line}\n")
+    expect_config_error(path, str(path), "[train]", key)
+
+
+@pytest.mark.parametrize("line, bad", [("metric_tolerance = { bert_F1 = 0.5 }", "bert_F1"),
+                                       ("require_beats_base = [\"bleu\"]", "bleu")])
+def test_gate_names_unknown_metric(tmp_path, line, bad):
+    path = write_profile(tmp_path, MINIMAL + f"\n[gate]\n{line}\n")
+    expect_config_error(path, str(path), "[gate]", bad)
