@@ -33,7 +33,8 @@ def ref_pair(c_sent, r_sent, c_whole, r_whole) -> tuple[float, float, float, flo
     sims = [[cos(c_sent[i], r_sent[j]) for j in range(n)] for i in range(m)]
     recall = sum(max(sims[i][j] for i in range(m)) for j in range(n)) / n
     precision = sum(max(sims[i][j] for j in range(n)) for i in range(m)) / m
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    # harmonic mean, defined for positive P and R only
+    f1 = 2 * precision * recall / (precision + recall) if precision > 0 and recall > 0 else 0.0
     return precision, recall, f1, cos(c_whole, r_whole)
 
 
@@ -54,6 +55,8 @@ def test_property_pair_scores_match_definition(m, n, dim, seed):
     assert -1 - 1e-12 <= p <= 1 + 1e-12 and -1 - 1e-12 <= rc <= 1 + 1e-12 and abs(cosine) <= 1 + 1e-12
     if p > 0 and rc > 0:
         assert min(p, rc) - 1e-12 <= f <= max(p, rc) + 1e-12
+    else:
+        assert f == 0.0
     # swapping candidate and reference swaps precision and recall
     sp, sr, sf, scos = use.pair_scores(r, c, rw, cw)
     assert (sp, sr) == pytest.approx((rc, p), abs=1e-12)
@@ -73,6 +76,17 @@ def test_pair_scores_f1_zero_when_p_plus_r_not_positive():
     e1 = np.array([1.0, 0.0])
     p, r, f, cos = use.pair_scores(np.stack([e1]), np.stack([-e1]), e1, -e1)
     assert (p, r, cos) == pytest.approx((-1.0, -1.0, -1.0))
+    assert f == 0.0
+
+
+def test_pair_scores_f1_zero_when_one_side_negative():
+    """P < 0 < R with P + R > 0 would give a 'harmonic mean' below -1; F1 is 0 there."""
+    e1, e2 = np.eye(2)
+    v = -(e1 + e2) / math.sqrt(2)
+    p, r, f, _ = use.pair_scores(np.stack([e1, v, v, v]), np.stack([e1, e2]), e1, e1)
+    assert p == pytest.approx((1 - 3 / math.sqrt(2)) / 4) and r == pytest.approx(0.5)
+    assert p < 0 < p + r  # the case the plain formula gets wrong: 2PR/(P+R) < -1
+    assert 2 * p * r / (p + r) < -1
     assert f == 0.0
 
 

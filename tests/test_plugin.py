@@ -166,3 +166,17 @@ def test_unknown_profile_is_a_usage_error(env):
     res = run("--profile", "no-such-profile")
     assert res.ret != 0
     assert "no-such-profile" in res.stderr.str() + res.stdout.str()
+
+
+def test_gpu_pinning_respects_caller_list(monkeypatch):
+    from medqa_core import pytest_plugin as plug
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    gpus = plug.visible_gpus()
+    assert gpus == ["2", "5"]
+    assert plug.pin_worker_gpu("gw1", gpus) == "5"
+    assert plug.pin_worker_gpu("gw2", gpus) == "2"  # more workers than GPUs: round robin
+    assert plug.pin_worker_gpu("master", gpus) is None
+    assert plug.pin_worker_gpu("gw0", []) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert plug.visible_gpus() == []

@@ -171,11 +171,14 @@ def compare(
         improved |= v > b + tol
     base_res = baseline_case.get("resources") or {}
     if resources and base_res and base_res.get("device") == resources.get("device"):
-        for key, factor in (("train_seconds", gate.time_factor), ("peak_mem_mib", gate.memory_factor)):
+        for key, factor, slack in (("train_seconds", gate.time_factor, 0.0),
+                                   ("peak_mem_mib", gate.memory_factor, gate.memory_slack_mib)):
             if key in base_res and key in resources:
                 b = float(base_res[key])
                 v = float(resources[key])
-                checks.append(Check(key, v, b, b * factor, v <= b * factor, f"(x{factor} allowed)"))
+                limit = max(b * factor, b + slack)
+                why = f"(x{factor}" + (f" or +{slack:g}" if slack else "") + " allowed)"
+                checks.append(Check(key, v, b, limit, v <= limit, why))
     if any(not c.passed for c in checks):
         status = "regression"
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,22 +95,25 @@ def _read_rows_unchecked(path: Path, fmt: str) -> list[tuple[int, Any]]:
 
 
 def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], LoadStats]:
-    """Read a dataset file, map its columns, drop empty and duplicate questions."""
-    if spec.file is None:
+    """Read a dataset file (or, online and without a local file, its hub id), map its columns,
+    drop empty and duplicate questions."""
+    path = data_dir / spec.file if spec.file is not None else Path("<none>")  # an absolute 'file' stays as is
+    if spec.file is not None and path.is_file():
+        if spec.format is not None and spec.format not in FORMATS:
+            raise DatasetError(f"{path}: dataset {spec.name!r} has format={spec.format!r}; use one of {FORMATS}")
+        fmt = spec.format or path.suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise DatasetError(f"{path}: cannot tell the format from suffix {path.suffix!r}; set format = one of {FORMATS}")
+        rows = _read_rows(path, fmt)
+    elif spec.hub_id is not None and not _offline():
+        path = Path(f"hub:{spec.hub_id}")
+        rows = _hub_rows(spec)
+    else:
+        where = f"file {path} not found" if spec.file is not None else "no local 'file' configured"
+        hub = f"; hub id {spec.hub_id!r} needs network (HF_HUB_OFFLINE is set)" if spec.hub_id else ""
         raise DatasetError(
-            f"dataset {spec.name!r}: no local file configured (hub_id={spec.hub_id!r}); "
-            "download it and set 'file' in the profile or pass --data-dir"
+            f"dataset {spec.name!r}: {where}{hub}; put the file in --data-dir or set 'file' in the profile"
         )
-    path = Path(spec.file)
-    path = path if path.is_absolute() else data_dir / path
-    if not path.is_file():
-        raise DatasetError(f"dataset {spec.name!r}: file {path} not found; check --data-dir or the profile's 'file'")
-    if spec.format is not None and spec.format not in FORMATS:
-        raise DatasetError(f"{path}: dataset {spec.name!r} has format={spec.format!r}; use one of {FORMATS}")
-    fmt = spec.format or path.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise DatasetError(f"{path}: cannot tell the format from suffix {path.suffix!r}; set format = one of {FORMATS}")
-    rows = _read_rows(path, fmt)
     if not rows:
         raise DatasetError(f"{path}: file has no rows; dataset {spec.name!r} needs question/answer rows")
     needed = [*spec.question, spec.answer]
@@ -142,6 +146,23 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
         raise DatasetError(f"{path}: all {len(rows)} rows have an empty question or answer")
     stats.kept = len(out)
     return out, stats
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_rows(spec: DatasetSpec) -> list[tuple[int, Any]]:
+    """The train split of a hub dataset (machines with network only)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DatasetError(f"dataset {spec.name!r}: loading hub id {spec.hub_id!r} needs the 'hub' extra") from exc
+    try:
+        ds = datasets.load_dataset(spec.hub_id, split="train")
+    except Exception as exc:  # network, auth and format errors all end here
+        raise DatasetError(f"dataset {spec.name!r}: could not load hub id {spec.hub_id!r}: {exc}") from exc
+    return list(enumerate(ds.to_list(), start=1))
 
 
 def _text(value: Any) -> str:

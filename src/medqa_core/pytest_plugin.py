@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .errors import BaselineError, MedQAError
+from .errors import MedQAError
 
 log = logging.getLogger("medqa_core")
 RECORD_KEY = "medqa_record"
@@ -45,9 +46,39 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, found without importing torch (CUDA_VISIBLE_DEVICES or nvidia-smi)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def pin_worker_gpu(worker_id: str, gpus: list[str]) -> str | None:
+    """One GPU per xdist worker: gw<k> gets the k-th visible GPU (round robin)."""
+    if not gpus or not worker_id.startswith("gw"):
+        return None
+    gpu = gpus[int(worker_id[2:]) % len(gpus)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` = one worker per GPU on a GPU machine (xdist's CPU count otherwise)."""
+    gpus = visible_gpus()
+    return len(gpus) or None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _CONTROLLER_RECORDS.clear()
     if _is_worker(config):
+        # Before anything imports torch: the caller's CUDA_VISIBLE_DEVICES is respected and split.
+        pin_worker_gpu(config.workerinput["workerid"], visible_gpus())
         run_id = config.workerinput["medqa_run_id"]
         n_workers = int(config.workerinput.get("workercount", 1))
     else:
@@ -60,6 +91,21 @@ def pytest_configure(config: pytest.Config) -> None:
     from .resources import configure_threads
 
     configure_threads(n_workers)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remember the baseline as it is before the run, for the summary's deltas."""
+    config = session.config
+    if _is_worker(config):
+        return
+    from . import baselines
+
+    try:
+        profile = _profile(config)
+        path = profile.resolve(str(profile.baseline))
+        config._medqa_baseline_before = baselines.load(path) if path.is_file() else None  # type: ignore[attr-defined]
+    except MedQAError:
+        config._medqa_baseline_before = None  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -160,10 +206,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     records = _collected(config)
     profile = _profile(config)
     path = profile.resolve(str(profile.baseline))
-    try:
-        base = baselines.load(path) if path.is_file() else None
-    except BaselineError:
-        base = None
+    base = getattr(config, "_medqa_baseline_before", None)  # deltas against the file as it was before the run
     tr = terminalreporter
     tr.section(f"medqa-bench summary (profile {profile.name}; delta vs {path.name})")
     tr.write_line(plain_table(records, base))

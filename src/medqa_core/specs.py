@@ -44,6 +44,9 @@ class ModelSpec:
     target_modules: tuple[str, ...] = ()
     attn_implementation: str = "sdpa"
     tokenizer: str | None = None  # dir of a tokenizer we ship (tiny); None = the hub model's own
+    # Architecture numbers of the hub model (its config.json's shape fields), kept in the repo so the
+    # model's skeleton can be built on the meta device and its LoRA parameters counted offline.
+    arch_config: dict[str, Any] | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -111,6 +114,7 @@ class GateConfig:
     metric_tolerance: dict[str, float] = field(default_factory=dict)
     time_factor: float = 3.0
     memory_factor: float = 1.5
+    memory_slack_mib: float = 0.0  # memory limit = max(baseline x factor, baseline + slack)
     require_beats_base: tuple[str, ...] = ("bert_f1",)
 
 

