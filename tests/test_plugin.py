@@ -180,3 +180,15 @@ def test_gpu_pinning_respects_caller_list(monkeypatch):
     assert plug.pin_worker_gpu("gw0", []) is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert plug.visible_gpus() == []
+
+
+def test_paper_profile_skips_without_cuda(pytester: pytest.Pytester):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: paper cases would run")
+    pytester.makepyfile(test_medqa=(REPO / "benchmarks" / "test_medqa.py").read_text())
+    res = pytester.runpytest_inprocess("-p", "medqa_core.pytest_plugin", "--profile", "paper", "-p", "no:cacheprovider",
+                                       "-rs", "--results-dir", str(pytester.path / "r"))
+    res.assert_outcomes(skipped=20)
+    out = res.stdout.str()
+    assert "mistral-wikidoc: profile 'paper' runs mistralai/Mistral-7B-v0.3 and needs a CUDA GPU" in out

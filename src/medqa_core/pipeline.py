@@ -19,6 +19,7 @@ from . import metrics as metrics_mod
 from .cache import Cache, content_key
 from .datasets import QAExample, load_split
 from .errors import ConfigError
+from .prompts import PLAIN_TEMPLATE
 from .resources import Timer, device as current_device, library_versions
 from .specs import GenerationConfig, ModelSpec, Profile, as_dict
 from .training import TrainStats, adapter_payload, cached_adapter
@@ -65,7 +66,7 @@ class CaseResult:
 
 
 def _answers(
-    ctx: RunContext, profile: Profile, spec: ModelSpec, base_src: str, adapter: Path | None,
+    ctx: RunContext, spec: ModelSpec, base_src: str, adapter: Path | None,
     test: list[QAExample], gen: GenerationConfig, payload: dict,
 ) -> tuple[list[str], bool, str]:
     def build(tmp: Path) -> dict[str, Any]:
@@ -141,9 +142,10 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     refs = [e.answer for e in data.test]
     result: dict[str, dict[str, np.ndarray]] = {}
     for stage, adapter_dir, akey in (("tuned", adapter, keys["adapter"]), ("base", None, base_key)):
-        payload = {"what": "answers", "model": akey, "test": test_fp, "generation": as_dict(gen), "device": ctx.device}
+        payload = {"what": "answers", "model": akey, "test": test_fp, "generation": as_dict(gen),
+                   "prompt": PLAIN_TEMPLATE, "device": ctx.device}
         with Timer() as t:
-            answers, hit, ans_key = _answers(ctx, profile, spec, base_src, adapter_dir, data.test, gen, payload)
+            answers, hit, ans_key = _answers(ctx, spec, base_src, adapter_dir, data.test, gen, payload)
         seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, hit
         keys[f"answers_{stage}"] = ans_key
         with Timer() as t:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .cache import Cache
 from .datasets import QAExample
-from .prompts import training_rows
+from .prompts import PLAIN_TEMPLATE, training_rows
 from .resources import PeakMemory, Timer, library_versions
 from .specs import ModelSpec, TrainConfig
 
@@ -130,6 +130,7 @@ def adapter_payload(base_key: Any, spec: ModelSpec, data_fingerprint: str, cfg: 
         "base": base_key,
         "targets": list(spec.target_modules),
         "data": data_fingerprint,
+        "prompt": PLAIN_TEMPLATE,  # chat templates are part of the base model's own files
         "train": asdict(cfg),
         "device": device,
         "versions": library_versions(),
