@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from medqa_core.baselines import compare
 from medqa_core import pipeline
+from medqa_core.baselines import compare
 from medqa_core.pytest_plugin import RECORD_KEY
 
 

@@ -20,7 +20,8 @@ from .cache import Cache, content_key
 from .datasets import QAExample, load_split
 from .errors import ConfigError
 from .prompts import PLAIN_TEMPLATE
-from .resources import Timer, device as current_device, library_versions
+from .resources import Timer, library_versions
+from .resources import device as current_device
 from .specs import GenerationConfig, ModelSpec, Profile, as_dict
 from .training import TrainStats, adapter_payload, cached_adapter
 

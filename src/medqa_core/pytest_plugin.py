@@ -200,7 +200,6 @@ def _collected(config: pytest.Config) -> list[dict[str, Any]]:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if _is_worker(config) or not _CONTROLLER_RECORDS:
         return
-    from . import baselines
     from .report import markdown_table, plain_table
 
     records = _collected(config)
