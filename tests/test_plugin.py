@@ -192,3 +192,16 @@ def test_paper_profile_skips_without_cuda(pytester: pytest.Pytester):
     res.assert_outcomes(skipped=20)
     out = res.stdout.str()
     assert "mistral-wikidoc: profile 'paper' runs mistralai/Mistral-7B-v0.3 and needs a CUDA GPU" in out
+
+
+def test_inner_pytest_run_does_not_resplit_threads(env):
+    """A pytester run inside an xdist worker must keep the worker's thread count."""
+    torch = pytest.importorskip("torch")
+    from medqa_core import resources
+
+    before = torch.get_num_threads()
+    _, write_scores, run = env
+    write_scores(GOOD)
+    run("--collect-only", "-q")
+    assert torch.get_num_threads() == before
+    assert resources.configure_threads(1) == resources.configure_threads(64)  # first call wins

@@ -136,13 +136,27 @@ class Timer:
         self.seconds = time.perf_counter() - self._t0
 
 
+_THREADS: int | None = None
+
+
 def configure_threads(n_workers: int) -> int:
-    """Split the cores between xdist workers so two workers do not oversubscribe them."""
+    """Split the cores between xdist workers so two workers do not oversubscribe them.
+
+    Only the first call in a process decides (``MEDQA_THREADS`` overrides the split): a pytest
+    session run in-process inside another (pytester) must not re-split the outer worker's
+    threads. Two workers at two threads each on two cores ran training ~5x slower, the
+    OpenMP threads spinning against each other.
+    """
+    global _THREADS
+    if _THREADS is not None:
+        return _THREADS
     import torch
 
-    n = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    env = os.environ.get("MEDQA_THREADS")
+    n = int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
     torch.set_num_threads(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    _THREADS = n
     return n
 
 
