@@ -13,6 +13,7 @@ import pytest
 
 from medqa_core import pipeline
 from medqa_core.baselines import compare
+from medqa_core.errors import MedQAError
 from medqa_core.pytest_plugin import RECORD_KEY
 
 
@@ -23,7 +24,10 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_ru
     if not spec.is_tiny and medqa_context.device != "cuda":
         pytest.skip(f"{medqa_case.id}: profile {profile.name!r} runs {spec.hub_id} and needs a CUDA GPU; none found")
 
-    result = pipeline.run_case(profile, medqa_case.model, medqa_case.dataset, medqa_context)
+    try:
+        result = pipeline.run_case(profile, medqa_case.model, medqa_case.dataset, medqa_context)
+    except MedQAError as exc:  # bad input or config: the message says what to fix, no traceback
+        pytest.fail(f"{medqa_case.id}: {exc}", pytrace=False)
 
     baseline_case = (medqa_baseline or {}).get("cases", {}).get(result.case_id)
     verdict = compare(result.case_id, result.metrics, baseline_case, profile.gate, result.resources, result.per_example)

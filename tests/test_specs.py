@@ -291,3 +291,33 @@ def test_bad_value_type_in_train(tmp_path, line, key):
 def test_gate_names_unknown_metric(tmp_path, line, bad):
     path = write_profile(tmp_path, MINIMAL + f"\n[gate]\n{line}\n")
     expect_config_error(path, str(path), "[gate]", bad)
+
+
+# ---------------------------------------------------------------- values that would fail far from their line
+
+
+@pytest.mark.parametrize("section, line, key", [
+    ("train", "steps = 0", "steps"),
+    ("train", "batch_size = -2", "batch_size"),
+    ("generation", "batch_size = 0", "batch_size"),
+    ("gate", "time_factor = -1.0", "time_factor"),
+    ("split", "test_size = 0", "test_size"),
+])
+def test_non_positive_values_are_rejected(tmp_path, section, line, key):
+    path = write_profile(tmp_path, MINIMAL + f"\n[{section}]\n{line}\n")
+    expect_config_error(path, str(path), f"[{section}]", key, "> 0")
+
+
+def test_question_must_name_columns(tmp_path):
+    path = write_profile(tmp_path, MINIMAL.replace('question = "q"', "question = 5"))
+    expect_config_error(path, str(path), "[datasets.d1]", "question = 5")
+
+
+def test_file_must_be_a_string(tmp_path):
+    path = write_profile(tmp_path, MINIMAL.replace('file = "d1.json"', "file = 5"))
+    expect_config_error(path, str(path), "[datasets.d1]", "file = 5")
+
+
+def test_metric_tolerance_must_be_a_table(tmp_path):
+    path = write_profile(tmp_path, MINIMAL + "\n[gate]\nmetric_tolerance = 5\n")
+    expect_config_error(path, str(path), "metric_tolerance", "table")

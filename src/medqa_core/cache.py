@@ -55,6 +55,17 @@ def dir_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def source_digest(*modules: str) -> str:
+    """Digest of medqa_core source files (e.g. "training.py", "metrics/use.py"): a change to the
+    code that builds an artefact changes its key, so a persistent cache never serves stale results."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update((pkg / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str

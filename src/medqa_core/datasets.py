@@ -123,7 +123,7 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
         missing = [c for c in needed if c not in row]
         if missing:
             raise DatasetError(
-                f"{path}: row {i} lacks column(s) {missing} (has {sorted(row)}); "
+                f"{path}: row {i} lacks column(s) {missing} (has {sorted(map(str, row))}); "
                 f"fix the file or the column mapping of dataset {spec.name!r}"
             )
     stats = LoadStats(rows_read=len(rows))
@@ -175,7 +175,8 @@ def split(examples: list[QAExample], cfg: SplitConfig, name: str = "dataset") ->
     """Deterministic split: the ``test_size`` examples with the smallest seeded hash are the test set.
 
     The order of the input rows does not matter, and adding rows moves an existing example
-    from train to test only if the new rows push it out of the smallest-hash set.
+    from test to train only if the new rows push it out of the smallest-hash set (never the
+    other way round).
     """
     if cfg.test_size <= 0 or cfg.test_size >= len(examples):
         raise DatasetError(

@@ -28,3 +28,7 @@ class BaselineError(MedQAError):
 
 class MetricError(MedQAError):
     """A metric produced NaN/inf or could not be computed."""
+
+
+class TrainingError(MedQAError):
+    """Fine-tuning or pretraining diverged (non-finite loss) or produced nothing."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .prompts import build_prompt
+from .prompts import add_special_tokens, build_prompt
 from .specs import GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,14 @@ def generate_answers(
 
     tokenizer.padding_side = "left"
     prompts = [build_prompt(tokenizer, q) for q in questions]
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    special = add_special_tokens(tokenizer)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     answers: list[str] = [""] * len(prompts)
     model.eval()
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
         with torch.inference_mode():
             out = model.generate(
                 **enc,

@@ -11,18 +11,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, dir_digest, file_digest
-from .errors import ConfigError
+from .cache import Cache, content_key, dir_digest, file_digest, source_digest
+from .errors import ConfigError, TrainingError
 from .resources import Timer, library_versions
 from .specs import ModelSpec, PretrainConfig, Profile
 
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(source: str | Path) -> Any:
+def load_tokenizer(source: str | Path, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(source))
+    tok = AutoTokenizer.from_pretrained(str(source), revision=revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation pads on the left; training collators pad explicitly
@@ -97,6 +97,8 @@ def pretrain(model: Any, tokenizer: Any, corpus: Path, cfg: PretrainConfig) -> d
             last = loss.item()
             log.info("pretrain step %d/%d loss %.3f", step + 1, cfg.steps, last)
     model.eval()
+    if not (math.isfinite(first) and math.isfinite(last)):
+        raise TrainingError(f"tiny pretraining diverged (loss {last}); lower [pretrain] learning_rate")
     return {"loss_first": first, "loss_last": last, "blocks": int(blocks.shape[0])}
 
 
@@ -104,7 +106,9 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
     """Where the base model loads from: a cached pretrained tiny model, or the hub id."""
     if not spec.is_tiny:
         assert spec.hub_id is not None
-        return spec.hub_id, {"source": spec.hub_id}
+        ident = {"what": "hub-base", "hub_id": spec.hub_id, "revision": spec.revision,
+                 "attn": spec.attn_implementation, "versions": library_versions()}
+        return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident)}
     if spec.tokenizer is None or profile.pretrain is None:
         raise ConfigError(f"model {spec.name!r}: a tiny model needs 'tokenizer' and a [pretrain] table in {profile.path}")
     tok_dir = profile.resolve(spec.tokenizer)
@@ -120,6 +124,7 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
         "tokenizer": dir_digest(tok_dir),
         "corpus": file_digest(corpus),
         "pretrain": {k: v for k, v in vars(profile.pretrain).items() if k != "corpus"},
+        "code": source_digest("models.py"),
         "versions": library_versions(),
     }
 
@@ -142,7 +147,7 @@ def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"attn_implementation": spec.attn_implementation}
+    kwargs: dict[str, Any] = {"attn_implementation": spec.attn_implementation, "revision": spec.revision}
     if quantization == "nf4":
         from transformers import BitsAndBytesConfig
 

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from . import metrics as metrics_mod
-from .cache import Cache, content_key
+from .cache import Cache, content_key, source_digest
 from .datasets import QAExample, load_split
 from .errors import ConfigError
 from .prompts import PLAIN_TEMPLATE
 from .resources import Timer, library_versions
 from .resources import device as current_device
-from .specs import GenerationConfig, ModelSpec, Profile, as_dict
+from .specs import GenerationConfig, ModelSpec, Profile, as_dict, case_name
 from .training import TrainStats, adapter_payload, cached_adapter
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _answers(
         from .generation import generate_answers
         from .models import load_base, load_tokenizer
 
-        tok = load_tokenizer(base_src)
+        tok = load_tokenizer(base_src, spec.revision)
         model = load_base(base_src, spec, "none", ctx.device)
         if adapter is not None:
             from peft import PeftModel
@@ -91,7 +91,8 @@ def _answers(
 
 def _scores(ctx: RunContext, answers: list[str], refs: list[str], answers_key: str) -> tuple[dict[str, np.ndarray], bool]:
     payload = {"what": "scores", "answers": answers_key, "refs": content_key(refs),
-               "metrics": metrics_mod.fingerprint(ctx.use_backend)}
+               "metrics": metrics_mod.fingerprint(ctx.use_backend),
+               "code": source_digest("metrics/__init__.py", "metrics/bertscore.py", "metrics/use.py")}
 
     def build(tmp: Path) -> dict[str, Any]:
         with Timer() as t:
@@ -114,7 +115,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         raise ConfigError(
             f"profile {profile.name!r} has no {exc.args[0]!r}; models {sorted(profile.models)}, datasets {sorted(profile.datasets)}"
         ) from exc
-    case_id = f"{model_name}-{dataset_name}"
+    case_id = case_name(model_name, dataset_name)
     seconds: dict[str, float] = {}
     cached: dict[str, bool] = {}
     keys: dict[str, str] = {}
@@ -125,18 +126,17 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     with Timer() as t:
         base_src, base_meta = base_model_dir(profile, spec, ctx.cache)
     seconds["base"] = t.seconds
-    base_key = base_meta.get("key", base_src)
+    base_key = base_meta["key"]
     keys["base"] = base_key
 
     cfg = profile.train
     a_payload = adapter_payload(base_key, spec, data.fingerprint(), cfg, ctx.device)
     loader = partial(load_base, base_src, spec, cfg.quantization, ctx.device)
     with Timer() as t:
-        adapter, stats, built = cached_adapter(
-            ctx.cache, a_payload, loader, partial(load_tokenizer, base_src), spec, data.train, cfg, ctx.device
+        adapter, stats, built, keys["adapter"] = cached_adapter(
+            ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg, ctx.device
         )
     seconds["train"], cached["train"] = t.seconds, not built
-    keys["adapter"] = content_key(a_payload)
 
     test_fp = content_key([[e.id, e.question] for e in data.test])
     gen = profile.generation
@@ -144,7 +144,8 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     result: dict[str, dict[str, np.ndarray]] = {}
     for stage, adapter_dir, akey in (("tuned", adapter, keys["adapter"]), ("base", None, base_key)):
         payload = {"what": "answers", "model": akey, "test": test_fp, "generation": as_dict(gen),
-                   "prompt": PLAIN_TEMPLATE, "device": ctx.device}
+                   "prompt": PLAIN_TEMPLATE, "code": source_digest("generation.py", "prompts.py", "models.py"),
+                   "device": ctx.device}
         with Timer() as t:
             answers, hit, ans_key = _answers(ctx, spec, base_src, adapter_dir, data.test, gen, payload)
         seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, hit
@@ -176,7 +177,8 @@ def provenance(profile: Profile, ctx: RunContext) -> dict[str, Any]:
         "versions": library_versions(),
         "hardware": hardware(),
         "profile": profile.name,
-        "profile_hash": content_key(as_dict(profile)),
+        # without paths, so the same profile hashes the same in every checkout
+        "profile_hash": content_key({k: v for k, v in as_dict(profile).items() if k not in ("path", "data_dir")}),
         "seeds": {"train": profile.train.seed, "split": profile.split.seed,
                   "pretrain": profile.pretrain.seed if profile.pretrain else None},
         "metrics": metrics_mod.fingerprint(ctx.use_backend),

@@ -20,10 +20,20 @@ def build_prompt(tokenizer: Any, question: str) -> str:
     return PLAIN_TEMPLATE.format(question=question)
 
 
-def build_completion(tokenizer: Any, answer: str) -> str:
-    # The plain layout puts a space after "Answer:"; chat templates start the turn themselves.
-    return answer if getattr(tokenizer, "chat_template", None) else " " + answer
+def add_special_tokens(tokenizer: Any) -> bool:
+    """Whether generation should let the tokenizer add its special tokens (BOS) to a prompt.
+
+    trl tokenizes a plain-text prompt with the tokenizer's defaults (BOS added if the
+    tokenizer adds one) and a conversational one through the chat template (whose text
+    already holds BOS), so generation does the same.
+    """
+    return not getattr(tokenizer, "chat_template", None)
 
 
-def training_rows(tokenizer: Any, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"prompt": build_prompt(tokenizer, q), "completion": build_completion(tokenizer, a)} for q, a in pairs]
+def training_rows(tokenizer: Any, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Prompt/completion rows for trl: conversational with a chat template, plain text otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        return [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+                for q, a in pairs]
+    # The plain layout puts a space after "Answer:".
+    return [{"prompt": build_prompt(tokenizer, q), "completion": " " + a} for q, a in pairs]

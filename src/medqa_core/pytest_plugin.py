@@ -7,7 +7,6 @@ for the summary table and, with ``--update-baselines``, writes the baseline file
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -120,7 +119,9 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.dataset}"
+        from .specs import case_name
+
+        return case_name(self.model, self.dataset)
 
 
 def _profile(config: pytest.Config) -> Any:
@@ -190,10 +191,10 @@ _CONTROLLER_RECORDS: list[tuple[str, str]] = []
 def _collected(config: pytest.Config) -> list[dict[str, Any]]:
     from .report import load_records
 
-    recs = load_records([Path(p) for p, _ in _CONTROLLER_RECORDS])
-    outcome = {json.loads(Path(p).read_text())["case_id"]: o for p, o in _CONTROLLER_RECORDS if Path(p).is_file()}
+    outcome = {str(Path(p)): o for p, o in _CONTROLLER_RECORDS}
+    recs = load_records([Path(p) for p in outcome])
     for r in recs:
-        r["outcome"] = outcome.get(r["case_id"], "unknown")
+        r["outcome"] = outcome.get(r["_path"], "unknown")
     return recs
 
 

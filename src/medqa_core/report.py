@@ -14,9 +14,11 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
     out = []
     for p in paths:
         try:
-            out.append(json.loads(Path(p).read_text()))
+            rec = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a case that crashed before writing its record has no row
+        rec["_path"] = str(Path(p))
+        out.append(rec)
     return sorted(out, key=lambda r: (r["dataset"], r["model"]))
 
 

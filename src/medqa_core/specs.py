@@ -40,6 +40,7 @@ class ModelSpec:
     name: str  # short id used in test ids: llama, mistral, gemma, phi
     family: str
     hub_id: str | None = None
+    revision: str | None = None  # hub commit/tag to pin (recommended for nightly baselines)
     tiny_config: dict[str, Any] | None = None
     target_modules: tuple[str, ...] = ()
     attn_implementation: str = "sdpa"
@@ -118,6 +119,11 @@ class GateConfig:
     require_beats_base: tuple[str, ...] = ("bert_f1",)
 
 
+def case_name(model: str, dataset: str) -> str:
+    """The id of one benchmark case (``mistral-wikidoc``), used by pytest ids, records and baselines."""
+    return f"{model}-{dataset}"
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -134,7 +140,7 @@ class Profile:
     baseline: Path
 
     def case_ids(self) -> list[str]:
-        return [f"{m}-{d}" for m in self.models for d in self.datasets]
+        return [case_name(m, d) for m in self.models for d in self.datasets]
 
     def resolve(self, rel: str) -> Path:
         """Resolve a path written in the profile relative to the repository root."""
@@ -157,16 +163,28 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+#: Fields that must be > 0 (a zero here fails later, far from the profile line that caused it).
+POSITIVE = {"steps", "batch_size", "max_length", "lora_r", "lora_alpha", "block_size", "max_new_tokens",
+            "test_size", "learning_rate", "time_factor", "memory_factor", "repetition_penalty"}
+
+
 def _check_type(value: Any, declared: Any, where: str) -> None:
-    """Scalars must match the field's declared type (annotations are strings here)."""
+    """Values must match the field's declared type (annotations are strings here)."""
     kind = str(declared)
+    name = where.rsplit(" ", 1)[-1]
     if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
         raise ConfigError(f"{where} = {value!r}: must be an integer")
     if kind == "float":
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ConfigError(f"{where} = {value!r}: must be a finite number")
-    if kind == "str" and not isinstance(value, str):
+    if kind in ("str", "str | None") and not (isinstance(value, str) or (value is None and "None" in kind)):
         raise ConfigError(f"{where} = {value!r}: must be a string")
+    if kind.startswith("tuple[str") and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} = {list(value)!r}: must be a list of strings")
+    if kind.startswith("dict") and not isinstance(value, dict):
+        raise ConfigError(f"{where} = {value!r}: must be a table {{ key = value, ... }}")
+    if name in POSITIVE and kind in ("int", "float") and value <= 0:
+        raise ConfigError(f"{where} = {value!r}: must be > 0")
 
 
 def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
@@ -195,6 +213,8 @@ def _dataset_spec(name: str, table: dict[str, Any], where: str) -> DatasetSpec:
     q = table.pop("question", None)
     if q is None or "answer" not in table:
         raise ConfigError(f"{where}: needs 'question' (column or list of columns) and 'answer'")
+    if not (isinstance(q, str) or (isinstance(q, list) and q and all(isinstance(c, str) for c in q))):
+        raise ConfigError(f"{where}: question = {q!r}: must be a column name or a list of column names")
     table["question"] = [q] if isinstance(q, str) else list(q)
     if table.get("file") is None and table.get("hub_id") is None:
         raise ConfigError(f"{where}: needs 'file' (relative to the data dir) or 'hub_id'")
@@ -246,6 +266,8 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
 
 
 def _check_gate(gate: GateConfig, where: str) -> None:
+    if not isinstance(gate.metric_tolerance, dict):
+        raise ConfigError(f"{where} metric_tolerance = {gate.metric_tolerance!r}: must be a table {{ metric = tolerance }}")
     bad = sorted((set(gate.metric_tolerance) | set(gate.require_beats_base)) - set(METRICS))
     if bad:
         raise ConfigError(f"{where}: unknown metric name(s) {bad}; metrics are {list(METRICS)}")

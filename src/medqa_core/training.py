@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache
+from .cache import Cache, source_digest
 from .datasets import QAExample
+from .errors import TrainingError
 from .prompts import PLAIN_TEMPLATE, training_rows
 from .resources import PeakMemory, Timer, library_versions
 from .specs import ModelSpec, TrainConfig
@@ -107,6 +109,11 @@ def fine_tune(
         with PeakMemory(device) as mem, Timer() as t:
             trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if not losses or not all(math.isfinite(x) for x in losses):
+            raise TrainingError(
+                f"model {spec.name!r}: training diverged or logged no loss ({losses[-3:]}); "
+                "lower [train] learning_rate or check the data"
+            )
         tokens = int(trainer.state.num_input_tokens_seen)
         peft_model.save_pretrained(str(out_dir))
     tokenizer.padding_side = "left"
@@ -118,8 +125,8 @@ def fine_tune(
         total_params=total,
         peak_mem_mib=round(mem.peak_mib, 1),
         peak_mem_abs_mib=round(mem.peak_abs_mib, 1),
-        loss_first=round(losses[0], 4) if losses else float("nan"),
-        loss_last=round(losses[-1], 4) if losses else float("nan"),
+        loss_first=round(losses[0], 4),
+        loss_last=round(losses[-1], 4),
         device=device,
     )
 
@@ -130,7 +137,8 @@ def adapter_payload(base_key: Any, spec: ModelSpec, data_fingerprint: str, cfg: 
         "base": base_key,
         "targets": list(spec.target_modules),
         "data": data_fingerprint,
-        "prompt": PLAIN_TEMPLATE,  # chat templates are part of the base model's own files
+        "prompt": PLAIN_TEMPLATE,  # a chat template comes with the base (its key pins the revision)
+        "code": source_digest("training.py", "prompts.py", "models.py"),
         "train": asdict(cfg),
         "device": device,
         "versions": library_versions(),
@@ -140,8 +148,8 @@ def adapter_payload(base_key: Any, spec: ModelSpec, data_fingerprint: str, cfg: 
 def cached_adapter(
     cache: Cache, payload: dict, load_model: Any, load_tokenizer: Any, spec: ModelSpec,
     train: list[QAExample], cfg: TrainConfig, device: str,
-) -> tuple[Path, TrainStats, bool]:
-    """Adapter dir + the stats recorded when it was trained, training it if not cached.
+) -> tuple[Path, TrainStats, bool, str]:
+    """(adapter dir, stats recorded when it was trained, built now?, cache key); trains if not cached.
 
     ``load_model`` and ``load_tokenizer`` are called only when the adapter must be trained.
     """
@@ -152,7 +160,7 @@ def cached_adapter(
         return {"stats": asdict(stats)}
 
     entry = cache.get_or_build("adapter", payload, build)
-    return entry.path / "adapter", TrainStats(**entry.meta["stats"]), entry.built
+    return entry.path / "adapter", TrainStats(**entry.meta["stats"]), entry.built, entry.key
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

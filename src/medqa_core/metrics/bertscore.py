@@ -7,7 +7,6 @@ library crashes on them under transformers 5.
 from __future__ import annotations
 
 import logging
-import os
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -29,7 +28,6 @@ def model_path() -> str:
 
 @lru_cache(maxsize=1)
 def scorer() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bert_score import BERTScorer
 
     from ..resources import device
