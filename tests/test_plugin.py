@@ -69,7 +69,7 @@ answer = "a"
     scores = tmp_path / "scores.json"
     monkeypatch.setenv("FAKE_SCORES", str(scores))
     pytester.makeconftest(FAKE_CONFTEST)
-    pytester.makepyfile(test_medqa=(REPO / "benchmarks" / "test_medqa.py").read_text())
+    pytester.makepyfile(test_medqa_copy=(REPO / "benchmarks" / "test_medqa.py").read_text())
 
     def write_scores(table: dict) -> None:
         scores.write_text(json.dumps(table))
@@ -91,8 +91,8 @@ def test_ids_and_selection(env):
     _, write_scores, run = env
     write_scores(GOOD)
     res = run("--collect-only", "-q")
-    assert "test_medqa.py::test_case[llama-wikidoc]" in res.stdout.str()
-    assert "test_medqa.py::test_case[llama-mental_health]" in res.stdout.str()
+    assert "test_medqa_copy.py::test_case[llama-wikidoc]" in res.stdout.str()
+    assert "test_medqa_copy.py::test_case[llama-mental_health]" in res.stdout.str()
     res = run("--collect-only", "-q", "-k", "mental")
     assert "1/2 tests collected" in res.stdout.str() or "1 test collected" in res.stdout.str()
 
@@ -186,7 +186,7 @@ def test_paper_profile_skips_without_cuda(pytester: pytest.Pytester):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: paper cases would run")
-    pytester.makepyfile(test_medqa=(REPO / "benchmarks" / "test_medqa.py").read_text())
+    pytester.makepyfile(test_medqa_copy=(REPO / "benchmarks" / "test_medqa.py").read_text())
     res = pytester.runpytest_inprocess("-p", "medqa_core.pytest_plugin", "--profile", "paper", "-p", "no:cacheprovider",
                                        "-rs", "--results-dir", str(pytester.path / "r"))
     res.assert_outcomes(skipped=20)

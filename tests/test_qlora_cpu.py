@@ -1,0 +1,86 @@
+"""The paper profile's QLoRA path (bitsandbytes NF4 + LoRA through our training code) on a tiny
+model on the CPU: the same code the GPU run takes, minus CUDA. Skips where bitsandbytes is absent."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from medqa_core.datasets import QAExample
+from medqa_core.specs import TrainConfig, load_profile
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from medqa_core.models import build_tiny, load_tokenizer
+
+    prof = load_profile("tiny")
+    spec = prof.models["llama"]
+    tok = load_tokenizer(prof.resolve(spec.tokenizer))
+    small = dataclasses.replace(spec, tiny_config={**spec.tiny_config, "hidden_size": 64, "intermediate_size": 128,
+                                                   "num_hidden_layers": 2})
+    model = build_tiny(small, tok, seed=0)
+    d = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d), small
+
+
+def test_nf4_load_quantizes_linear_layers(tiny_dir):
+    from medqa_core.models import load_base
+
+    src, spec = tiny_dir
+    model = load_base(src, spec, quantization="nf4", device="cpu")
+    linear4 = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linear4 and all(any(t in n for t in ("proj",)) for n in linear4)
+    assert model.config.quantization_config.bnb_4bit_quant_type == "nf4"
+
+
+def test_qlora_fine_tune_trains_only_lora_weights(tiny_dir, tmp_path):
+    from medqa_core.models import load_base, load_tokenizer
+    from medqa_core.training import fine_tune
+
+    src, spec = tiny_dir
+    rows = [QAExample(f"id{i}", f"What helps condition {i}?", f"Rest and fluids help condition {i}.") for i in range(16)]
+    cfg = TrainConfig(steps=3, batch_size=4, max_length=64, lora_r=4, lora_alpha=8, quantization="nf4",
+                      learning_rate=1e-3)
+    stats = fine_tune(load_base(src, spec, "nf4", "cpu"), load_tokenizer(src), spec, rows, cfg, tmp_path / "a", "cpu")
+    assert stats.tokens_seen > 0 and math.isfinite(stats.loss_last)
+    assert 0 < stats.trainable_params < stats.total_params
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+    from safetensors.torch import load_file
+
+    saved = set(load_file(str(tmp_path / "a" / "adapter_model.safetensors")))
+    assert saved and all("lora_" in k for k in saved)
+
+
+def test_peak_memory_cuda_accounting(monkeypatch):
+    """VRAM is peak allocated during the block minus what was allocated before it."""
+    import torch
+
+    from medqa_core.resources import PeakMemory
+
+    state = {"alloc": 1000 * 2**20, "peak": 0}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: state["alloc"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: state.update(peak=state["alloc"]))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: state["peak"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 4096 * 2**20)
+    with PeakMemory("cuda") as mem:
+        state["peak"] = 3000 * 2**20  # the block peaked 2000 MiB above where it started
+    assert mem.peak_mib == pytest.approx(2000.0)
+    assert mem.peak_abs_mib == pytest.approx(3000.0)
+    assert mem.reserved_mib == pytest.approx(4096.0)
+
+
+def test_paper_recipe_maps_to_trainer_options():
+    from medqa_core.training import sft_config
+
+    paper = load_profile("paper").train
+    cfg = sft_config(paper, "/tmp/unused", "cpu")
+    assert (cfg.max_steps, cfg.learning_rate, cfg.per_device_train_batch_size, cfg.max_length) == (2000, 2e-5, 8, 2048)
+    assert cfg.optim == "adamw_8bit"
+    assert not cfg.bf16 and not cfg.fp16  # CPU: full precision
