@@ -12,13 +12,14 @@ import json
 import pytest
 
 from medqa_core import pipeline
-from medqa_core.baselines import compare
+from medqa_core.baselines import compare, resource_baseline
 from medqa_core.errors import MedQAError
 from medqa_core.pytest_plugin import RECORD_KEY
 
 
 @pytest.mark.benchmark_case
-def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_run_dir, record_property, request):
+def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_hw_baseline, medqa_run_dir,
+              record_property, request):
     profile = medqa_profile
     spec = profile.models[medqa_case.model]
     if not spec.is_tiny and medqa_context.device != "cuda":
@@ -30,6 +31,10 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_ru
         pytest.fail(f"{medqa_case.id}: {exc}", pytrace=False)
 
     baseline_case = (medqa_baseline or {}).get("cases", {}).get(result.case_id)
+    if baseline_case is not None:  # time/memory come from this hardware class's record when there is one
+        hw_class, hw_baseline = medqa_hw_baseline
+        res = resource_baseline(result.case_id, result.model, medqa_baseline, hw_baseline, hw_class)
+        baseline_case = {**baseline_case, "resources": res or {}}
     verdict = compare(result.case_id, result.metrics, baseline_case, profile.gate, result.resources, result.per_example)
     record = {**result.to_json(), "provenance": pipeline.provenance(profile, medqa_context),
               "verdict": {"status": verdict.status, "explain": verdict.explain()}}

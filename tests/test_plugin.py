@@ -205,3 +205,14 @@ def test_inner_pytest_run_does_not_resplit_threads(env):
     run("--collect-only", "-q")
     assert torch.get_num_threads() == before
     assert resources.configure_threads(1) == resources.configure_threads(64)  # first call wins
+
+
+def test_read_only_baseline_records_into_hardware_file(env, tmp_path):
+    baseline, write_scores, run = env
+    prof = tmp_path / "prof.toml"
+    prof.write_text(prof.read_text().replace('name = "fake"', 'name = "fake"\nbaseline_readonly = true'))
+    write_scores(GOOD)
+    run("--update-baselines").assert_outcomes(passed=2)
+    assert not baseline.exists()  # the published file is never written
+    hw_file = baseline.with_name("fake-cpu.json")
+    assert set(json.loads(hw_file.read_text())["cases"]) == {"llama-wikidoc", "llama-mental_health"}

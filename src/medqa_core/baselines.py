@@ -186,6 +186,25 @@ def compare(
     return Verdict(case_id, status, checks)
 
 
+def resource_baseline(
+    case_id: str, model: str, main: dict[str, Any] | None, hw: dict[str, Any] | None, hw_class: str
+) -> dict[str, Any] | None:
+    """Which recorded training time/memory a case is gated against, in order of preference:
+    the hardware-class file's entry for the case; the main baseline's per-model published
+    training minutes when this machine is of the class they were measured on (paper.json:
+    2x Tesla T4); the main baseline case's own resources. None = resources are not gated."""
+    if hw and case_id in hw.get("cases", {}):
+        return hw["cases"][case_id].get("resources")
+    if main:
+        published = main.get("models", {}).get(model, {})
+        if "training_minutes" in published and main.get("hardware", {}).get("class") == hw_class:
+            return {"train_seconds": 60.0 * float(published["training_minutes"]), "device": "cuda"}
+        case = main.get("cases", {}).get(case_id)
+        if case:
+            return case.get("resources")
+    return None
+
+
 def record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Merge the records of passing cases into the baseline file at ``path`` (other cases kept).
 

@@ -74,7 +74,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _CONTROLLER_RECORDS.clear()
+    collector = _RecordCollector()
+    config.stash[_collector_key] = collector
+    config.pluginmanager.register(collector)
     if _is_worker(config):
         # Before anything imports torch: the caller's CUDA_VISIBLE_DEVICES is respected and split.
         pin_worker_gpu(config.workerinput["workerid"], visible_gpus())
@@ -171,27 +173,49 @@ def medqa_baseline(request: pytest.FixtureRequest, medqa_profile: Any) -> dict[s
 
 
 @pytest.fixture(scope="session")
+def medqa_hw_baseline(medqa_profile: Any) -> tuple[str, dict[str, Any] | None]:
+    """(this machine's hardware class, its resource baseline file for the profile or None)."""
+    from . import baselines
+    from .resources import hardware_class
+
+    hw = hardware_class()
+    path = medqa_profile.hardware_baseline(hw)
+    return hw, (baselines.load(path) if path.is_file() else None)
+
+
+@pytest.fixture(scope="session")
 def medqa_run_dir(request: pytest.FixtureRequest) -> Path:
     d = request.config.stash[_run_dir_key]
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when != "call":
-        return
-    for name, value in report.user_properties:
-        if name == RECORD_KEY:
-            _CONTROLLER_RECORDS.append((value, report.outcome))
+class _RecordCollector:
+    """Per-session list of (record path, outcome), fed by the reports the controller receives
+    (from xdist workers too). One per config, so a pytest run inside a test keeps its own."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == RECORD_KEY:
+                self.records.append((value, report.outcome))
 
 
-_CONTROLLER_RECORDS: list[tuple[str, str]] = []
+_collector_key = pytest.StashKey[_RecordCollector]()
+
+
+def _records_seen(config: pytest.Config) -> list[tuple[str, str]]:
+    return config.stash[_collector_key].records
 
 
 def _collected(config: pytest.Config) -> list[dict[str, Any]]:
     from .report import load_records
 
-    outcome = {str(Path(p)): o for p, o in _CONTROLLER_RECORDS}
+    outcome = {str(Path(p)): o for p, o in _records_seen(config)}
     recs = load_records([Path(p) for p in outcome])
     for r in recs:
         r["outcome"] = outcome.get(r["_path"], "unknown")
@@ -199,7 +223,7 @@ def _collected(config: pytest.Config) -> list[dict[str, Any]]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if _is_worker(config) or not _CONTROLLER_RECORDS:
+    if _is_worker(config) or not _records_seen(config):
         return
     from .report import markdown_table, plain_table
 
@@ -220,13 +244,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if _is_worker(config) or not config.getoption("--update-baselines") or not _CONTROLLER_RECORDS:
+    if _is_worker(config) or not config.getoption("--update-baselines") or not _records_seen(config):
         return
     from .baselines import record_cases
+    from .resources import hardware_class
 
     profile = _profile(config)
-    written, skipped = record_cases(profile.resolve(str(profile.baseline)), profile.name, _collected(config))
+    records = _collected(config)
+    path = profile.resolve(str(profile.baseline))
+    if profile.baseline_readonly:  # published numbers stay; this hardware's results go beside them
+        hw = records[0]["provenance"]["hardware"]
+        path = profile.hardware_baseline(hardware_class(hw.get("gpu"), hw.get("gpu_count")))
+    written, skipped = record_cases(path, profile.name, records)
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
-        tr.write_line(f"medqa-bench: recorded {len(written)} case(s) into {profile.resolve(str(profile.baseline))}"
+        tr.write_line(f"medqa-bench: recorded {len(written)} case(s) into {path}"
                       + (f"; not recorded (failed): {skipped}" if skipped else ""))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import threading
 import time
@@ -65,6 +66,18 @@ def hardware() -> dict[str, object]:
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     return info
+
+
+def hardware_class(gpu_name: str | None = None, gpu_count: int | None = None) -> str:
+    """``cpu``, or ``<count>x-<gpu name slug>`` (e.g. ``2x-tesla-t4``, ``1x-nvidia-h100-80gb-hbm3``):
+    training times are comparable only within one class."""
+    if gpu_name is None:
+        info = hardware()
+        gpu_name, gpu_count = info.get("gpu"), info.get("gpu_count")  # type: ignore[assignment]
+    if not gpu_name:
+        return "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", str(gpu_name).lower()).strip("-")
+    return f"{gpu_count or 1}x-{slug}"
 
 
 class PeakMemory:

@@ -138,9 +138,17 @@ class Profile:
     pretrain: PretrainConfig | None
     data_dir: Path
     baseline: Path
+    # A published baseline (paper.json) is never rewritten: --update-baselines then records
+    # into the hardware-class file baselines/<profile>-<class>.json instead.
+    baseline_readonly: bool = False
 
     def case_ids(self) -> list[str]:
         return [case_name(m, d) for m in self.models for d in self.datasets]
+
+    def hardware_baseline(self, hw_class: str) -> Path:
+        """Resources (time, memory) recorded on one hardware class: baselines/<profile>-<class>.json."""
+        main = self.resolve(str(self.baseline))
+        return main.with_name(f"{self.name}-{hw_class}.json")
 
     def resolve(self, rel: str) -> Path:
         """Resolve a path written in the profile relative to the repository root."""
@@ -258,6 +266,7 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         pretrain=_build(PretrainConfig, pre, f"{where} [pretrain]") if pre is not None else None,
         data_dir=ddir if ddir.is_absolute() else REPO_ROOT / ddir,
         baseline=Path(raw.get("baseline", f"baselines/{pname}.json")),
+        baseline_readonly=bool(raw.get("baseline_readonly", False)),
     )
     _check_gate(prof.gate, f"{where} [gate]")
     if prof.train.quantization not in ("none", "nf4"):
