@@ -7,7 +7,6 @@ for the summary table and, with ``--update-baselines``, writes the baseline file
 """
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import time
@@ -20,7 +19,6 @@ import pytest
 
 from .errors import MedQAError
 
-log = logging.getLogger("medqa_core")
 RECORD_KEY = "medqa_record"
 _run_dir_key = pytest.StashKey[Path]()
 
