@@ -157,6 +157,8 @@ def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: 
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["dtype"] = compute
+        if device == "cuda":  # quantize straight onto this worker's GPU (CUDA_VISIBLE_DEVICES is pinned)
+            kwargs["device_map"] = {"": 0}
     elif device == "cuda":
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
