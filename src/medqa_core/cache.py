@@ -8,6 +8,7 @@ half-written one.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -55,6 +56,7 @@ def dir_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+@functools.cache  # the sources do not change within a process; read them once
 def source_digest(*modules: str) -> str:
     """Digest of medqa_core source files (e.g. "training.py", "metrics/use.py"): a change to the
     code that builds an artefact changes its key, so a persistent cache never serves stale results."""

@@ -19,7 +19,6 @@ from . import metrics as metrics_mod
 from .cache import Cache, content_key, source_digest
 from .datasets import QAExample, load_split
 from .errors import ConfigError
-from .prompts import PLAIN_TEMPLATE
 from .resources import Timer, library_versions
 from .resources import device as current_device
 from .specs import GenerationConfig, ModelSpec, Profile, as_dict, case_name
@@ -144,7 +143,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     result: dict[str, dict[str, np.ndarray]] = {}
     for stage, adapter_dir, akey in (("tuned", adapter, keys["adapter"]), ("base", None, base_key)):
         payload = {"what": "answers", "model": akey, "test": test_fp, "generation": as_dict(gen),
-                   "prompt": PLAIN_TEMPLATE, "code": source_digest("generation.py", "prompts.py", "models.py"),
+                   "code": source_digest("generation.py", "prompts.py", "models.py"),  # prompts.py: the template
                    "device": ctx.device}
         with Timer() as t:
             answers, hit, ans_key = _answers(ctx, spec, base_src, adapter_dir, data.test, gen, payload)

@@ -12,7 +12,7 @@ from typing import Any
 from .cache import Cache, source_digest
 from .datasets import QAExample
 from .errors import TrainingError
-from .prompts import PLAIN_TEMPLATE, training_rows
+from .prompts import training_rows
 from .resources import PeakMemory, Timer, library_versions
 from .specs import ModelSpec, TrainConfig
 
@@ -137,7 +137,7 @@ def adapter_payload(base_key: Any, spec: ModelSpec, data_fingerprint: str, cfg: 
         "base": base_key,
         "targets": list(spec.target_modules),
         "data": data_fingerprint,
-        "prompt": PLAIN_TEMPLATE,  # a chat template comes with the base (its key pins the revision)
+        # prompts.py holds the plain template; a chat template comes with the base (its key pins the revision)
         "code": source_digest("training.py", "prompts.py", "models.py"),
         "train": asdict(cfg),
         "device": device,
