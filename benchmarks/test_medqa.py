@@ -37,7 +37,7 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_hw
         baseline_case = {**baseline_case, "resources": res or {}}
     verdict = compare(result.case_id, result.metrics, baseline_case, profile.gate, result.resources, result.per_example)
     record = {**result.to_json(), "provenance": pipeline.provenance(profile, medqa_context),
-              "verdict": {"status": verdict.status, "explain": verdict.explain()}}
+              "verdict": verdict.to_json()}
     path = medqa_run_dir / f"{result.case_id}.json"
     path.write_text(json.dumps(record, indent=1, allow_nan=False))
     record_property(RECORD_KEY, str(path))

@@ -284,8 +284,12 @@ def test_compare_paired_detail_only_with_same_ids():
     cur = {"ids": ["a", "b", "c", "d"], **{m: [0.6, 0.7, 0.8, 0.9] for m in METRICS}}
     v = compare("c", dict(METRIC_VALUES), base, GATE, None, cur)
     assert all("paired diff +0.1000" in c.detail and "95% CI" in c.detail for c in v.checks)
+    assert all(c.basis == "paired" for c in v.checks)
+    # other examples: not paired; this run's own CI against the threshold instead
     v = compare("c", dict(METRIC_VALUES), base, GATE, None, {**cur, "ids": ["a", "b", "c", "e"]})
-    assert all(c.detail == "" for c in v.checks)
+    assert all(c.basis == "run-ci" and "paired" not in c.detail for c in v.checks)
+    v = compare("c", dict(METRIC_VALUES), base, GATE, None, None)
+    assert all(c.basis == "threshold" and c.detail == "" for c in v.checks)
 
 
 TOL = st.floats(0.001, 0.1)

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Imported once here: in-process pytest runs drop the modules they import, and scipy's numpy.fft
+# extension (pulled in by ruptures for the trend check) cannot be loaded twice in one process.
+import ruptures  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,3 +220,80 @@ def test_read_only_baseline_records_into_hardware_file(env, tmp_path):
     assert not baseline.exists()  # the published file is never written
     hw_file = baseline.with_name("fake-cpu.json")
     assert set(json.loads(hw_file.read_text())["cases"]) == {"llama-wikidoc", "llama-mental_health"}
+
+
+def _serve(codes: list[int]):
+    """A webhook receiver on 127.0.0.1 that stores each POSTed JSON body."""
+    import http.server
+    import threading
+
+    bodies: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            n = int(self.headers["Content-Length"])
+            bodies.append(json.loads(self.rfile.read(n)))
+            self.send_response(codes[len(bodies) - 1] if len(bodies) <= len(codes) else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_port}/hook", bodies
+
+
+def test_history_trend_and_webhook_alert(env, tmp_path):
+    from medqa_core.history import History
+
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    run("--update-baselines").assert_outcomes(passed=2)
+    srv, url, bodies = _serve([200, 200, 500])
+    try:
+        run("--alert-webhook", url).assert_outcomes(passed=2)
+        assert bodies == []  # everything passed: no alert unless asked
+        res = run("--alert-webhook", url, "--alert-always")
+        res.assert_outcomes(passed=2)
+        assert bodies[-1]["status"] == "pass" and "all 2 case(s) pass" in bodies[-1]["text"]
+
+        slid = json.loads(json.dumps(GOOD))
+        slid["llama-wikidoc"]["tuned"]["bert_f1"] = 0.488  # within the gate (0.02), beyond the trend's 0.01
+        write_scores(slid)
+        for _ in range(3):
+            res = run()
+            res.assert_outcomes(passed=2)
+        out = res.stdout.str()
+        assert "trend llama-wikidoc bert_f1: step down by -0.0120 (0.5000 -> 0.4880) starting at run 3" in out
+
+        dropped = json.loads(json.dumps(GOOD))
+        dropped["llama-wikidoc"]["tuned"]["bert_f1"] = 0.45
+        write_scores(dropped)
+        res = run("--alert-webhook", url)
+        res.assert_outcomes(passed=1, failed=1)
+        body = bodies[-1]
+        assert body["status"] == "regression" and body["exitstatus"] == 1
+        assert "1 of 2 case(s) regressed" in body["text"]
+        assert "llama-wikidoc bert_f1: 0.4500 vs baseline 0.5000" in body["text"] and "95% CI" in body["text"]
+        [case] = [c for c in body["cases"] if c["case_id"] == "llama-wikidoc"]
+        assert case["failures"][0]["ci"] == [pytest.approx(-0.05), pytest.approx(-0.05)]
+
+        res = run("--alert-webhook", url)  # the receiver answers 500 now: a warning, not a crash
+        assert "WARNING alert to webhook failed: webhook answered HTTP 500" in res.stdout.str()
+    finally:
+        srv.shutdown()
+
+    hist = History(tmp_path / "cache" / "history.sqlite")
+    runs = hist.runs()
+    assert len(runs) == 8 and all(r.profile == "fake" for r in runs)
+    assert [v for _, v in hist.series("llama-wikidoc", "bert_f1")] == [0.5, 0.5, 0.5, 0.488, 0.488, 0.488, 0.45, 0.45]
+
+
+def test_history_can_be_turned_off_or_moved(env, tmp_path):
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    run("--update-baselines", "--history", "none").assert_outcomes(passed=2)
+    assert not (tmp_path / "cache" / "history.sqlite").exists()
+    run("--history", str(tmp_path / "h" / "runs.db")).assert_outcomes(passed=2)
+    assert (tmp_path / "h" / "runs.db").is_file()

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +106,21 @@ def paired_bootstrap_ci(
     a, b = np.asarray(current, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired_bootstrap_ci: shapes differ {a.shape} vs {b.shape}; the examples must be paired")
-    d = a - b
+    return bootstrap_ci(a - b, n_boot, alpha, seed)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` and its percentile bootstrap CI (resampling examples with replacement)."""
+    d = np.asarray(values, dtype=np.float64)
     if d.ndim != 1 or d.size == 0:
-        raise ValueError("paired_bootstrap_ci needs two equal-length non-empty 1-d arrays")
+        raise ValueError("bootstrap needs a non-empty 1-d array of per-example values")
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(d.mean()), float(lo), float(hi)
+    # Resample means lie within [min, max] of the data, but quantile interpolation can step a
+    # rounding error outside the sample mean for constant data: clamp so lo <= mean <= hi.
+    mean = float(d.mean())
+    return mean, min(float(lo), mean), max(float(hi), mean)
 
 
 @dataclass
@@ -123,6 +131,9 @@ class Check:
     limit: float
     passed: bool
     detail: str = ""
+    basis: str = "threshold"  # paired | run-ci | threshold | ratio
+    ci: tuple[float, float] | None = None  # 95% CI of the paired difference (paired) or of the run's mean (run-ci)
+    improved: bool = False
 
 
 @dataclass
@@ -144,6 +155,38 @@ class Verdict:
             lines.append(f"  [{mark}] {c.name}: {c.value:.4f} vs baseline {c.baseline:.4f} (limit {c.limit:.4f}) {c.detail}".rstrip())
         return "\n".join(lines)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "explain": self.explain(), "checks": [asdict(c) for c in self.checks]}
+
+
+def judge_metric(
+    name: str, value: float, baseline: float, min_effect: float,
+    current_per: list[float] | None = None, baseline_per: list[float] | None = None,
+) -> Check:
+    """One metric's verdict, telling a real drop from noise.
+
+    * paired (both sides have per-example scores on the same examples): a regression needs the
+      95% bootstrap CI of the mean paired difference to exclude zero *and* the mean drop to
+      exceed ``min_effect``; an improvement mirrors it.
+    * run-ci (only this run has per-example scores, e.g. against published aggregates): the
+      whole CI of this run's mean must lie below ``baseline - min_effect``.
+    * threshold (no per-example scores anywhere): ``value < baseline - min_effect``.
+    """
+    limit = baseline - min_effect
+    if current_per is not None and baseline_per is not None:
+        mean, lo, hi = paired_bootstrap_ci(np.asarray(current_per), np.asarray(baseline_per))
+        regressed = hi < 0 and mean < -min_effect
+        improved = lo > 0 and mean > min_effect
+        detail = f"paired diff {mean:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}], min effect {min_effect:g}"
+        return Check(name, value, baseline, limit, not regressed, detail, "paired", (lo, hi), improved)
+    if current_per is not None:
+        mean, lo, hi = bootstrap_ci(np.asarray(current_per))
+        regressed = hi < limit
+        improved = lo > baseline + min_effect
+        detail = f"run mean {mean:.4f} [95% CI {lo:.4f}, {hi:.4f}] vs limit"
+        return Check(name, value, baseline, limit, not regressed, detail, "run-ci", (lo, hi), improved)
+    return Check(name, value, baseline, limit, value >= limit, "", "threshold", None, value > baseline + min_effect)
+
 
 def compare(
     case_id: str,
@@ -153,22 +196,18 @@ def compare(
     resources: dict[str, Any] | None = None,
     per_example: dict[str, list[float]] | None = None,
 ) -> Verdict:
-    """Judge a case: each metric >= baseline - tolerance; time and memory <= baseline x factor."""
+    """Judge a case: each metric with :func:`judge_metric` (its tolerance is the minimum effect);
+    training time and peak memory against the baseline times a factor (same device only)."""
     if baseline_case is None:
         return Verdict(case_id, "no-baseline")
     checks: list[Check] = []
-    improved = False
     base_per = baseline_case.get("per_example") or {}
+    paired = bool(per_example and base_per.get("ids") and per_example.get("ids") == base_per["ids"])
     for m in METRICS:
         tol = gate.metric_tolerance.get(m, DEFAULT_TOLERANCE)
-        b = float(baseline_case["metrics"][m])
-        v = float(metrics[m])
-        detail = ""
-        if per_example and base_per.get("ids") and per_example.get("ids") == base_per["ids"] and m in base_per:
-            mean, lo, hi = paired_bootstrap_ci(np.array(per_example[m]), np.array(base_per[m]))
-            detail = f"paired diff {mean:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
-        checks.append(Check(m, v, b, b - tol, v >= b - tol, detail))
-        improved |= v > b + tol
+        cur = per_example.get(m) if per_example and per_example.get("ids") else None
+        ref = base_per.get(m) if paired else None
+        checks.append(judge_metric(m, float(metrics[m]), float(baseline_case["metrics"][m]), tol, cur, ref))
     base_res = baseline_case.get("resources") or {}
     if resources and base_res and base_res.get("device") == resources.get("device"):
         for key, factor, slack in (("train_seconds", gate.time_factor, 0.0),
@@ -178,11 +217,11 @@ def compare(
                 v = float(resources[key])
                 limit = max(b * factor, b + slack)
                 why = f"(x{factor}" + (f" or +{slack:g}" if slack else "") + " allowed)"
-                checks.append(Check(key, v, b, limit, v <= limit, why))
+                checks.append(Check(key, v, b, limit, v <= limit, why, "ratio"))
     if any(not c.passed for c in checks):
         status = "regression"
     else:
-        status = "improvement" if improved else "pass"
+        status = "improvement" if any(c.improved for c in checks) else "pass"
     return Verdict(case_id, status, checks)
 
 

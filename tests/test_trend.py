@@ -1,0 +1,72 @@
+"""Change-point detection on planted histories (trend.py over ruptures)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medqa_core.trend import breakpoints, regressions, shifts
+
+
+def noisy(level: float, n: int, rng: np.random.Generator, sd: float = 0.004) -> np.ndarray:
+    return level + rng.normal(0.0, sd, n)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("at", [6, 15, 24])
+def test_planted_step_is_found_at_its_run(seed, at):
+    rng = np.random.default_rng(seed)
+    x = np.r_[noisy(0.45, at, rng), noisy(0.42, 30 - at, rng)]
+    ids = [f"run{i:02d}" for i in range(30)]
+    [s] = regressions(x, 0.02, ids)
+    assert s.start == at and s.run_id == f"run{at:02d}" and s.kind == "step"
+    assert s.delta == pytest.approx(-0.03, abs=0.006)
+    assert f"run {at} (run{at:02d})" in s.explain("bert_f1")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_flat_noisy_history_has_no_shift(seed):
+    rng = np.random.default_rng(100 + seed)
+    assert shifts(noisy(0.45, 30, rng), 0.02) == []
+
+
+def test_bit_identical_history_never_splits():
+    assert breakpoints([0.4512] * 20, 0.02) == []
+    assert shifts([0.4512] * 19 + [0.4513], 0.02) == []  # float jitter below the noise floor
+
+
+def test_shift_smaller_than_min_effect_is_not_reported():
+    rng = np.random.default_rng(3)
+    x = np.r_[noisy(0.45, 15, rng, 0.001), noisy(0.44, 15, rng, 0.001)]  # a clear but small 0.01 step
+    assert breakpoints(x, 0.02) == [15]
+    assert shifts(x, 0.02) == []
+    assert [s.start for s in shifts(x, 0.005)] == [15]
+
+
+def test_slow_drift_is_reported_as_one_shift_near_where_it_started():
+    rng = np.random.default_rng(11)
+    start = 12
+    x = np.r_[noisy(0.45, start, rng, 0.002), 0.45 - 0.004 * np.arange(1, 19) + rng.normal(0, 0.002, 18)]
+    [s] = regressions(x, 0.02)
+    assert abs(s.start - start) <= 2, s
+    assert s.delta < -0.04
+
+
+def test_improvements_and_resource_direction():
+    x = [10.0] * 8 + [20.0] * 8  # training time doubled
+    assert regressions(x, 1.0, higher_is_better=True) == []  # for a score this would be better
+    [s] = regressions(x, 1.0, higher_is_better=False)
+    assert s.start == 8 and s.delta == pytest.approx(10.0)
+
+
+def test_short_history_has_nothing_to_say():
+    assert shifts([0.5, 0.1, 0.5], 0.02) == []
+
+
+@given(at=st.integers(4, 16), drop=st.floats(0.03, 0.3), level=st.floats(0.2, 0.8))
+@settings(max_examples=60, deadline=None)
+def test_property_clean_step_found_exactly(at, drop, level):
+    x = [level] * at + [level - drop] * (20 - at)
+    [s] = shifts(x, 0.02)
+    assert s.start == at and s.delta == pytest.approx(-drop)
