@@ -43,3 +43,60 @@ def test_bad_run_dir_is_a_one_line_error(tmp_path, capsys):
     assert main(["summary", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nope") in err and err.count("\n") == 1
+
+
+def _history_with_runs(tmp_path: Path, values: list[float]) -> Path:
+    from medqa_core.history import History
+
+    db = tmp_path / "h.sqlite"
+    h = History(db)
+    for i, v in enumerate(values):
+        d = write_run(tmp_path / f"run{i:02d}", [v] * 10)
+        rec = json.loads((d / "llama-wikidoc.json").read_text())
+        rec.update(profile="tiny", verdict={"status": "pass", "explain": "llama-wikidoc: pass", "checks": []},
+                   provenance={"git_sha": "abc", "hardware": {"gpu": None}})
+        h.add_run(f"2026110{i}-run", "tiny", [rec])
+    return db
+
+
+def test_compare_and_summary_accept_history_references(tmp_path, capsys):
+    db = _history_with_runs(tmp_path, [0.5, 0.5, 0.4])
+    assert main(["compare", "latest~1", "latest", "--history", str(db)]) == 1
+    assert "bert_f1" in capsys.readouterr().out
+    assert main(["compare", "20261100", "20261101", "--history", str(db)]) == 0
+    assert main(["summary", "latest", "--history", str(db)]) == 0
+    assert "0.4000" in capsys.readouterr().out
+    assert main(["summary", "nope", "--history", str(db)]) == 2
+    assert "'nope' not found" in capsys.readouterr().err
+
+
+def test_history_and_trend_commands(tmp_path, capsys):
+    db = _history_with_runs(tmp_path, [0.5] * 5 + [0.45] * 4)
+    assert main(["history", "--history", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 9 and "20261108-run" in out
+    assert main(["trend", "--history", str(db)]) == 1
+    out = capsys.readouterr().out
+    assert "llama-wikidoc: bert_f1: step down by -0.0500 (0.5000 -> 0.4500) starting at run 5 (20261105-run)" in out
+    (tmp_path / "flat").mkdir()
+    flat = _history_with_runs(tmp_path / "flat", [0.5] * 6)
+    assert main(["trend", "--history", str(flat)]) == 0
+    assert "no worsening shift in 6 stored run(s)" in capsys.readouterr().out
+
+
+def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
+    db = _history_with_runs(tmp_path, [0.5] * 5 + [0.45] * 4)
+    out = tmp_path / "rep"
+    assert main(["report", "latest", "--history", str(db), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "| wikidoc | llama |" in md and "![scores vs baseline](report-bars.png)" in md
+    assert "bert_f1: step down by -0.0500" in md and "starting at run 5" in md
+    assert html.count("data:image/png;base64,") == 2 and "step down by -0.0500" in html
+    for name in ("bars", "history"):
+        assert (out / f"report-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run directory works without any history, and the report lands beside its records
+    run = tmp_path / "run00"
+    assert main(["report", str(run), "--history", str(tmp_path / "none.sqlite")]) == 0
+    assert "No history given." in (run / "report.md").read_text()
+    assert "data:image/png;base64," in (run / "report.html").read_text()

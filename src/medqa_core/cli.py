@@ -1,28 +1,61 @@
 """``medqa-bench`` command line: look at runs without re-running pytest.
 
-    medqa-bench summary RUN_DIR [--baseline FILE]     Table-2-style table of a run's records
+    medqa-bench summary RUN [--baseline FILE]         Table-2-style table of a run's records
     medqa-bench compare RUN_A RUN_B [--profile NAME]  gate RUN_B's cases against RUN_A's
+    medqa-bench report RUN [--out DIR]                markdown + self-contained HTML report with plots
+    medqa-bench history [--profile NAME]              the runs stored in the history
+    medqa-bench trend [--profile NAME]                worsening shifts (change points) per case and metric
     medqa-bench params [--profile NAME]               LoRA trainable parameters per model (meta device)
+
+RUN is a run directory (.medqa-results/<run id>) or a run in the history: a run id, a unique
+prefix of one, ``latest`` or ``latest~N``. The history is --history, else $MEDQA_HISTORY, else
+$MEDQA_CACHE_DIR/history.sqlite, else ./.medqa-cache/history.sqlite.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import MedQAError
 
 
-def _records(run_dir: str) -> list[dict]:
+def _history_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "history", None):
+        return Path(args.history)
+    if os.environ.get("MEDQA_HISTORY"):
+        return Path(os.environ["MEDQA_HISTORY"])
+    return Path(os.environ.get("MEDQA_CACHE_DIR") or ".medqa-cache") / "history.sqlite"
+
+
+def _history(args: argparse.Namespace, required: bool = True) -> Any:
+    from .history import History
+
+    path = _history_path(args)
+    if not path.is_file():
+        if required:
+            raise MedQAError(f"{path}: no run history here (pytest writes it; or pass --history PATH)")
+        return None
+    return History(path)
+
+
+def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
+    """The case records of a run directory, or of a run in the history."""
     from .report import load_records
 
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise MedQAError(f"{d}: not a run directory (look under .medqa-results/)")
-    recs = load_records(sorted(d.glob("*.json")))
-    if not recs:
-        raise MedQAError(f"{d}: no case records (*.json) in this run directory")
-    return recs
+    d = Path(ref)
+    if d.is_dir():
+        recs = load_records(sorted(d.glob("*.json")))
+        if not recs:
+            raise MedQAError(f"{d}: no case records (*.json) in this run directory")
+        return recs
+    hist = _history(args, required=False) if args is not None else None
+    if hist is None:
+        raise MedQAError(f"{d}: not a run directory (look under .medqa-results/) and no history to look it up in")
+    recs = hist.records(hist.resolve(ref))
+    return sorted(recs, key=lambda r: (r["dataset"], r["model"]))
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -30,7 +63,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .report import plain_table
 
     base = baselines.load(Path(args.baseline)) if args.baseline else None
-    print(plain_table(_records(args.run), base))
+    print(plain_table(_records(args.run, args), base))
     return 0
 
 
@@ -39,9 +72,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .specs import load_profile
 
     gate = load_profile(args.profile).gate
-    old = {r["case_id"]: r for r in _records(args.run_a)}
+    old = {r["case_id"]: r for r in _records(args.run_a, args)}
     worst = 0
-    for rec in _records(args.run_b):
+    for rec in _records(args.run_b, args):
         ref = old.get(rec["case_id"])
         as_baseline = None if ref is None else {
             "metrics": ref["metrics"], "resources": ref["resources"], "per_example": ref["per_example"]}
@@ -49,6 +82,71 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(verdict.explain())
         worst = max(worst, verdict.status == "regression")
     return worst
+
+
+def _profile_or_none(name: str | None) -> Any:
+    from .specs import load_profile
+
+    if not name:
+        return None
+    try:
+        return load_profile(name)
+    except MedQAError:
+        return None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import baselines
+    from .htmlreport import HISTORY_METRICS, Report, write
+    from .trend import case_trends
+
+    recs = _records(args.run, args)
+    profile_name = args.profile or recs[0].get("profile")
+    profile = _profile_or_none(profile_name)
+    if args.baseline:
+        base = baselines.load(Path(args.baseline))
+    elif profile is not None and profile.resolve(str(profile.baseline)).is_file():
+        base = baselines.load(profile.resolve(str(profile.baseline)))
+    else:
+        base = None
+    run_id = Path(args.run).name if Path(args.run).is_dir() else args.run
+    rep = Report(title=f"medqa-bench report: profile {profile_name}, run {run_id}", records=recs, baseline=base, run_id=run_id)
+    hist = _history(args, required=False)
+    if hist is not None:
+        ids = [r["case_id"] for r in recs]
+        rep.history_series = {c: {m: hist.series(c, m, profile_name) for m in HISTORY_METRICS} for c in ids}
+        tols = profile.gate.metric_tolerance if profile is not None else {}
+        rep.trends = case_trends(hist, ids, profile_name, tols)
+    out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(f"medqa-report-{run_id}"))
+    paths = write(rep, out)
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import time
+
+    hist = _history(args)
+    for r in hist.runs(args.profile):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        print(f"#{r.seq:<4d} {r.run_id:26s} {when}  {r.profile:8s} {r.hardware_class or '-':20s} {(r.git_sha or '-')[:10]}")
+    return 0
+
+
+def cmd_trend(args: argparse.Namespace) -> int:
+    from .trend import case_trends
+
+    hist = _history(args)
+    profile = _profile_or_none(args.profile)
+    tols = profile.gate.metric_tolerance if profile is not None else {}
+    found = case_trends(hist, hist.case_ids(args.profile), args.profile, tols)
+    for cid in sorted(found):
+        for metric, shifts in found[cid].items():
+            for sh in shifts:
+                print(f"{cid}: {sh.explain(metric)}")
+    if not found:
+        print(f"no worsening shift in {len(hist.runs(args.profile))} stored run(s) of profile {args.profile}")
+    return 1 if found else 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -69,12 +167,29 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summary", help="print the summary table of a run directory")
     s.add_argument("run")
     s.add_argument("--baseline", help="baseline JSON for deltas (e.g. baselines/tiny.json)")
+    s.add_argument("--history", help="history database for run references (see above)")
     s.set_defaults(fn=cmd_summary)
     c = sub.add_parser("compare", help="gate RUN_B against RUN_A case by case (exit 1 on a regression)")
     c.add_argument("run_a")
     c.add_argument("run_b")
     c.add_argument("--profile", default="tiny", help="profile whose [gate] tolerances apply (default tiny)")
     c.set_defaults(fn=cmd_compare)
+    c.add_argument("--history", help="history database for run references (see above)")
+    r = sub.add_parser("report", help="write report.md and a self-contained report.html with plots for a run")
+    r.add_argument("run")
+    r.add_argument("--baseline", help="baseline JSON (default: the run's profile baseline)")
+    r.add_argument("--profile", help="profile for tolerances and baseline (default: the one in the records)")
+    r.add_argument("--history", help="history database for history plots and trends (see above)")
+    r.add_argument("--out", help="output directory (default: the run directory, or ./medqa-report-<run>)")
+    r.set_defaults(fn=cmd_report)
+    h = sub.add_parser("history", help="list the runs stored in the history")
+    h.add_argument("--profile")
+    h.add_argument("--history")
+    h.set_defaults(fn=cmd_history)
+    t = sub.add_parser("trend", help="worsening shifts (change points) per case and metric; exit 1 when any")
+    t.add_argument("--profile", default="tiny")
+    t.add_argument("--history")
+    t.set_defaults(fn=cmd_trend)
     p = sub.add_parser("params", help="LoRA trainable parameters per model, counted on meta-device skeletons")
     p.add_argument("--profile", default="paper")
     p.set_defaults(fn=cmd_params)
