@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from medqa_core.cli import main
 
@@ -100,3 +105,34 @@ def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
     assert main(["report", str(run), "--history", str(tmp_path / "none.sqlite")]) == 0
     assert "No history given." in (run / "report.md").read_text()
     assert "data:image/png;base64," in (run / "report.html").read_text()
+
+
+CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
+
+
+def _ink(png: Path) -> float:
+    """Fraction of pixels that are not near-white."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)[..., :3]
+    return float((img.min(axis=-1) < 0.9).mean())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless chromium (Debian: apt-get install chromium)")
+def test_report_renders_with_its_plots_in_headless_chromium(tmp_path):
+    db = _history_with_runs(tmp_path, [0.5] * 5 + [0.45] * 4)
+    out = tmp_path / "rep"
+    assert main(["report", "latest", "--history", str(db), "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    no_img = out / "no-images.html"
+    no_img.write_text(re.sub(r"<img [^>]*>", "", html))
+
+    def shot(page: Path) -> Path:
+        png = page.with_suffix(".png")
+        subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--window-size=1200,2000", f"--screenshot={png}", page.as_uri()],
+                       check=True, capture_output=True, timeout=120)
+        return png
+
+    with_plots, without = _ink(shot(out / "report.html")), _ink(shot(no_img))
+    assert with_plots > 3 * without > 0  # the embedded PNGs decode and draw; the text alone is sparse

@@ -109,7 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         base = baselines.load(profile.resolve(str(profile.baseline)))
     else:
         base = None
-    run_id = Path(args.run).name if Path(args.run).is_dir() else args.run
+    run_id = Path(args.run).name if Path(args.run).is_dir() else _history(args).resolve(args.run)
     rep = Report(title=f"medqa-bench report: profile {profile_name}, run {run_id}", records=recs, baseline=base, run_id=run_id)
     hist = _history(args, required=False)
     if hist is not None:

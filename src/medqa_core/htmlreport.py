@@ -93,7 +93,8 @@ def history_png(rep: Report) -> bytes | None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("history per case (x = run number; dashed = shift found)", fontsize=10)
+    fig.suptitle("history per case (x = run number; dashed = shift found)", fontsize=10, y=1.0)
+    fig.tight_layout()
     return _png(fig)
 
 
