@@ -42,7 +42,7 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_hw
     path.write_text(json.dumps(record, indent=1, allow_nan=False))
     record_property(RECORD_KEY, str(path))
     for name, value in {**result.metrics, **{f"base_{k}": v for k, v in result.base_metrics.items()},
-                        **result.resources, "cached_train": result.cached["train"]}.items():
+                        **result.resources, "cached_train": result.cached["train"], "verdict": verdict.status}.items():
         record_property(name, value)
 
     not_better = [m for m in profile.gate.require_beats_base if result.metrics[m] <= result.base_metrics[m]]

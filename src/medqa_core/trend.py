@@ -2,8 +2,9 @@
 
 A fixed threshold against one baseline misses a metric that slides a little every night. Here
 the whole series of one case's metric is segmented into runs of constant mean; consecutive
-breakpoints that move the level the same way are one *shift* (a single breakpoint = ``step``,
-several = ``drift``). A shift is reported only when its total size reaches a minimum effect
+breakpoints that move the level the same way are one *shift*. Around each shift a two-level
+fit and a "flat, then sloped" (hinge) fit are compared: the better one says whether it is a
+``step`` (dated at PELT's breakpoint) or a ``drift`` (dated where the slope starts). A shift is reported only when its total size reaches a minimum effect
 (for scores half the gate tolerance, see :func:`case_trends`), and it is dated at the first run
 of the new level.
 
@@ -66,6 +67,38 @@ def breakpoints(values: Sequence[float], min_effect: float, penalty: float = DEF
     return [int(b) for b in algo.predict(pen=penalty * sigma**2 * np.log(n))[:-1]]
 
 
+def _best_step(x: np.ndarray) -> tuple[float, int]:
+    """Least-squares two-level fit: (SSE, first index of the second level)."""
+    best = (np.inf, 0)
+    for k in range(MIN_SIZE, x.size - MIN_SIZE + 1):
+        sse = float(((x[:k] - x[:k].mean()) ** 2).sum() + ((x[k:] - x[k:].mean()) ** 2).sum())
+        best = min(best, (sse, k))
+    return best
+
+
+def _best_hinge(x: np.ndarray) -> tuple[float, int]:
+    """Least-squares fit "flat, then a straight slope from run k on": (SSE, k)."""
+    t = np.arange(x.size)
+    best = (np.inf, 0)
+    for k in range(1, x.size - 1):
+        a = np.c_[np.ones(x.size), np.maximum(t - k + 1, 0)]  # the first sloped point is run k
+        coef = np.linalg.lstsq(a, x, rcond=None)[0]
+        best = min(best, (float(((a @ coef - x) ** 2).sum()), k))
+    return best
+
+
+def _date(x: np.ndarray, lo: int, hi: int, first_bk: int) -> tuple[str, int]:
+    """Step or drift, and where it starts, from the runs ``lo:hi`` around a shift. PELT's
+    breakpoints date a step exactly but put a slow slide's start late (where the level has
+    moved enough); a hinge fit dates a slide from its first run."""
+    w = x[lo:hi]
+    if w.size < 2 * MIN_SIZE + 1:
+        return "step", first_bk
+    step_sse, _ = _best_step(w)
+    hinge_sse, k = _best_hinge(w)
+    return ("drift", lo + k) if hinge_sse < step_sse else ("step", first_bk)
+
+
 def shifts(
     values: Sequence[float], min_effect: float, run_ids: Sequence[str] | None = None,
     penalty: float = DEFAULT_PENALTY,
@@ -86,9 +119,9 @@ def shifts(
             j += 1  # the next breakpoint continues the same direction: one drift
         before, after = means[i], means[j + 1]
         if abs(after - before) >= min_effect:
-            start = bks[i]
+            kind, start = _date(x, edges[i], edges[j + 2], bks[i])
             out.append(Shift(start, run_ids[start] if run_ids is not None else None, before, after,
-                             "step" if j == i else "drift", tuple(bks[i:j + 1])))
+                             kind, tuple(bks[i:j + 1])))
         i = j + 1
     return out
 
