@@ -131,9 +131,12 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     cfg = profile.train
     a_payload = adapter_payload(base_key, spec, data.fingerprint(), cfg, ctx.device)
     loader = partial(load_base, base_src, spec, cfg.quantization, ctx.device)
+    job = {"profile": str(profile.path), "data_dir": str(profile.data_dir), "cache": str(ctx.cache.root),
+           "model": model_name, "dataset": dataset_name, "device": ctx.device}  # for torchrun (num_processes > 1)
     with Timer() as t:
         adapter, stats, built, keys["adapter"] = cached_adapter(
-            ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg, ctx.device
+            ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg,
+            ctx.device, job,
         )
     seconds["train"], cached["train"] = t.seconds, not built
 

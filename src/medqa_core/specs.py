@@ -81,6 +81,9 @@ class TrainConfig:
     quantization: str = "none"  # none | nf4
     warmup_ratio: float = 0.05
     seed: int = 0
+    # > 1: one model trained data-parallel on this many processes (GPUs) via torchrun (launch.py);
+    # the global batch stays batch_size
+    num_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
 
 
 #: Fields that must be > 0 (a zero here fails later, far from the profile line that caused it).
-POSITIVE = {"steps", "batch_size", "max_length", "lora_r", "lora_alpha", "block_size", "max_new_tokens",
+POSITIVE = {"steps", "num_processes", "batch_size", "max_length", "lora_r", "lora_alpha", "block_size", "max_new_tokens",
             "test_size", "learning_rate", "time_factor", "memory_factor", "repetition_penalty"}
 
 

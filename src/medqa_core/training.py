@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,15 +148,28 @@ def adapter_payload(base_key: Any, spec: ModelSpec, data_fingerprint: str, cfg: 
 
 def cached_adapter(
     cache: Cache, payload: dict, load_model: Any, load_tokenizer: Any, spec: ModelSpec,
-    train: list[QAExample], cfg: TrainConfig, device: str,
+    train: list[QAExample], cfg: TrainConfig, device: str, launch_job: dict[str, Any] | None = None,
 ) -> tuple[Path, TrainStats, bool, str]:
     """(adapter dir, stats recorded when it was trained, built now?, cache key); trains if not cached.
 
-    ``load_model`` and ``load_tokenizer`` are called only when the adapter must be trained.
+    ``load_model`` and ``load_tokenizer`` are called only when the adapter must be trained. With
+    ``cfg.num_processes > 1`` the training runs under torchrun instead (``launch_job`` says
+    which profile/case the processes rebuild; see launch.py).
     """
 
     def build(tmp: Path) -> dict[str, Any]:
-        log.info("fine-tuning %s on %d examples (%d steps)", spec.name, len(train), cfg.steps)
+        log.info("fine-tuning %s on %d examples (%d steps, %d process(es))", spec.name, len(train), cfg.steps,
+                 cfg.num_processes)
+        if cfg.num_processes > 1:
+            from .launch import run_distributed
+
+            if launch_job is None:
+                raise TrainingError(f"model {spec.name!r}: num_processes={cfg.num_processes} needs a launch job")
+            raw = run_distributed(launch_job, cfg.num_processes, tmp / "launch")
+            (tmp / "launch" / "adapter").rename(tmp / "adapter")
+            shutil.rmtree(tmp / "launch")
+            world = raw.pop("world_size")
+            return {"stats": raw, "world_size": world}
         stats = fine_tune(load_model(), load_tokenizer(), spec, train, cfg, tmp / "adapter", device)
         return {"stats": asdict(stats)}
 
