@@ -216,3 +216,18 @@ def test_read_only_baseline_records_into_hardware_file(env, tmp_path):
     assert not baseline.exists()  # the published file is never written
     hw_file = baseline.with_name("fake-cpu.json")
     assert set(json.loads(hw_file.read_text())["cases"]) == {"llama-wikidoc", "llama-mental_health"}
+
+
+def test_small_profile_cases_are_slow_and_missing_families_skip_with_reason(pytester: pytest.Pytester):
+    pytester.makepyfile(test_medqa_copy=(REPO / "benchmarks" / "test_medqa.py").read_text())
+    common = ["-p", "medqa_core.pytest_plugin", "--profile", "small", "-p", "no:cacheprovider",
+              "--results-dir", str(pytester.path / "r")]
+    res = pytester.runpytest_inprocess(*common, "--collect-only", "-q", "-m", "not slow")
+    assert "no tests collected (20 deselected)" in res.stdout.str() or "0/20 tests collected" in res.stdout.str()
+    res = pytester.runpytest_inprocess(*common, "-m", "slow", "-k", "not llama", "-rs")
+    res.assert_outcomes(skipped=15)
+    out = res.stdout.str()
+    for fam in ("mistral", "gemma", "phi"):
+        assert f"{fam}-wikidoc: no offline checkpoint for {fam} at this size" in out
+    res = pytester.runpytest_inprocess(*common, "--collect-only", "-q", "-m", "slow", "-k", "wikidoc")
+    assert "4/20 tests collected" in res.stdout.str()

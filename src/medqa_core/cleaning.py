@@ -48,21 +48,22 @@ _Q_GREETING = [re.compile(rf"^\s*{_SALUTATION}{_ADDRESSEE}\s*[,.!:]+\s*", _F)]
 _SENT = r"[^.!?\n]*[.!?]+"  # rest of one sentence, with its end punctuation
 _A_GREETING = [
     re.compile(rf"^\s*{_SALUTATION}{_ADDRESSEE}\s*[,.!:]+\s*", _F),
-    re.compile(rf"^\s*(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*", _F),  # "Hi Mary," / "Dear John,"
-    re.compile(rf"^\s*(?:thanks?|thank you)(?:\s+\w+){{0,3}}\s+(?:for\s+)?(?:your|the|writing|posting|contacting|asking|using|choosing){_SENT}\s*", _F),
-    re.compile(rf"^\s*(?:and\s+)?welcome to{_SENT}\s*", _F),
+    re.compile(r"^\s*(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*", _F),  # "Hi Mary," / "Dear John,"
+    re.compile(rf"^\s*(?:thanks?|thank you)(?:\s+(?:a lot|so much|very much))?\s+for\b{_SENT}\s*", _F),
+    re.compile(rf"^\s*(?:{_SALUTATION}\s*,?\s*)?(?:and\s+)?welcome\s+(?:to|back){_SENT}\s*", _F),
     re.compile(rf"^\s*i\s+(?:have\s+)?(?:gone|went|read|go)\s+(?:through\s+)?(?:your|the)\s+(?:query|question|post|history|message){_SENT}\s*", _F),
     re.compile(rf"^\s*i\s+(?:can\s+)?understand\s+your\s+concerns?{_SENT}\s*", _F),
 ]
 
 _START = r"(?:^|(?<=[.!?\n]))\s*"  # a sign-off starts a sentence
+_WISH = r"(?:take care(?: of yourself)?|best wishes|all the best|good luck|get well soon|stay (?:safe|healthy|well))"
 _A_SIGNOFF = [
     re.compile(rf"{_START}(?:for\s+(?:more|further)\s+information\s+)?consult\s+an?\s+[^.!?\n]{{0,80}}online\s*-*>+\s*\S+\s*$", _F),
     re.compile(rf"{_START}(?:thanks?\s+and\s+|with\s+|best\s+|kind\s+|warm\s+)?regards\b[^\n]{{0,60}}$", _F),
     re.compile(rf"{_START}(?:dr|doctor)\.?\s+[a-z][a-z.]*(?:\s+[a-z][a-z.]*){{0,3}}\s*\.?\s*$", _F),
     re.compile(rf"{_START}hope\s+(?:this|that|it|i|my|the)\b[^.!?\n]{{0,120}}[.!]*\s*$", _F),
     re.compile(rf"{_START}(?:let me know|feel free|do not hesitate|don't hesitate)\b[^.!?\n]{{0,120}}[.!]*\s*$", _F),
-    re.compile(rf"{_START}(?:take care|best wishes|good luck|get well soon|stay (?:safe|healthy))\b[^.!?\n]{{0,60}}[.!]*\s*$", _F),
+    re.compile(rf"{_START}{_WISH}(?:\s*(?:,|and)\s*{_WISH})*\s*[.!]*\s*$", _F),
     re.compile(rf"{_START}wish(?:ing)?\s+you\b[^.!?\n]{{0,80}}[.!]*\s*$", _F),
     re.compile(rf"{_START}thanks?(?:\s+you)?(?:\s+for\s+(?:using|choosing|contacting|asking|writing)\b[^.!?\n]{{0,60}})?[.!]*\s*$", _F),
 ]

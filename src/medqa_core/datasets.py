@@ -71,9 +71,12 @@ def _read_rows(path: Path, fmt: str) -> list[tuple[int, Any]]:
 
 def _read_rows_unchecked(path: Path, fmt: str) -> list[tuple[int, Any]]:
     if fmt == "json":
+        text = path.read_text(encoding="utf-8")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines under a .json name
+                return _read_rows_unchecked(path, "jsonl")
             raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"train": [...]} style
@@ -117,7 +120,8 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
     if (override or spec.file is not None) and path.is_file():
         if spec.format is not None and spec.format not in FORMATS:
             raise DatasetError(f"{path}: dataset {spec.name!r} has format={spec.format!r}; use one of {FORMATS}")
-        fmt = spec.format or path.suffix.lstrip(".").lower()
+        # the profile's format describes its own file; a file named by the env var goes by its suffix
+        fmt = (None if override else spec.format) or path.suffix.lstrip(".").lower()
         if fmt not in FORMATS:
             raise DatasetError(f"{path}: cannot tell the format from suffix {path.suffix!r}; set format = one of {FORMATS}")
         rows = _read_rows(path, fmt)
@@ -166,8 +170,8 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
         seen.add(norm)
         out.append(QAExample(hashlib.sha256(norm.encode()).hexdigest()[:16], question, answer))
     if not out:
-        raise DatasetError(f"{path}: none of {len(rows)} rows is left after cleaning "
-                           f"(empty {stats.dropped_empty}, too long {stats.dropped_too_long}) for dataset {spec.name!r}")
+        raise DatasetError(f"{path}: all {len(rows)} rows have an empty question or answer or are over the length "
+                           f"caps (empty {stats.dropped_empty}, too long {stats.dropped_too_long}); dataset {spec.name!r}")
     stats.kept = len(out)
     return out, stats
 

@@ -131,8 +131,8 @@ class SplitConfig:
     rows never moves an existing one). Give one of the two."""
 
     test_size: int | None = None
-    test_fraction: float | None = None
     seed: int = 0
+    test_fraction: float | None = None
     # Leakage check (train vs test questions): near-duplicate = Jaccard of character 5-gram
     # shingles >= near_dup_threshold; the case fails if more than max_leak_fraction of the test
     # questions have an exact or near duplicate in train (None = report only).
