@@ -22,7 +22,7 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_hw
               record_property, request):
     profile = medqa_profile
     spec = profile.models[medqa_case.model]
-    if not spec.is_tiny and medqa_context.device != "cuda":
+    if spec.needs_cuda and medqa_context.device != "cuda":
         pytest.skip(f"{medqa_case.id}: profile {profile.name!r} runs {spec.hub_id} and needs a CUDA GPU; none found")
 
     try:

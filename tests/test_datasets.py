@@ -3,6 +3,7 @@ deterministic split, checked against independent re-computations."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -454,7 +455,8 @@ def test_fixture_dataset_loads_without_unexpected_drops(name):
     if len(dspec.question) > 1:
         assert any("\n" in e.question for e in examples)
     s = load_split(dspec, PROFILE.data_dir, PROFILE.split)
-    assert isinstance(s, Split) and s.stats == stats
+    assert isinstance(s, Split) and dataclasses.replace(s.stats, leak={}) == stats
+    assert s.stats.leak["test"] == len(s.test) and s.stats.leak["exact"] == 0
     assert len(s.test) == PROFILE.split.test_size
     assert len(s.train) == stats.kept - PROFILE.split.test_size
     assert not {e.id for e in s.test} & {e.id for e in s.train}
@@ -469,3 +471,44 @@ def test_property_split_has_no_leak_after_load(questions):
         examples, _ = load_examples(spec("q.json"), Path(d))
     s = split(examples, SplitConfig(test_size=1))
     assert not {normalize(e.question) for e in s.test} & {normalize(e.question) for e in s.train}
+
+
+# ---------------------------------------------------------------- row-stable split (test_fraction)
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=2, max_size=60, unique=True),
+       st.lists(st.integers(10_001, 20_000), min_size=1, max_size=40, unique=True),
+       st.floats(0.05, 0.95), st.integers(0, 3))
+@settings(max_examples=80, deadline=None)
+def test_property_fraction_split_never_moves_existing_rows(base_ids, new_ids, fraction, seed):
+    cfg = SplitConfig(test_fraction=fraction, seed=seed)
+    base = [ex(i) for i in base_ids]
+    grown = [ex(i) for i in new_ids] + base[::-1]  # new rows first, originals reversed
+    ref = {e.id for e in base + grown if int(hashlib.sha256(f"{seed}:{e.id}".encode()).hexdigest()[:16], 16) / 2**64 < fraction}
+    try:
+        old = split(base, cfg)
+    except DatasetError:
+        assume(False)  # every row on one side: no split to compare
+    try:
+        new = split(grown, cfg)
+    except DatasetError:
+        assume(False)
+    base_set = {e.id for e in base}
+    assert {e.id for e in new.test} & base_set == {e.id for e in old.test}
+    assert {e.id for e in new.train} & base_set == {e.id for e in old.train}
+    assert {e.id for e in new.test} == ref & {e.id for e in grown}
+    assert [e.id for e in new.test] == sorted(e.id for e in new.test)
+
+
+def test_fraction_split_size_close_to_fraction_and_bounds():
+    examples = [ex(i) for i in range(2000)]
+    s = split(examples, SplitConfig(test_fraction=0.1, seed=0))
+    assert 150 < len(s.test) < 250 and len(s.test) + len(s.train) == 2000
+    with pytest.raises(DatasetError, match="test_fraction=0.01 puts 0 of 3 rows"):
+        split([ex(i) for i in (1, 2, 3)], SplitConfig(test_fraction=0.01, seed=0))
+
+
+def test_split_config_defaults_and_positional_order():
+    assert SplitConfig().test_size == 40 and SplitConfig().test_fraction is None
+    assert SplitConfig(10, 3) == SplitConfig(test_size=10, seed=3)
+    assert SplitConfig(test_fraction=0.2).test_size is None

@@ -297,3 +297,18 @@ def test_history_can_be_turned_off_or_moved(env, tmp_path):
     assert not (tmp_path / "cache" / "history.sqlite").exists()
     run("--history", str(tmp_path / "h" / "runs.db")).assert_outcomes(passed=2)
     assert (tmp_path / "h" / "runs.db").is_file()
+
+
+def test_small_profile_cases_are_slow_and_missing_families_skip_with_reason(pytester: pytest.Pytester):
+    pytester.makepyfile(test_medqa_copy=(REPO / "benchmarks" / "test_medqa.py").read_text())
+    common = ["-p", "medqa_core.pytest_plugin", "--profile", "small", "-p", "no:cacheprovider",
+              "--results-dir", str(pytester.path / "r")]
+    res = pytester.runpytest_inprocess(*common, "--collect-only", "-q", "-m", "not slow")
+    assert "no tests collected (20 deselected)" in res.stdout.str() or "0/20 tests collected" in res.stdout.str()
+    res = pytester.runpytest_inprocess(*common, "-m", "slow", "-k", "not llama", "-rs")
+    res.assert_outcomes(skipped=15)
+    out = res.stdout.str()
+    for fam in ("mistral", "gemma", "phi"):
+        assert f"{fam}-wikidoc: no offline checkpoint for {fam} at this size" in out
+    res = pytester.runpytest_inprocess(*common, "--collect-only", "-q", "-m", "slow", "-k", "wikidoc")
+    assert "4/20 tests collected" in res.stdout.str()

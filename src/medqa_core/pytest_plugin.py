@@ -159,7 +159,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except MedQAError as exc:
         raise pytest.UsageError(str(exc)) from exc
     cases = [Case(m, d) for m in profile.models for d in profile.datasets]
-    metafunc.parametrize("medqa_case", cases, ids=[c.id for c in cases])
+    metafunc.parametrize("medqa_case", [pytest.param(c, id=c.id, marks=_case_marks(profile, c)) for c in cases])
+
+
+def _case_marks(profile: Any, case: Case) -> list[Any]:
+    """``slow`` for every case of a slow profile; an explicit skip for a family the profile has no model for."""
+    marks = [pytest.mark.slow] if profile.slow else []
+    reason = profile.models[case.model].unavailable
+    if reason:
+        marks.append(pytest.mark.skip(reason=f"{case.id}: {reason}"))
+    return marks
 
 
 @pytest.fixture(scope="session")

@@ -48,10 +48,21 @@ class ModelSpec:
     # Architecture numbers of the hub model (its config.json's shape fields), kept in the repo so the
     # model's skeleton can be built on the meta device and its LoRA parameters counted offline.
     arch_config: dict[str, Any] | None = None
+    # A GGUF checkpoint shipped in an installed package ("package/file.gguf") or a file path; it is
+    # converted once into a float32 safetensors checkpoint in the cache (see models.base_model_dir).
+    gguf: str | None = None
+    # Why this family has no model in the profile (e.g. no offline checkpoint at this size): its
+    # cases are collected and skipped with this reason instead of silently missing.
+    unavailable: str | None = None
 
     @property
     def is_tiny(self) -> bool:
         return self.tiny_config is not None
+
+    @property
+    def needs_cuda(self) -> bool:
+        """A full-size hub checkpoint; tiny and GGUF-converted small models run on CPU."""
+        return self.hub_id is not None
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,16 @@ class DatasetSpec:
     answer: str
     hub_id: str | None = None
     format: str | None = None  # json | jsonl | csv | parquet; None = from the file suffix
+    # Cleaning rules (names in cleaning.RULES) applied in order before empty/duplicate checks,
+    # and length caps in characters (longer rows are dropped); see README "Data cleaning".
+    clean: tuple[str, ...] = ()
+    max_question_chars: int | None = None
+    max_answer_chars: int | None = None
+
+    @property
+    def env_var(self) -> str:
+        """Environment variable that points this dataset at a file (overrides data dir + 'file')."""
+        return "MEDQA_DATA_" + "".join(c if c.isalnum() else "_" for c in self.name).upper()
 
 
 @dataclass(frozen=True)
@@ -107,8 +128,23 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    test_size: int = 40
+    """``test_size``: the N rows with the smallest seeded hash are the test set (fixed size; a new
+    row can push an existing one from test to train). ``test_fraction``: a row is in the test set
+    iff its seeded hash falls below the fraction (membership depends on that row alone, so adding
+    rows never moves an existing one). Give one of the two."""
+
+    test_size: int | None = None
     seed: int = 0
+    test_fraction: float | None = None
+    # Leakage check (train vs test questions): near-duplicate = Jaccard of character 5-gram
+    # shingles >= near_dup_threshold; the case fails if more than max_leak_fraction of the test
+    # questions have an exact or near duplicate in train (None = report only).
+    near_dup_threshold: float = 0.8
+    max_leak_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.test_size is None and self.test_fraction is None:
+            object.__setattr__(self, "test_size", 40)
 
 
 @dataclass(frozen=True)
@@ -144,6 +180,8 @@ class Profile:
     # A published baseline (paper.json) is never rewritten: --update-baselines then records
     # into the hardware-class file baselines/<profile>-<class>.json instead.
     baseline_readonly: bool = False
+    # Cases of a slow profile carry the `slow` marker (deselected by the default addopts).
+    slow: bool = False
 
     def case_ids(self) -> list[str]:
         return [case_name(m, d) for m in self.models for d in self.datasets]
@@ -203,8 +241,12 @@ def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
     if family not in FAMILIES:
         raise ConfigError(f"{where}: unknown family {family!r}; known: {sorted(FAMILIES)}")
     facts = FAMILIES[family]
-    if ("hub_id" in table) == ("tiny_config" in table):
-        raise ConfigError(f"{where}: give exactly one of 'hub_id' or 'tiny_config'")
+    sources = [k for k in ("hub_id", "tiny_config", "gguf") if k in table]
+    if "unavailable" in table:
+        if sources:
+            raise ConfigError(f"{where}: 'unavailable' marks a family without a model; drop {sources} or 'unavailable'")
+    elif len(sources) != 1:
+        raise ConfigError(f"{where}: give exactly one of 'hub_id', 'tiny_config' or 'gguf' (or 'unavailable' with a reason)")
     spec = _build(
         ModelSpec,
         {
@@ -270,11 +312,51 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         data_dir=ddir if ddir.is_absolute() else REPO_ROOT / ddir,
         baseline=Path(raw.get("baseline", f"baselines/{pname}.json")),
         baseline_readonly=bool(raw.get("baseline_readonly", False)),
+        slow=_flag(raw, "slow", where),
     )
     _check_gate(prof.gate, f"{where} [gate]")
+    _check_split(prof.split, f"{where} [split]")
+    for d in prof.datasets.values():
+        _check_dataset(d, f"{where} [datasets.{d.name}]")
     if prof.train.quantization not in ("none", "nf4"):
         raise ConfigError(f"{where} [train] quantization={prof.train.quantization!r}: use 'none' or 'nf4'")
     return prof
+
+
+def _flag(raw: dict[str, Any], key: str, where: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} = {value!r}: must be true or false")
+    return value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_split(split: SplitConfig, where: str) -> None:
+    if split.test_fraction is not None and split.test_size is not None:  # both were set in the profile
+        raise ConfigError(f"{where}: give test_size or test_fraction, not both")
+    if split.test_size is not None and (not isinstance(split.test_size, int) or isinstance(split.test_size, bool) or split.test_size <= 0):
+        raise ConfigError(f"{where} test_size = {split.test_size!r}: must be an integer > 0")
+    if split.test_fraction is not None and not (_number(split.test_fraction) and 0 < split.test_fraction < 1):
+        raise ConfigError(f"{where} test_fraction = {split.test_fraction!r}: must be a number between 0 and 1")
+    if not (_number(split.near_dup_threshold) and 0 < split.near_dup_threshold <= 1):
+        raise ConfigError(f"{where} near_dup_threshold = {split.near_dup_threshold!r}: must be a number in (0, 1]")
+    if split.max_leak_fraction is not None and not (_number(split.max_leak_fraction) and 0 <= split.max_leak_fraction <= 1):
+        raise ConfigError(f"{where} max_leak_fraction = {split.max_leak_fraction!r}: must be a number in [0, 1]")
+
+
+def _check_dataset(d: DatasetSpec, where: str) -> None:
+    from .cleaning import RULES
+
+    unknown = [r for r in d.clean if r not in RULES]
+    if unknown:
+        raise ConfigError(f"{where} clean = {list(d.clean)!r}: unknown rule(s) {unknown}; rules are {sorted(RULES)}")
+    for key in ("max_question_chars", "max_answer_chars"):
+        v = getattr(d, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise ConfigError(f"{where} {key} = {v!r}: must be an integer > 0")
 
 
 def _check_gate(gate: GateConfig, where: str) -> None:
