@@ -136,3 +136,23 @@ def test_report_renders_with_its_plots_in_headless_chromium(tmp_path):
 
     with_plots, without = _ink(shot(out / "report.html")), _ink(shot(no_img))
     assert with_plots > 3 * without > 0  # the embedded PNGs decode and draw; the text alone is sparse
+
+
+def test_params_lists_unavailable_families_with_their_reason(tmp_path, capsys):
+    prof = tmp_path / "p.toml"
+    prof.write_text('''
+name = "p"
+[models.llama]
+tokenizer = "fixtures/tokenizer"
+tiny_config = { hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2 }
+[models.phi]
+unavailable = "no offline checkpoint for phi at this size"
+[datasets.wikidoc]
+file = "wikidoc.json"
+question = "input"
+answer = "output"
+''')
+    assert main(["params", "--profile", str(prof)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("llama") and "targets=" in out[1]
+    assert out[2].split() == ["phi", "-", "-", "(no", "offline", "checkpoint", "for", "phi", "at", "this", "size)"]

@@ -156,6 +156,9 @@ def cmd_params(args: argparse.Namespace) -> int:
     prof = load_profile(args.profile)
     print(f"{'model':10s} {'base params':>15s} {'LoRA trainable':>15s}  (r={prof.train.lora_r})")
     for name, spec in prof.models.items():
+        if spec.unavailable:
+            print(f"{name:10s} {'-':>15s} {'-':>15s}  ({spec.unavailable})")
+            continue
         c = lora_param_count(spec, prof.train)
         print(f"{name:10s} {c.total:>15,d} {c.trainable:>15,d}  targets={','.join(spec.target_modules)}")
     return 0
