@@ -81,6 +81,11 @@ class TrainConfig:
     quantization: str = "none"  # none | nf4
     warmup_ratio: float = 0.05
     seed: int = 0
+    trainer: str = "sft"  # sft (trl SFTTrainer) | lean (plain PyTorch loop, same recipe)
+    packing: bool = False  # padding-free: a batch's rows back to back, position_ids restart per row
+
+
+TRAINERS = ("sft", "lean")
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,8 @@ def _check_type(value: Any, declared: Any, where: str) -> None:
         raise ConfigError(f"{where} = {value!r}: must be a string")
     if kind.startswith("tuple[str") and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} = {list(value)!r}: must be a list of strings")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{where} = {value!r}: must be true or false")
     if kind.startswith("dict") and not isinstance(value, dict):
         raise ConfigError(f"{where} = {value!r}: must be a table {{ key = value, ... }}")
     if name in POSITIVE and kind in ("int", "float") and value <= 0:
@@ -271,6 +278,8 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
     _check_gate(prof.gate, f"{where} [gate]")
     if prof.train.quantization not in ("none", "nf4"):
         raise ConfigError(f"{where} [train] quantization={prof.train.quantization!r}: use 'none' or 'nf4'")
+    if prof.train.trainer not in TRAINERS:
+        raise ConfigError(f"{where} [train] trainer={prof.train.trainer!r}: use 'sft' (trl SFTTrainer) or 'lean' (plain loop)")
     return prof
 
 
