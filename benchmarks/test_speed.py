@@ -169,7 +169,7 @@ def pairs(medqa_profile):
     from medqa_core.metrics import bertscore, use
 
     answers = []
-    for name, dspec in medqa_profile.datasets.items():
+    for dspec in medqa_profile.datasets.values():
         split = load_split(dspec, medqa_profile.data_dir, medqa_profile.split)
         answers += [e.answer for e in split.train + split.test]
     refs = [answers[(7 * i) % len(answers)] for i in range(200)]
