@@ -221,15 +221,18 @@ def _ids(enc: Any) -> list[int]:
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Row indices of each step: a seeded permutation per epoch, split into batches (the last
-    batch of an epoch may be short, as with the Trainer's default ``drop_last=False``)."""
+    """Row indices of each step, in the order the Trainer (accelerate's seedable sampler) feeds
+    them: epoch ``e`` is ``torch.randperm(n)`` drawn from a generator seeded with ``seed + e``,
+    split into batches (the last one of an epoch may be short: ``drop_last=False``)."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator()
     batches: list[list[int]] = []
+    epoch = 0
     while len(batches) < steps:
-        perm = torch.randperm(n, generator=gen).tolist()
+        perm = torch.randperm(n, generator=gen.manual_seed(seed + epoch)).tolist()
         batches += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+        epoch += 1
     return batches[:steps]
 
 
