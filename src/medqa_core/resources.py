@@ -187,7 +187,9 @@ _THREADS: int | None = None
 def configure_threads(n_workers: int) -> int:
     """Split the cores between xdist workers so two workers do not oversubscribe them.
 
-    Also sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) if torch is not imported yet.
+    On a machine whose cores are busy with other processes, run with ``OMP_WAIT_POLICY=PASSIVE``
+    (or one thread): spinning OpenMP workers made 2-thread training ~75x slower there, while
+    PASSIVE halves 2-thread throughput on an idle machine (docs/performance.md).
 
     Only the first call in a process decides (``MEDQA_THREADS`` overrides the split): a pytest
     session run in-process inside another (pytester) must not re-split the outer worker's
@@ -199,10 +201,6 @@ def configure_threads(n_workers: int) -> int:
         return _THREADS
     env = os.environ.get("MEDQA_THREADS")
     n = int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    # Idle OpenMP workers sleep instead of spinning. On a 2-core machine whose cores were busy
-    # with other (niced) processes, spinning workers made 2-thread training ~75x slower
-    # (77 vs 5,900 tokens/s; 7,350 with 1 thread); read when torch loads, so set it before.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(n)
