@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 def small_profile(tmp_path: Path, num_processes: int) -> Path:
     text = (REPO / "profiles" / "tiny.toml").read_text()
     text = text.replace("steps = 300", "steps = 10").replace("steps = 200", "steps = 4")
-    text = text.replace("seed = 0\n\n[generation]", f"seed = 0\nnum_processes = {num_processes}\n\n[generation]", 1)
+    text = text.replace('trainer = "lean"', 'trainer = "sft"')  # data-parallel training goes through the Trainer
+    text = text.replace("packing = false\n", f"packing = false\nnum_processes = {num_processes}\n", 1)
     p = tmp_path / "prof.toml"
     p.write_text(text)
     return p
@@ -57,6 +58,10 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
     assert again[2] is False and again[3] == key
 
 
-def test_num_processes_must_be_positive(tmp_path):
+def test_num_processes_must_be_positive_and_use_the_trainer(tmp_path):
     with pytest.raises(ConfigError, match="num_processes"):
         load_profile(small_profile(tmp_path, 0))
+    lean = tmp_path / "lean.toml"
+    lean.write_text(small_profile(tmp_path, 2).read_text().replace('trainer = "sft"', 'trainer = "lean"'))
+    with pytest.raises(ConfigError, match="num_processes=2 needs trainer = 'sft'"):
+        load_profile(lean)

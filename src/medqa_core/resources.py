@@ -84,9 +84,12 @@ class PeakMemory:
     """Peak memory over a block, in MiB.
 
     On CUDA: peak allocated and reserved by torch minus what was allocated before the block.
-    On CPU: a sampling thread reads this process's RSS every ``interval`` seconds; the result
-    is the peak minus the RSS at entry (the memory the block itself needed), plus the absolute
-    peak for context.
+    On CPU: the peak minus the RSS at entry (the memory the block itself needed), plus the
+    absolute peak for context. On Linux the kernel's own high-water mark is reset at entry
+    (``/proc/self/clear_refs``) and read at exit (``VmHWM``): exact, and no thread. Elsewhere a
+    sampling thread reads the RSS every ``interval`` seconds; on a busy 2-core machine that
+    thread preempted torch's OpenMP workers at every wake-up and slowed small-op training
+    loops several-fold (docs/performance.md).
     """
 
     def __init__(self, device: str = "cpu", interval: float = 0.005):
@@ -109,6 +112,10 @@ class PeakMemory:
             proc = psutil.Process()
             self._start = proc.memory_info().rss
             self._peak = self._start
+            if _reset_hwm():
+                self._hwm = True
+                return self
+            self._hwm = False
 
             def sample() -> None:
                 while not self._stop.wait(self.interval):
@@ -129,12 +136,37 @@ class PeakMemory:
             self.peak_abs_mib = peak / mib
             self.reserved_mib = torch.cuda.max_memory_reserved() / mib
         else:
-            self._stop.set()
-            assert self._thread is not None
-            self._thread.join()
+            if self._hwm:
+                self._peak = max(self._peak, _read_hwm() or 0)
+            else:
+                self._stop.set()
+                assert self._thread is not None
+                self._thread.join()
             self._peak = max(self._peak, psutil.Process().memory_info().rss)
             self.peak_mib = (self._peak - self._start) / mib
             self.peak_abs_mib = self._peak / mib
+
+
+def _reset_hwm() -> bool:
+    """Reset this process's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _read_hwm() is not None
+    except OSError:
+        return False
+
+
+def _read_hwm() -> int | None:
+    """Peak RSS in bytes since the last reset (``VmHWM`` of /proc/self/status), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 @dataclass
@@ -155,6 +187,10 @@ _THREADS: int | None = None
 def configure_threads(n_workers: int) -> int:
     """Split the cores between xdist workers so two workers do not oversubscribe them.
 
+    On a machine whose cores are busy with other processes, run with ``OMP_WAIT_POLICY=PASSIVE``
+    (or one thread): spinning OpenMP workers made 2-thread training ~75x slower there, while
+    PASSIVE halves 2-thread throughput on an idle machine (docs/performance.md).
+
     Only the first call in a process decides (``MEDQA_THREADS`` overrides the split): a pytest
     session run in-process inside another (pytester) must not re-split the outer worker's
     threads. Two workers at two threads each on two cores ran training ~5x slower, the
@@ -163,10 +199,10 @@ def configure_threads(n_workers: int) -> int:
     global _THREADS
     if _THREADS is not None:
         return _THREADS
-    import torch
-
     env = os.environ.get("MEDQA_THREADS")
     n = int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    import torch
+
     torch.set_num_threads(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     _THREADS = n

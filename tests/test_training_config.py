@@ -1,0 +1,52 @@
+"""[train] trainer / packing: parsed, defaulted, and rejected with a one-line error naming the option."""
+from __future__ import annotations
+
+import pytest
+
+from medqa_core.errors import ConfigError
+from medqa_core.specs import load_profile
+
+BASE = """\
+name = "mine"
+[models.llama]
+tiny_config = { hidden_size = 8, num_hidden_layers = 1 }
+[datasets.d1]
+file = "d1.json"
+question = "q"
+answer = "a"
+"""
+
+
+def _load(tmp_path, train: str):
+    p = tmp_path / "p.toml"
+    p.write_text(BASE + "[train]\n" + train)
+    return load_profile(p)
+
+
+def test_defaults_keep_trl(tmp_path):
+    cfg = _load(tmp_path, "steps = 3\n").train
+    assert cfg.trainer == "sft" and cfg.packing is False
+
+
+def test_lean_and_packing_parse(tmp_path):
+    cfg = _load(tmp_path, 'trainer = "lean"\npacking = true\n').train
+    assert cfg.trainer == "lean" and cfg.packing is True
+
+
+def test_tiny_profile_uses_the_lean_loop():
+    assert load_profile("tiny").train.trainer == "lean"
+
+
+@pytest.mark.parametrize("value", ['"trl"', '"LEAN"', '""'])
+def test_bad_trainer(tmp_path, value):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, f"trainer = {value}\n")
+    msg = str(info.value)
+    assert "trainer" in msg and "'sft'" in msg and "'lean'" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1"])
+def test_bad_packing(tmp_path, value):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, f"packing = {value}\n")
+    assert "packing" in str(info.value) and "true or false" in str(info.value)
