@@ -158,7 +158,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         profile = _profile(metafunc.config)
     except MedQAError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    cases = [Case(m, d) for m in profile.models for d in profile.datasets]
+    # Dataset-major order: xdist hands each worker its first cases from the front of the list,
+    # so the two workers start on different models and pretrain different bases at once
+    # instead of one waiting on the other's base lock.
+    cases = [Case(m, d) for d in profile.datasets for m in profile.models]
     metafunc.parametrize("medqa_case", [pytest.param(c, id=c.id, marks=_case_marks(profile, c)) for c in cases])
 
 

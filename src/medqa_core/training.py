@@ -295,7 +295,8 @@ def _fine_tune_lean(
 
     torch.manual_seed(cfg.seed)
     peft_model = get_peft_model(model, lora_config(spec, cfg))
-    peft_model.to(device)
+    if cfg.quantization != "nf4":  # a 4-bit model is placed on its device when it loads
+        peft_model.to(device)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
