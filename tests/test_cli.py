@@ -156,3 +156,11 @@ answer = "output"
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("llama") and "targets=" in out[1]
     assert out[2].split() == ["phi", "-", "-", "(no", "offline", "checkpoint", "for", "phi", "at", "this", "size)"]
+
+
+def test_report_draws_history_only_for_cases_with_a_series(tmp_path):
+    db = _history_with_runs(tmp_path, [0.5])  # one run: nothing to draw a line through
+    out = tmp_path / "rep"
+    assert main(["report", "latest", "--history", str(db), "--out", str(out)]) == 0
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
+    assert not (out / "report-history.png").exists()

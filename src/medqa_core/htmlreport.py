@@ -52,7 +52,7 @@ def bars_png(rep: Report) -> bytes:
     recs = rep.records
     cases = [r["case_id"] for r in recs]
     base_cases = (rep.baseline or {}).get("cases", {})
-    fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(8, 0.55 * len(cases) + 2), 2.3 * len(METRICS)), sharex=True)
+    fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(6, 0.55 * len(cases) + 2), 2.0 * len(METRICS)), sharex=True)
     x = np.arange(len(cases))
     for ax, m in zip(axes, METRICS):
         cur = [r["metrics"][m] for r in recs]
@@ -70,14 +70,14 @@ def bars_png(rep: Report) -> bytes:
 
 def history_png(rep: Report) -> bytes | None:
     """Small multiples, one per case: the history of BERTScore F1 and USE F1, shifts marked."""
-    if not rep.history_series:
-        return None
+    cases = sorted(c for c, per in rep.history_series.items() if max((len(v) for v in per.values()), default=0) >= 2)
+    if not cases:
+        return None  # nothing has a history yet
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = sorted(rep.history_series)
     cols = min(4, len(cases))
     rows = -(-len(cases) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.4 * rows), squeeze=False, sharey=True)
