@@ -69,6 +69,10 @@ def main() -> int:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--plant", action="append", default=[], help="section.key=value changed in a profile copy")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="also run train.seed = 1..N (run-to-run variation a GPU's nondeterminism would add) "
+                         "and count what the CI rule and a plain threshold would flag")
+    ap.add_argument("--skip-repeats", action="store_true", help="only the seed sweep")
     ap.add_argument("--work", default="/tmp/medqa-gating", help="scratch directory (cache, history, results)")
     ap.add_argument("--out", default=str(REPO / "docs" / "gating-check.json"))
     args = ap.parse_args()
@@ -78,12 +82,24 @@ def main() -> int:
     cache, history, results = work / "cache", work / "history.sqlite", work / "results"
     src = REPO / "profiles" / f"{args.profile}.toml"
     out: dict = {"case": args.case, "threads": os.environ.get("MEDQA_THREADS"), "repeats": [], "plants": []}
-    for i in range(args.repeats):
+    for i in range(0 if args.skip_repeats else args.repeats):
         clear_case_cache(cache)
         r = run_case(args.case, src, cache, history, results)
         out["repeats"].append(r)
         print(f"repeat {i}: {r['status']} exit {r['exit']} bert_f1 {r['metrics']['bert_f1']:.4f} "
               f"use_f1 {r['metrics']['use_f1']:.4f} train {r['train_seconds']:.1f}s ({r['seconds']}s)", flush=True)
+    out["seeds"] = []
+    for seed in range(1, args.seeds + 1):
+        prof = work / f"seed{seed}.toml"
+        prof.write_text(override(src.read_text(), f"train.seed={seed}"))
+        r = run_case(args.case, prof, cache, "none", results)
+        r["seed"] = seed
+        rec = json.loads((results / r["run"] / f"{args.case}.json").read_text())
+        checks = {c["name"]: c for c in rec["verdict"]["checks"]}
+        r["threshold_would_flag"] = [m for m, c in checks.items() if c["basis"] == "paired" and c["value"] < c["limit"]]
+        out["seeds"].append(r)
+        print(f"seed {seed}: {r['status']} flagged {r['flagged']} (plain threshold would flag {r['threshold_would_flag']}) "
+              f"bert_f1 {r['metrics']['bert_f1']:.4f} CI {r['ci']['bert_f1']}", flush=True)
     for k, plant in enumerate(args.plant):
         prof = work / f"plant{k}.toml"
         prof.write_text(override(src.read_text(), plant))

@@ -70,3 +70,18 @@ def test_property_clean_step_found_exactly(at, drop, level):
     x = [level] * at + [level - drop] * (20 - at)
     [s] = shifts(x, 0.02)
     assert s.start == at and s.delta == pytest.approx(-drop)
+
+
+def test_case_trends_memory_respects_the_gate_slack(tmp_path):
+    from medqa_core.history import History
+    from medqa_core.metrics import METRICS
+    from medqa_core.trend import case_trends
+
+    h = History(tmp_path / "h.sqlite")
+    for i, mem in enumerate([10.0, 10.0, 86.0, 85.0, 86.0, 85.0, 86.0]):  # RSS growth after a cold first run
+        h.add_run(f"r{i}", "tiny", [{"case_id": "llama-wikidoc", "metrics": {m: 0.3 for m in METRICS},
+                                     "resources": {"train_seconds": 10.0, "peak_mem_mib": mem},
+                                     "provenance": {"hardware": {"gpu": None}}}])
+    [s] = case_trends(h, ["llama-wikidoc"], "tiny", {}, "cpu")["llama-wikidoc"]["mem_mib"]
+    assert s.start == 2 and s.delta > 70
+    assert case_trends(h, ["llama-wikidoc"], "tiny", {}, "cpu", memory_slack_mib=256) == {}

@@ -116,7 +116,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         ids = [r["case_id"] for r in recs]
         rep.history_series = {c: {m: hist.series(c, m, profile_name) for m in HISTORY_METRICS} for c in ids}
         tols = profile.gate.metric_tolerance if profile is not None else {}
-        rep.trends = case_trends(hist, ids, profile_name, tols)
+        slack = profile.gate.memory_slack_mib if profile is not None else 0.0
+        rep.trends = case_trends(hist, ids, profile_name, tols, memory_slack_mib=slack)
     out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(f"medqa-report-{run_id}"))
     paths = write(rep, out)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -139,7 +140,8 @@ def cmd_trend(args: argparse.Namespace) -> int:
     hist = _history(args)
     profile = _profile_or_none(args.profile)
     tols = profile.gate.metric_tolerance if profile is not None else {}
-    found = case_trends(hist, hist.case_ids(args.profile), args.profile, tols)
+    slack = profile.gate.memory_slack_mib if profile is not None else 0.0
+    found = case_trends(hist, hist.case_ids(args.profile), args.profile, tols, memory_slack_mib=slack)
     for cid in sorted(found):
         for metric, shifts in found[cid].items():
             for sh in shifts:

@@ -315,7 +315,8 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
         seq = hist.add_run(config._medqa_run_id, profile.name, records, {"exitstatus": exitstatus})
         hw = records[0].get("provenance", {}).get("hardware", {})
         hw_class = hardware_class(hw["gpu"], hw.get("gpu_count")) if hw.get("gpu") else "cpu"
-        trends = case_trends(hist, [r["case_id"] for r in records], profile.name, profile.gate.metric_tolerance, hw_class)
+        trends = case_trends(hist, [r["case_id"] for r in records], profile.name, profile.gate.metric_tolerance, hw_class,
+                             memory_slack_mib=profile.gate.memory_slack_mib)
     except MedQAError as exc:
         lines.append(f"medqa-bench: history not updated: {exc}")
         return {}

@@ -141,11 +141,13 @@ RESOURCES = ("train_s", "mem_mib")
 
 def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances: dict[str, float],
                 hardware_class: str | None = None, min_runs: int = 2 * MIN_SIZE,
-                penalty: float = DEFAULT_PENALTY) -> dict[str, dict[str, list[Shift]]]:
+                penalty: float = DEFAULT_PENALTY, memory_slack_mib: float = 0.0) -> dict[str, dict[str, list[Shift]]]:
     """Worsening shifts per case and metric over the stored history of ``profile``.
 
     Scores use half their gate tolerance as minimum effect; training time and memory (higher is
-    worse) use 25% of the series' median and only runs of ``hardware_class``."""
+    worse) use 25% of the series' median, memory at least the gate's ``memory_slack_mib`` (on
+    CPU the RSS growth of a small run moves by tens of MiB with what the process did before),
+    and only runs of ``hardware_class``."""
     from .baselines import DEFAULT_TOLERANCE
     from .metrics import METRICS
 
@@ -158,7 +160,12 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances:
             if len(rows) < min_runs:
                 continue
             ids, vals = [r for r, _ in rows], [v for _, v in rows]
-            eff = RESOURCE_MIN_EFFECT * float(np.median(vals)) if is_res else TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_TOLERANCE)
+            if metric == "mem_mib":
+                eff = max(RESOURCE_MIN_EFFECT * float(np.median(vals)), memory_slack_mib)
+            elif is_res:
+                eff = RESOURCE_MIN_EFFECT * float(np.median(vals))
+            else:
+                eff = TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_TOLERANCE)
             hits = regressions(vals, eff, ids, higher_is_better=not is_res, penalty=penalty)
             if hits:
                 found[metric] = hits
