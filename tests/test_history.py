@@ -110,3 +110,11 @@ def test_alert_payload_names_failures_and_trends():
     assert calm["status"] == "pass" and calm["text"] == "medqa-bench tiny run run10: all 1 case(s) pass"
     assert payload("run11", "tiny", [ok], 0, trend)["status"] == "trend"
     assert payload("run12", "tiny", [ok], 2, {})["status"] == "regression"  # pytest itself failed
+
+
+def test_recorded_hardware_class_never_probes_this_machine(monkeypatch):
+    from medqa_core import resources
+
+    monkeypatch.setattr(resources, "hardware", lambda: pytest.fail("a recorded class must not probe the machine"))
+    assert resources.recorded_hardware_class({"gpu": None}) == "cpu"
+    assert resources.recorded_hardware_class({"gpu": "Tesla T4", "gpu_count": 2}) == "2x-tesla-t4"

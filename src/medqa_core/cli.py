@@ -114,7 +114,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     hist = _history(args, required=False)
     if hist is not None:
         ids = [r["case_id"] for r in recs]
-        rep.history_series = {c: {m: hist.series(c, m, profile_name) for m in HISTORY_METRICS} for c in ids}
+        from .history import series_of
+
+        rows = {c: hist.case_rows(c, profile_name) for c in ids}
+        rep.history_series = {c: {m: series_of(rows[c], m) for m in HISTORY_METRICS} for c in ids}
         tols = profile.gate.metric_tolerance if profile is not None else {}
         slack = profile.gate.memory_slack_mib if profile is not None else 0.0
         rep.trends = case_trends(hist, ids, profile_name, tols, memory_slack_mib=slack)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +80,9 @@ class History:
             raise HistoryError(f"{self.path}: run {run_id} has no case records to store")
         prov = records[0].get("provenance", {})
         hw = prov.get("hardware", {})
-        from .resources import hardware_class
+        from .resources import recorded_hardware_class
 
-        hw_class = (hardware_class(hw["gpu"], hw.get("gpu_count")) if hw.get("gpu") else "cpu") if hw else None
+        hw_class = recorded_hardware_class(hw) if hw else None
         with closing(self._connect()) as con:
             try:
                 with con:
@@ -136,29 +135,23 @@ class History:
             out.append(r)
         return out
 
-    def series(self, case_id: str, metric: str, profile: str | None = None,
-               hardware_class: str | None = None) -> list[tuple[str, float]]:
-        """(run id, value) of one case's metric (or resource: train_s, mem_mib) in run order,
-        optionally only runs of one profile and of one hardware class."""
-        return list(self._values(case_id, metric, profile, hardware_class))
-
-    def _values(self, case_id: str, metric: str, profile: str | None,
-                hardware_class: str | None) -> Iterator[tuple[str, float]]:
-        q = ("SELECT runs.run_id, cases.record FROM cases JOIN runs ON runs.run_id = cases.run_id "
+    def case_rows(self, case_id: str, profile: str | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
+        """(run id, hardware class, record) of every stored result of one case, in run order."""
+        q = ("SELECT runs.run_id, runs.hardware_class, cases.record FROM cases JOIN runs ON runs.run_id = cases.run_id "
              "WHERE cases.case_id = ?")
         args: list[str] = [case_id]
         if profile:
             q += " AND runs.profile = ?"
             args.append(profile)
-        if hardware_class:
-            q += " AND runs.hardware_class = ?"
-            args.append(hardware_class)
         with closing(self._connect()) as con:
             rows = con.execute(q + " ORDER BY runs.seq", args).fetchall()
-        for run_id, rec in rows:
-            v = metric_value(json.loads(rec), metric)
-            if v is not None:
-                yield run_id, v
+        return [(run_id, hw_class, json.loads(rec)) for run_id, hw_class, rec in rows]
+
+    def series(self, case_id: str, metric: str, profile: str | None = None,
+               hardware_class: str | None = None) -> list[tuple[str, float]]:
+        """(run id, value) of one case's metric (or resource: train_s, mem_mib) in run order,
+        optionally only runs of one profile and of one hardware class."""
+        return series_of(self.case_rows(case_id, profile), metric, hardware_class)
 
     def case_ids(self, profile: str | None = None) -> list[str]:
         q = "SELECT DISTINCT cases.case_id FROM cases JOIN runs ON runs.run_id = cases.run_id"
@@ -171,6 +164,17 @@ class History:
 
 RESOURCE_KEYS = {"train_s": "train_seconds", "mem_mib": "peak_mem_mib", "train_seconds": "train_seconds",
                  "peak_mem_mib": "peak_mem_mib", "tokens_per_s": "tokens_per_s"}
+
+
+def series_of(rows: list[tuple[str, str | None, dict[str, Any]]], metric: str,
+              hardware_class: str | None = None) -> list[tuple[str, float]]:
+    """(run id, value) of ``metric`` from :meth:`History.case_rows`, runs without the value left out."""
+    out = []
+    for run_id, hw_class, rec in rows:
+        v = metric_value(rec, metric)
+        if v is not None and (hardware_class is None or hw_class == hardware_class):
+            out.append((run_id, v))
+    return out
 
 
 def metric_value(record: dict[str, Any], metric: str) -> float | None:

@@ -287,13 +287,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _record_baselines(config: pytest.Config, records: list[dict[str, Any]]) -> str:
     from .baselines import record_cases
-    from .resources import hardware_class
+    from .resources import recorded_hardware_class
 
     profile = _profile(config)
     path = profile.resolve(str(profile.baseline))
     if profile.baseline_readonly:  # published numbers stay; this hardware's results go beside them
-        hw = records[0]["provenance"]["hardware"]
-        path = profile.hardware_baseline(hardware_class(hw.get("gpu"), hw.get("gpu_count")))
+        path = profile.hardware_baseline(recorded_hardware_class(records[0]["provenance"]["hardware"]))
     written, skipped = record_cases(path, profile.name, records)
     return (f"medqa-bench: recorded {len(written)} case(s) into {path}"
             + (f"; not recorded (failed): {skipped}" if skipped else ""))
@@ -306,15 +305,14 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
     if path is None:
         return {}
     from .history import History
-    from .resources import hardware_class
+    from .resources import recorded_hardware_class
     from .trend import case_trends
 
     profile = _profile(config)
     hist = History(path)
     try:
         seq = hist.add_run(config._medqa_run_id, profile.name, records, {"exitstatus": exitstatus})
-        hw = records[0].get("provenance", {}).get("hardware", {})
-        hw_class = hardware_class(hw["gpu"], hw.get("gpu_count")) if hw.get("gpu") else "cpu"
+        hw_class = recorded_hardware_class(records[0].get("provenance", {}).get("hardware", {}))
         trends = case_trends(hist, [r["case_id"] for r in records], profile.name, profile.gate.metric_tolerance, hw_class,
                              memory_slack_mib=profile.gate.memory_slack_mib)
     except MedQAError as exc:

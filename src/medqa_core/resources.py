@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -78,6 +79,12 @@ def hardware_class(gpu_name: str | None = None, gpu_count: int | None = None) ->
         return "cpu"
     slug = re.sub(r"[^a-z0-9]+", "-", str(gpu_name).lower()).strip("-")
     return f"{gpu_count or 1}x-{slug}"
+
+
+def recorded_hardware_class(hw: dict[str, Any]) -> str:
+    """The hardware class of a *recorded* ``hardware()`` dict (a result record's provenance):
+    never probes this machine, so a CPU record stays ``cpu`` wherever it is read."""
+    return hardware_class(hw["gpu"], hw.get("gpu_count")) if hw.get("gpu") else "cpu"
 
 
 class PeakMemory:

@@ -149,14 +149,16 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances:
     CPU the RSS growth of a small run moves by tens of MiB with what the process did before),
     and only runs of ``hardware_class``."""
     from .baselines import DEFAULT_TOLERANCE
+    from .history import series_of
     from .metrics import METRICS
 
     out: dict[str, dict[str, list[Shift]]] = {}
     for cid in case_ids:
         found: dict[str, list[Shift]] = {}
+        case_rows = history.case_rows(cid, profile)  # one read per case, every metric from it
         for metric in (*METRICS, *RESOURCES):
             is_res = metric in RESOURCES
-            rows = history.series(cid, metric, profile, hardware_class if is_res else None)
+            rows = series_of(case_rows, metric, hardware_class if is_res else None)
             if len(rows) < min_runs:
                 continue
             ids, vals = [r for r, _ in rows], [v for _, v in rows]
