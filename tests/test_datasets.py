@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_rows
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -58,25 +59,10 @@ EXPECTED_A = [r["reply"] for r in ROWS]
 MULTI = dict(question=("title", "body"), answer="reply")
 
 
-def write_format(path: Path, rows: list[dict], fmt: str) -> None:
-    if fmt == "json":
-        path.write_text(json.dumps(rows), encoding="utf-8")
-    elif fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif fmt == "csv":
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    elif fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:  # pragma: no cover
-        raise AssertionError(fmt)
-
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "parquet"])
 def test_loader_multi_column_question(tmp_path, fmt):
-    write_format(tmp_path / f"d.{fmt}", ROWS, fmt)
+    write_rows(tmp_path / f"d.{fmt}", ROWS, fmt)
     examples, stats = load_examples(spec(f"d.{fmt}", **MULTI), tmp_path)
     assert [e.question for e in examples] == EXPECTED_Q
     assert [e.answer for e in examples] == EXPECTED_A
@@ -245,7 +231,7 @@ def test_missing_column_names_row_column_and_file(tmp_path, fmt):
         rows = [{k: v for k, v in r.items() if k != "a"} for r in rows]
         expected_row = "row 1"
     p = tmp_path / f"m.{fmt}"
-    write_format(p, rows, fmt)
+    write_rows(p, rows, fmt)
     msg = expect_dataset_error(spec(p.name, name="myset"), tmp_path, str(p), expected_row, "'a'", "myset")
     assert "extra" in msg  # lists the columns the row does have
 

@@ -4,33 +4,14 @@ here in each layout, plus the ways of pointing a dataset at a file (--data-dir,
 MEDQA_DATA_<NAME>). Rows are made up; the layouts follow the public sources."""
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers import write_rows
 
 from medqa_core.datasets import load_examples, load_split
 from medqa_core.errors import DatasetError
 from medqa_core.specs import SplitConfig, load_profile
-
-
-def write(path: Path, rows: list[dict], fmt: str) -> Path:
-    if fmt == "json":
-        path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    elif fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif fmt == "csv":
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
 
 WIKIDOC = [  # medalpaca/medical_meadow_wikidoc: instruction / input / output, a JSON list
     {"instruction": "Answer this question truthfully", "input": "What is cellulitis?",
@@ -90,7 +71,7 @@ def profile_in(tmp_path: Path):
 
 def test_wikidoc_layout_json(tmp_path):
     prof = profile_in(tmp_path)
-    write(tmp_path / prof.datasets["wikidoc"].file, WIKIDOC, "json")
+    write_rows(tmp_path / prof.datasets["wikidoc"].file, WIKIDOC, "json")
     ex, st = load_examples(prof.datasets["wikidoc"], tmp_path)
     assert [e.question for e in ex] == ["What is cellulitis?", "What causes gout?"]
     assert ex[1].answer == WIKIDOC[1]["output"]
@@ -100,7 +81,7 @@ def test_wikidoc_layout_json(tmp_path):
 def test_mental_health_layout_jsonl_with_json_suffix(tmp_path):
     prof = profile_in(tmp_path)
     assert prof.datasets["mental_health"].file.endswith(".json")  # the public file is JSONL despite its name
-    write(tmp_path / prof.datasets["mental_health"].file, MENTAL, "jsonl")
+    write_rows(tmp_path / prof.datasets["mental_health"].file, MENTAL, "jsonl")
     ex, st = load_examples(prof.datasets["mental_health"], tmp_path)
     assert [e.answer for e in ex][0] == MENTAL[0]["Response"]  # first reply to a repeated post is kept
     assert (st.rows_read, st.dropped_duplicate, st.kept) == (4, 1, 3)
@@ -108,7 +89,7 @@ def test_mental_health_layout_jsonl_with_json_suffix(tmp_path):
 
 def test_medical_dataset_layout_json_with_cleaning(tmp_path):
     prof = profile_in(tmp_path)
-    write(tmp_path / prof.datasets["medical_dataset"].file, MEDICAL, "json")
+    write_rows(tmp_path / prof.datasets["medical_dataset"].file, MEDICAL, "json")
     ex, st = load_examples(prof.datasets["medical_dataset"], tmp_path)
     assert [(e.question, e.answer) for e in ex] == [
         ("I have had a dry cough for a week.", "This looks like a viral bronchitis."),
@@ -120,7 +101,7 @@ def test_medical_dataset_layout_json_with_cleaning(tmp_path):
 
 def test_ai_medical_chatbot_layout_csv_with_cleaning_and_cap(tmp_path):
     prof = profile_in(tmp_path)
-    write(tmp_path / prof.datasets["ai_medical_chatbot"].file, CHATBOT, "csv")
+    write_rows(tmp_path / prof.datasets["ai_medical_chatbot"].file, CHATBOT, "csv")
     ex, st = load_examples(prof.datasets["ai_medical_chatbot"], tmp_path)
     assert [e.question for e in ex] == [
         "What causes dizziness in the morning?\nI am 40 and I feel dizzy every morning, with a headache.",
@@ -136,7 +117,7 @@ def test_ai_medical_chatbot_layout_csv_with_cleaning_and_cap(tmp_path):
 
 def test_healthcaremagic_layout_json_with_cleaning(tmp_path):
     prof = profile_in(tmp_path)
-    write(tmp_path / prof.datasets["healthcaremagic"].file, HCM, "json")
+    write_rows(tmp_path / prof.datasets["healthcaremagic"].file, HCM, "json")
     ex, st = load_examples(prof.datasets["healthcaremagic"], tmp_path)
     assert [(e.question, e.answer) for e in ex] == [
         ("I have a sore throat and fever since two days.", "This is probably tonsillitis. Gargle with warm salt water."),
@@ -155,9 +136,9 @@ def test_every_layout_in_every_format_via_env_var(tmp_path, monkeypatch, name, r
     native_dir = tmp_path / "native"
     native_dir.mkdir()
     native_fmt = spec.format or Path(spec.file).suffix.lstrip(".")
-    write(native_dir / spec.file, rows, native_fmt)
+    write_rows(native_dir / spec.file, rows, native_fmt)
     expected, expected_stats = load_examples(spec, native_dir)
-    other = write(tmp_path / f"export.{fmt}", rows if fmt != "csv" else [{k: ("" if v is None else v) for k, v in r.items()} for r in rows], fmt)
+    other = write_rows(tmp_path / f"export.{fmt}", rows if fmt != "csv" else [{k: ("" if v is None else v) for k, v in r.items()} for r in rows], fmt)
     assert spec.env_var == f"MEDQA_DATA_{name.upper()}"
     monkeypatch.setenv(spec.env_var, str(other))
     got, stats = load_examples(spec, tmp_path / "no-such-dir")
@@ -176,14 +157,14 @@ def test_env_var_to_missing_file_names_variable_and_dataset(tmp_path, monkeypatc
 def test_data_dir_option_reaches_the_loader(tmp_path):
     prof = profile_in(tmp_path)
     assert prof.data_dir == tmp_path
-    write(tmp_path / prof.datasets["wikidoc"].file, WIKIDOC * 1, "json")
+    write_rows(tmp_path / prof.datasets["wikidoc"].file, WIKIDOC * 1, "json")
     assert load_examples(prof.datasets["wikidoc"], prof.data_dir)[1].kept == 2
 
 
 def test_split_of_real_layout_records_leak_and_cleaning(tmp_path):
     prof = profile_in(tmp_path)
     rows = [dict(r, input=f"Hi doctor, {r['input']} (case {i})") for i in range(30) for r in HCM[:2]]
-    write(tmp_path / prof.datasets["healthcaremagic"].file, rows, "json")
+    write_rows(tmp_path / prof.datasets["healthcaremagic"].file, rows, "json")
     s = load_split(prof.datasets["healthcaremagic"], tmp_path, SplitConfig(test_fraction=0.2, seed=1))
     assert s.stats.kept == 60 and s.stats.cleaned["question_greeting"] == 60
     assert s.stats.leak["test"] == len(s.test) and s.stats.leak["near"] == len(s.test)  # templated rows leak

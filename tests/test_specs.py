@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import MINIMAL_PROFILE
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -27,17 +28,7 @@ from medqa_core.specs import (
 
 TINY_TOML = PROFILES_DIR / "tiny.toml"
 
-MINIMAL = """\
-name = "mine"
-
-[models.llama]
-tiny_config = { hidden_size = 8, num_hidden_layers = 1 }
-
-[datasets.d1]
-file = "d1.json"
-question = "q"
-answer = "a"
-"""
+MINIMAL = MINIMAL_PROFILE
 
 
 def write_profile(tmp_path: Path, text: str, name: str = "prof.toml") -> Path:

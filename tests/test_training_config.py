@@ -2,24 +2,15 @@
 from __future__ import annotations
 
 import pytest
+from helpers import MINIMAL_PROFILE
 
 from medqa_core.errors import ConfigError
 from medqa_core.specs import load_profile
 
-BASE = """\
-name = "mine"
-[models.llama]
-tiny_config = { hidden_size = 8, num_hidden_layers = 1 }
-[datasets.d1]
-file = "d1.json"
-question = "q"
-answer = "a"
-"""
-
 
 def _load(tmp_path, train: str):
     p = tmp_path / "p.toml"
-    p.write_text(BASE + "[train]\n" + train)
+    p.write_text(MINIMAL_PROFILE + "[train]\n" + train)
     return load_profile(p)
 
 
