@@ -164,3 +164,11 @@ def test_report_draws_history_only_for_cases_with_a_series(tmp_path):
     assert main(["report", "latest", "--history", str(db), "--out", str(out)]) == 0
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
     assert not (out / "report-history.png").exists()
+
+
+def test_a_profile_the_user_names_must_exist(tmp_path, capsys):
+    db = _history_with_runs(tmp_path, [0.5] * 4)
+    assert main(["trend", "--profile", "nosuch", "--history", str(db)]) == 2
+    assert main(["report", "latest", "--profile", "nosuch", "--history", str(db), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("'nosuch'") == 2 and "known profiles" in err

@@ -84,7 +84,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return worst
 
 
-def _profile_or_none(name: str | None) -> Any:
+def _profile_or_none(name: str | None, explicit: bool) -> Any:
+    """The profile for tolerances/baseline. One the user named must load (its error is shown);
+    one only taken from the records may be missing here (then: no baseline, default tolerances)."""
     from .specs import load_profile
 
     if not name:
@@ -92,6 +94,8 @@ def _profile_or_none(name: str | None) -> Any:
     try:
         return load_profile(name)
     except MedQAError:
+        if explicit:
+            raise
         return None
 
 
@@ -102,7 +106,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     recs = _records(args.run, args)
     profile_name = args.profile or recs[0].get("profile")
-    profile = _profile_or_none(profile_name)
+    profile = _profile_or_none(profile_name, explicit=bool(args.profile))
     if args.baseline:
         base = baselines.load(Path(args.baseline))
     elif profile is not None and profile.resolve(str(profile.baseline)).is_file():
@@ -141,7 +145,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
     from .trend import case_trends
 
     hist = _history(args)
-    profile = _profile_or_none(args.profile)
+    profile = _profile_or_none(args.profile, explicit=True)
     tols = profile.gate.metric_tolerance if profile is not None else {}
     slack = profile.gate.memory_slack_mib if profile is not None else 0.0
     found = case_trends(hist, hist.case_ids(args.profile), args.profile, tols, memory_slack_mib=slack)
