@@ -1,13 +1,21 @@
-"""Baseline files: read, validate, write (atomically), and compare a case against its baseline.
+"""Baseline files: the format only (read, validate, write atomically, record). Judging is gate.py.
 
-Schema (``schema_version`` 1)::
+Schema 2 (recorded baselines, ``--update-baselines [--seeds K]``)::
 
-    {"schema_version": 1, "profile": "tiny", "source": "...", "provenance": {...},
+    {"schema_version": 2, "profile": "tiny", "source": "...",
      "cases": {"mistral-wikidoc": {
-         "metrics": {"bert_p": .., "bert_r": .., "bert_f1": .., "cosine": .., "use_p": .., "use_r": .., "use_f1": ..},
-         "base_metrics": {...},                      # optional: the base model without adapter
-         "resources": {"train_seconds": .., "peak_mem_mib": .., "tokens_per_s": .., "device": "cpu"},  # optional
-         "per_example": {"ids": [...], "bert_f1": [...], ...}}}}                                       # optional
+         "metrics": {"bert_p": .., ..., "answer_words": ..},   # mean over the K runs
+         "spread": {"bert_p": .., ...},                          # between-run standard deviation
+         "runs": [{"seed": 0, "metrics": {...}, "per_example": {"ids": [...], "bert_f1": [...], ...},
+                   "tokens_seen": .., "resources": {...}}, ...],  # K independent training runs
+         "base_metrics": {...}, "controls": {"no_question": {...}, ...},
+         "invariants": {"train_steps": .., "trainable_params": .., "test_ids": .., ...},
+         "identity": {"data": .., "test_ids": .., "profile": .., "scorer": .., "hardware_class": ..},
+         "resources": {"train_seconds": .., "peak_mem_mib": .., "train_work": .., "device": "cpu"},
+         "recorded": {"git_sha": .., "versions": {...}, "hardware": {...}}}}}
+
+Schema 1 (aggregates only, e.g. ``paper.json``, the study's Table 2) is read as it is: no runs,
+so its gate cannot see training noise (docs/regression-gating.md).
 """
 from __future__ import annotations
 
@@ -15,7 +23,6 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +30,9 @@ import numpy as np
 
 from .errors import BaselineError
 from .metrics import METRICS
-from .specs import GateConfig
 
-SCHEMA_VERSION = 1
-DEFAULT_TOLERANCE = 0.02
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 def _num(x: Any) -> bool:
@@ -37,8 +43,8 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
     """Check the schema; raise :class:`BaselineError` naming the file and the offending key."""
     if not isinstance(data, dict):
         raise BaselineError(f"{path}: top level must be an object, got {type(data).__name__}")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise BaselineError(f"{path}: schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+    if data.get("schema_version") not in READABLE_SCHEMAS:
+        raise BaselineError(f"{path}: schema_version must be one of {READABLE_SCHEMAS}, got {data.get('schema_version')!r}")
     cases = data.get("cases")
     if not isinstance(cases, dict):
         raise BaselineError(f"{path}: 'cases' must be an object mapping case ids to results")
@@ -49,21 +55,32 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
         for m in METRICS:
             if not _num(case["metrics"].get(m)):
                 raise BaselineError(f"{where}.metrics.{m}: missing or not a finite number")
-        for section in ("resources", "per_example", "base_metrics"):
+        for section in ("resources", "per_example", "base_metrics", "spread", "invariants", "identity", "controls"):
             if section in case and not isinstance(case[section], dict):
                 raise BaselineError(f"{where}.{section}: must be an object, got {type(case[section]).__name__}")
         for k, v in case.get("resources", {}).items():
             if k != "device" and not _num(v):
                 raise BaselineError(f"{where}.resources.{k}: not a finite number")
-        per = case.get("per_example")
+        runs = case.get("runs", [])
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in runs):
+            raise BaselineError(f"{where}.runs: must be a list of objects with 'metrics'")
+        for i, r in enumerate(runs):
+            for m, v in r["metrics"].items():
+                if not _num(v):
+                    raise BaselineError(f"{where}.runs[{i}].metrics.{m}: not a finite number")
+            _check_per(r.get("per_example"), f"{where}.runs[{i}]")
+        _check_per(case.get("per_example"), where)
+    return data
+
+
+def _check_per(per: Any, where: str) -> None:
         if per is not None:
-            ids = per.get("ids")
+            ids = per.get("ids") if isinstance(per, dict) else None
             if not isinstance(ids, list):
                 raise BaselineError(f"{where}.per_example.ids: must be a list")
             for m, vals in per.items():
                 if m != "ids" and (not isinstance(vals, list) or len(vals) != len(ids) or not all(map(_num, vals))):
                     raise BaselineError(f"{where}.per_example.{m}: must be {len(ids)} finite numbers")
-    return data
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -99,132 +116,6 @@ def write(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def paired_bootstrap_ci(
-    current: np.ndarray, baseline: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of ``current - baseline`` over paired examples and its percentile bootstrap CI."""
-    a, b = np.asarray(current, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired_bootstrap_ci: shapes differ {a.shape} vs {b.shape}; the examples must be paired")
-    return bootstrap_ci(a - b, n_boot, alpha, seed)
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``values`` and its percentile bootstrap CI (resampling examples with replacement)."""
-    d = np.asarray(values, dtype=np.float64)
-    if d.ndim != 1 or d.size == 0:
-        raise ValueError("bootstrap needs a non-empty 1-d array of per-example values")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    # Resample means lie within [min, max] of the data, but quantile interpolation can step a
-    # rounding error outside the sample mean for constant data: clamp so lo <= mean <= hi.
-    mean = float(d.mean())
-    return mean, min(float(lo), mean), max(float(hi), mean)
-
-
-@dataclass
-class Check:
-    name: str
-    value: float
-    baseline: float
-    limit: float
-    passed: bool
-    detail: str = ""
-    basis: str = "threshold"  # paired | run-ci | threshold | ratio
-    ci: tuple[float, float] | None = None  # 95% CI of the paired difference (paired) or of the run's mean (run-ci)
-    improved: bool = False
-
-
-@dataclass
-class Verdict:
-    case_id: str
-    status: str  # pass | regression | improvement | no-baseline
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def explain(self) -> str:
-        if self.status == "no-baseline":
-            return f"{self.case_id}: no baseline entry"
-        lines = [f"{self.case_id}: {self.status}"]
-        for c in self.failures or self.checks:
-            mark = "ok " if c.passed else "FAIL"
-            lines.append(f"  [{mark}] {c.name}: {c.value:.4f} vs baseline {c.baseline:.4f} (limit {c.limit:.4f}) {c.detail}".rstrip())
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "explain": self.explain(), "checks": [asdict(c) for c in self.checks]}
-
-
-def judge_metric(
-    name: str, value: float, baseline: float, min_effect: float,
-    current_per: list[float] | None = None, baseline_per: list[float] | None = None,
-) -> Check:
-    """One metric's verdict, telling a real drop from noise.
-
-    * paired (both sides have per-example scores on the same examples): a regression needs the
-      95% bootstrap CI of the mean paired difference to exclude zero *and* the mean drop to
-      exceed ``min_effect``; an improvement mirrors it.
-    * run-ci (only this run has per-example scores, e.g. against published aggregates): the
-      whole CI of this run's mean must lie below ``baseline - min_effect``.
-    * threshold (no per-example scores anywhere): ``value < baseline - min_effect``.
-    """
-    limit = baseline - min_effect
-    if current_per is not None and baseline_per is not None:
-        mean, lo, hi = paired_bootstrap_ci(np.asarray(current_per), np.asarray(baseline_per))
-        regressed = hi < 0 and mean < -min_effect
-        improved = lo > 0 and mean > min_effect
-        detail = f"paired diff {mean:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}], min effect {min_effect:g}"
-        return Check(name, value, baseline, limit, not regressed, detail, "paired", (lo, hi), improved)
-    if current_per is not None:
-        mean, lo, hi = bootstrap_ci(np.asarray(current_per))
-        regressed = hi < limit
-        improved = lo > baseline + min_effect
-        detail = f"run mean {mean:.4f} [95% CI {lo:.4f}, {hi:.4f}] vs limit"
-        return Check(name, value, baseline, limit, not regressed, detail, "run-ci", (lo, hi), improved)
-    return Check(name, value, baseline, limit, value >= limit, "", "threshold", None, value > baseline + min_effect)
-
-
-def compare(
-    case_id: str,
-    metrics: dict[str, float],
-    baseline_case: dict[str, Any] | None,
-    gate: GateConfig,
-    resources: dict[str, Any] | None = None,
-    per_example: dict[str, list[float]] | None = None,
-) -> Verdict:
-    """Judge a case: each metric with :func:`judge_metric` (its tolerance is the minimum effect);
-    training time and peak memory against the baseline times a factor (same device only)."""
-    if baseline_case is None:
-        return Verdict(case_id, "no-baseline")
-    checks: list[Check] = []
-    base_per = baseline_case.get("per_example") or {}
-    paired = bool(per_example and base_per.get("ids") and per_example.get("ids") == base_per["ids"])
-    for m in METRICS:
-        tol = gate.metric_tolerance.get(m, DEFAULT_TOLERANCE)
-        cur = per_example.get(m) if per_example and per_example.get("ids") else None
-        ref = base_per.get(m) if paired else None
-        checks.append(judge_metric(m, float(metrics[m]), float(baseline_case["metrics"][m]), tol, cur, ref))
-    base_res = baseline_case.get("resources") or {}
-    if resources and base_res and base_res.get("device") == resources.get("device"):
-        for key, factor, slack in (("train_seconds", gate.time_factor, 0.0),
-                                   ("peak_mem_mib", gate.memory_factor, gate.memory_slack_mib)):
-            if key in base_res and key in resources:
-                b = float(base_res[key])
-                v = float(resources[key])
-                limit = max(b * factor, b + slack)
-                why = f"(x{factor}" + (f" or +{slack:g}" if slack else "") + " allowed)"
-                checks.append(Check(key, v, b, limit, v <= limit, why, "ratio"))
-    if any(not c.passed for c in checks):
-        status = "regression"
-    else:
-        status = "improvement" if any(c.improved for c in checks) else "pass"
-    return Verdict(case_id, status, checks)
-
-
 def resource_baseline(
     case_id: str, model: str, main: dict[str, Any] | None, hw: dict[str, Any] | None, hw_class: str
 ) -> dict[str, Any] | None:
@@ -244,26 +135,49 @@ def resource_baseline(
     return None
 
 
+def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A baseline case from the records of its K runs (each a passing case record)."""
+    first = runs[0]
+    gated = [m for m in first["metrics"] if all(m in r["metrics"] for r in runs)]
+    vals = {m: np.asarray([float(r["metrics"][m]) for r in runs]) for m in gated}
+    res_keys = [k for k, v in first["resources"].items() if k != "device" and _num(v)
+                and all(_num(r["resources"].get(k)) for r in runs)]
+    return {
+        "metrics": {m: round(float(v.mean()), 6) for m, v in vals.items()},
+        "spread": {m: round(float(v.std(ddof=1)), 6) if v.size > 1 else 0.0 for m, v in vals.items()},
+        "runs": [{"seed": r["seed"], "metrics": r["metrics"], "margins": r.get("margins", {}),
+                  "per_example": r["per_example"],
+                  "tokens_seen": r["invariants"].get("tokens_seen"),
+                  "resources": {k: r["resources"][k] for k in res_keys}} for r in runs],
+        "base_metrics": first["base_metrics"],
+        "controls": {name: c["metrics"] for name, c in first.get("controls", {}).items()},
+        "invariants": {k: v for k, v in first["invariants"].items() if k != "tokens_seen"},
+        "identity": first["identity"],
+        "resources": {**{k: round(float(np.mean([r["resources"][k] for r in runs])), 3) for k in res_keys},
+                      "device": first["resources"].get("device")},
+        "recorded": {k: first["provenance"][k] for k in ("git_sha", "versions", "hardware")},
+    }
+
+
 def record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Merge the records of passing cases into the baseline file at ``path`` (other cases kept).
 
-    Returns (recorded case ids, skipped case ids). Called only under ``--update-baselines``.
+    A record holds one case's runs (``runs``: one per seed). Returns (recorded case ids, skipped
+    case ids). Called only under ``--update-baselines``.
     """
     data = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
+    if data.get("schema_version") != SCHEMA_VERSION:  # an old recorded file is rewritten whole in the new schema
+        data = {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     written, skipped = [], []
     for rec in records:
-        if rec.get("outcome") != "passed":
+        if rec.get("outcome") != "passed" or not rec.get("runs"):
             skipped.append(rec["case_id"])
             continue
-        data["cases"][rec["case_id"]] = {
-            "metrics": rec["metrics"],
-            "base_metrics": rec["base_metrics"],
-            "resources": rec["resources"],
-            "per_example": rec["per_example"],
-            "recorded": {k: rec["provenance"][k] for k in ("git_sha", "versions", "hardware", "profile_hash")},
-        }
+        data["cases"][rec["case_id"]] = case_entry(rec["runs"])
         written.append(rec["case_id"])
-    data["source"] = f"recorded by `pytest benchmarks/ --profile {profile_name} --update-baselines`"
+    seeds = sorted({r["seed"] for rec in records for r in rec.get("runs", [])})
+    data["source"] = (f"recorded by `pytest benchmarks/ --profile {profile_name} --update-baselines --seeds "
+                      f"{','.join(map(str, seeds))}`")
     if written:
         write(path, data)
     return written, sorted(skipped)

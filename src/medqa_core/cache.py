@@ -68,6 +68,30 @@ def source_digest(*modules: str) -> str:
     return h.hexdigest()[:16]
 
 
+#: Modules that only judge, store or show results: they shape no cached artefact, so editing them
+#: keeps the cache warm. Every other module of the package is in every stage key.
+POST_RUN_MODULES = frozenset({
+    "gate.py", "baselines.py", "report.py", "htmlreport.py", "history.py", "trend.py", "alerts.py", "cli.py",
+    "pytest_plugin.py", "session.py",
+})
+
+
+@functools.cache
+def code_digest() -> str:
+    """Digest of every medqa_core source file that can shape an artefact (all but
+    :data:`POST_RUN_MODULES`): a change anywhere in the pipeline, trainer, prompts, generation,
+    models or metrics gives new keys, so a cache never serves results built by other code."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(pkg.rglob("*.py")):
+        rel = p.relative_to(pkg).as_posix()
+        if rel in POST_RUN_MODULES:
+            continue
+        h.update(rel.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str

@@ -16,12 +16,14 @@ def clean_answer(text: str) -> str:
 
 
 def generate_answers(
-    model: Any, tokenizer: Any, questions: list[str], cfg: GenerationConfig, device: str = "cpu"
+    model: Any, tokenizer: Any, questions: list[str], cfg: GenerationConfig, device: str = "cpu",
+    settings: dict[str, Any] | None = None,
 ) -> list[str]:
     """Greedy answers for ``questions``, in input order.
 
     Prompts are sorted by token length before batching so each batch pads little, then the
-    answers are put back in the caller's order.
+    answers are put back in the caller's order. ``settings``, when given, receives the
+    generation arguments actually passed to ``generate`` (an exact invariant of the gate).
     """
     import torch
 
@@ -35,16 +37,12 @@ def generate_answers(
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
+        kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "repetition_penalty": cfg.repetition_penalty,
+                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+        if settings is not None:
+            settings.update(kwargs)
         with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=cfg.max_new_tokens,
-                do_sample=False,
-                repetition_penalty=cfg.repetition_penalty,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                use_cache=True,
-            )
+            out = model.generate(**enc, **kwargs, use_cache=True)
         new = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
             answers[i] = clean_answer(text)

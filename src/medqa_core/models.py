@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, content_key, dir_digest, file_digest, source_digest
+from .cache import Cache, code_digest, content_key, dir_digest, file_digest
 from .errors import ConfigError, TrainingError
-from .resources import Timer, library_versions
+from .resources import Timer, library_versions, numeric_env
 from .specs import ModelSpec, PretrainConfig, Profile
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
         raise ConfigError(f"model {spec.name!r}: {spec.unavailable}")
     if spec.gguf is not None:
         path = resolve_gguf(spec, profile)
-        payload = {"what": "gguf-base", "gguf": _gguf_digest(path), "code": source_digest("models.py"),
+        payload = {"what": "gguf-base", "gguf": _gguf_digest(path), "code": code_digest(),
                    "versions": library_versions()}
 
         def convert(tmp: Path) -> dict[str, Any]:
@@ -211,7 +211,8 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
         "tokenizer": dir_digest(tok_dir),
         "corpus": file_digest(corpus),
         "pretrain": {k: v for k, v in vars(profile.pretrain).items() if k != "corpus"},
-        "code": source_digest("models.py"),
+        "code": code_digest(),
+        "numeric": numeric_env("cpu"),  # pretraining runs on the CPU
         "versions": library_versions(),
     }
 

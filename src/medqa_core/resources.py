@@ -216,6 +216,41 @@ def configure_threads(n_workers: int) -> int:
     return n
 
 
+def numeric_env(device_name: str = "cpu") -> dict[str, Any]:
+    """What changes a float result besides the inputs: torch threads and the ATen CPU kernel
+    level (``ATEN_CPU_CAPABILITY``) on CPU, the GPU model on CUDA. Part of every stage key, so
+    an entry built at 2 threads is never served to a 1-thread run."""
+    import torch
+
+    env: dict[str, Any] = {"device": device_name, "threads": torch.get_num_threads()}
+    if device_name == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return env
+
+
+@lru_cache(maxsize=1)
+def reference_seconds(repeats: int = 5) -> float:
+    """Seconds this process takes for a fixed CPU workload (LoRA-sized matmuls forward and
+    backward, one thread's worth), the median of ``repeats``. Times are gated as multiples of it,
+    so a 3x slower trainer fails on a fast and a slow machine alike."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 128, 128, generator=g)
+    w = torch.randn(128, 256, generator=g, requires_grad=True)
+    v = torch.randn(256, 128, generator=g, requires_grad=True)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(6):
+            y = torch.tanh(x @ w) @ v
+            y.square().mean().backward()
+        times.append(time.perf_counter() - t0)
+    return float(sorted(times)[len(times) // 2])
+
+
 def device() -> str:
     import torch
 

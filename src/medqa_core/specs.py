@@ -154,13 +154,33 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """How a case is judged against its baseline. See README "Tolerances"."""
+    """How a case is judged against its baseline (gate.py; docs/regression-gating.md)."""
 
+    # minimum effect per metric (absolute, 0-1 scale; answer_words in words): smaller changes never fail
     metric_tolerance: dict[str, float] = field(default_factory=dict)
+    # one-sided false-alarm level per metric and direction of the noise-model test
+    alpha: float = 0.001
+    # family / suite verdicts (Stouffer over cases): level, and minimum effect as a fraction of the case's
+    aggregate_alpha: float = 0.001
+    aggregate_min_effect_factor: float = 0.25
+    # metrics where a rise beyond the band passes (reported as improvement) instead of failing as `changed`
+    one_sided: tuple[str, ...] = ()
+    # training runs (seeds) a baseline records per case with --update-baselines (override: --seeds)
+    baseline_seeds: int = 5
+    # controls each run computes (base | no_question | shuffled); the tuned-minus-control margins on
+    # require_beats_base metrics are gated like scores (a margin that shrinks beyond the band fails)
+    controls: tuple[str, ...] = ("base", "no_question", "shuffled")
+    # controls the fine-tuned model must beat outright in every run (one-sided paired bootstrap at control_alpha)
+    require_controls: tuple[str, ...] = ("base",)
+    control_alpha: float = 0.01
+    # time: seconds per unit of the session's reference workload must stay within factor x baseline
     time_factor: float = 3.0
     memory_factor: float = 1.5
     memory_slack_mib: float = 0.0  # memory limit = max(baseline x factor, baseline + slack)
     require_beats_base: tuple[str, ...] = ("bert_f1",)
+
+
+CONTROLS = ("base", "no_question", "shuffled")
 
 
 def case_name(model: str, dataset: str) -> str:
@@ -374,9 +394,19 @@ def _check_dataset(d: DatasetSpec, where: str) -> None:
 def _check_gate(gate: GateConfig, where: str) -> None:
     if not isinstance(gate.metric_tolerance, dict):
         raise ConfigError(f"{where} metric_tolerance = {gate.metric_tolerance!r}: must be a table {{ metric = tolerance }}")
-    bad = sorted((set(gate.metric_tolerance) | set(gate.require_beats_base)) - set(METRICS))
+    gated = (*METRICS, "answer_words")
+    bad = sorted((set(gate.metric_tolerance) | set(gate.one_sided)) - set(gated)) + sorted(set(gate.require_beats_base) - set(METRICS))
     if bad:
-        raise ConfigError(f"{where}: unknown metric name(s) {bad}; metrics are {list(METRICS)}")
+        raise ConfigError(f"{where}: unknown metric name(s) {bad}; metrics are {list(gated)}")
+    unknown = sorted((set(gate.controls) | set(gate.require_controls)) - set(CONTROLS))
+    if unknown:
+        raise ConfigError(f"{where} controls: unknown control(s) {unknown}; use {list(CONTROLS)}")
+    for name in ("alpha", "aggregate_alpha", "control_alpha"):
+        v = getattr(gate, name)
+        if not isinstance(v, float) or not 0 < v < 0.5:
+            raise ConfigError(f"{where} {name} = {v!r}: must be a number in (0, 0.5)")
+    if not isinstance(gate.baseline_seeds, int) or gate.baseline_seeds < 1:
+        raise ConfigError(f"{where} baseline_seeds = {gate.baseline_seeds!r}: must be an integer >= 1")
     for m, tol in gate.metric_tolerance.items():
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
             raise ConfigError(f"{where} metric_tolerance.{m} = {tol!r}: must be a finite number >= 0")
@@ -393,3 +423,29 @@ def as_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+_OVERRIDABLE = {"train": "train", "generation": "generation", "split": "split", "pretrain": "pretrain"}
+
+
+def with_overrides(profile: Profile, assignments: list[str] | tuple[str, ...]) -> Profile:
+    """A copy of ``profile`` with ``section.key=value`` assignments applied (value in TOML syntax,
+    e.g. ``train.seed=3``, ``train.learning_rate=1e-3``); an unknown section or key is an error
+    naming it. Used by ``--set`` and the sweep scripts."""
+    for text in assignments:
+        lhs, sep, value = text.partition("=")
+        section, dot, key = lhs.strip().partition(".")
+        if not sep or not dot or section not in _OVERRIDABLE:
+            raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE with SECTION one of {sorted(_OVERRIDABLE)}")
+        current = getattr(profile, _OVERRIDABLE[section])
+        if current is None or key not in {f.name for f in dataclasses.fields(current)}:
+            allowed = sorted(f.name for f in dataclasses.fields(current)) if current is not None else []
+            raise ConfigError(f"--set {text!r}: [{section}] has no key {key!r}; allowed: {allowed}")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--set {text!r}: value is not TOML ({exc})") from exc
+        table = {**as_dict(current), key: parsed}
+        new = _build(type(current), table, f"--set {text!r}")
+        profile = dataclasses.replace(profile, **{_OVERRIDABLE[section]: new})
+    return profile

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, source_digest
+from .cache import Cache, code_digest, content_key
 from .datasets import QAExample
 from .errors import TrainingError
 from .prompts import training_rows
@@ -49,6 +49,9 @@ class TrainStats:
     device: str
     pad_fraction: float = 0.0  # pad tokens / all tokens fed to the model, over all training batches
     trainer: str = "sft"
+    steps_run: int = 0  # optimizer steps actually taken
+    rows: int = 0  # training rows the loop was given
+    rows_digest: str = ""  # content digest of those rows (prompt + completion text)
 
 
 def lora_config(spec: ModelSpec, cfg: TrainConfig) -> Any:
@@ -168,12 +171,15 @@ def _fine_tune_sft(
         tokens = int(trainer.state.num_input_tokens_seen)
         peft_model.save_pretrained(str(out_dir))
     return _stats(t.seconds, tokens, trainable, total, mem, losses, device,
-                  counter.pad / counter.total if counter.total else 0.0, "sft")
+                  counter.pad / counter.total if counter.total else 0.0, "sft", int(trainer.state.global_step), rows)
 
 
 def _stats(seconds: float, tokens: int, trainable: int, total: int, mem: PeakMemory, losses: list[float],
-           device: str, pad_fraction: float, trainer: str) -> TrainStats:
+           device: str, pad_fraction: float, trainer: str, steps_run: int, rows: list[dict[str, Any]]) -> TrainStats:
     return TrainStats(
+        steps_run=steps_run,
+        rows=len(rows),
+        rows_digest=content_key(rows)[:16],
         train_seconds=round(seconds, 3),
         tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
         tokens_seen=tokens,
@@ -310,6 +316,7 @@ def _fine_tune_lean(
     losses: list[float] = []
     tokens = pad = fed = 0
     run_loss = torch.zeros((), device=device)
+    steps_run = 0
     with PeakMemory(device) as mem, Timer() as t:
         for step, idx in enumerate(batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
             batch = collate([examples[i] for i in idx], tokenizer.pad_token_id, cfg.packing)
@@ -328,25 +335,29 @@ def _fine_tune_lean(
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            steps_run += 1
             run_loss += loss.detach()
             if step % every == 0 or step == cfg.steps:  # mean loss since the last log, like the Trainer's
                 losses.append(float(run_loss) / (step - (len(losses) * every)))
                 run_loss.zero_()
     _check_losses(spec, losses)
     peft_model.save_pretrained(str(out_dir))
-    return _stats(t.seconds, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean")
+    return _stats(t.seconds, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
+                  steps_run, rows)
 
 
-def adapter_payload(base_key: Any, spec: ModelSpec, data_fingerprint: str, cfg: TrainConfig, device: str) -> dict:
+def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg: TrainConfig, device: str) -> dict:
+    from .resources import numeric_env
+
     return {
         "what": "lora-adapter",
         "base": base_key,
         "targets": list(spec.target_modules),
-        "data": data_fingerprint,
-        # prompts.py holds the plain template; a chat template comes with the base (its key pins the revision)
-        "code": source_digest("training.py", "prompts.py", "models.py"),
+        # the exact rows handed to the trainer, not a fingerprint of the file they came from
+        "rows": content_key([[e.id, e.question, e.answer] for e in train]),
+        "code": code_digest(),  # the whole pipeline (cache.POST_RUN_MODULES aside), prompts included
         "train": asdict(cfg),
-        "device": device,
+        "numeric": numeric_env(device),
         "versions": library_versions(),
     }
 

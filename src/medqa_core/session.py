@@ -1,0 +1,107 @@
+"""One benchmark case as the session runs it: the seeds, the pipeline, the record, the verdict.
+
+The test body in ``benchmarks/test_medqa.py`` only asks :func:`run_and_judge` for a case and
+asserts on the verdict; the pytest plugin collects the records for baselines, history,
+aggregate (family / suite) verdicts and alerts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import gate, pipeline
+from .baselines import resource_baseline
+from .cache import content_key
+from .resources import hardware_class
+from .specs import Profile, as_dict
+
+log = logging.getLogger(__name__)
+
+
+def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int]:
+    """``--seeds``: ``K`` (the profile's seed and the K-1 following), a list ``0,101-104``, or
+    None: one run when gating, ``[gate] baseline_seeds`` runs when recording."""
+    from .errors import ConfigError
+
+    base = profile.train.seed
+    if text is None or text == "":
+        k = profile.gate.baseline_seeds if recording else 1
+        return list(range(base, base + k))
+    try:
+        if "," not in text and "-" not in text:
+            k = int(text)
+            if k < 1:
+                raise ValueError
+            return list(range(base, base + k))
+        out: list[int] = []
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give a count K >= 1 or a list like 0,101-104") from None
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"--seeds {text!r}: seeds must be distinct and at least one")
+    return out
+
+
+def identity(profile: Profile, result: pipeline.CaseResult) -> dict[str, Any]:
+    """What a baseline must share with the run to be compared (gate.IDENTITY_KEYS), plus the
+    recipe's hash and the hardware class for information."""
+    recipe = {k: v for k, v in as_dict(profile).items() if k not in ("path", "data_dir", "gate", "baseline")}
+    recipe["train"] = {k: v for k, v in recipe["train"].items() if k != "seed"}
+    if recipe.get("pretrain"):
+        recipe["pretrain"] = {k: v for k, v in recipe["pretrain"].items() if k != "seed"}
+    return {
+        "data": result.data["fingerprint"],
+        "test_ids": result.invariants["test_ids"],
+        "scorer": content_key(result.invariants["scorer"])[:16],
+        "profile": content_key(recipe)[:16],
+        "hardware_class": hardware_class(),
+    }
+
+
+def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeline.CaseResult]) -> dict[str, Any]:
+    """The case's record: the first run's fields, metrics averaged over the runs, every run kept."""
+    runs = [r.to_json() for r in results]
+    rec = dict(runs[0])
+    if len(runs) > 1:
+        rec["metrics"] = {m: round(float(np.mean([r["metrics"][m] for r in runs])), 6) for m in runs[0]["metrics"]}
+    rec["runs"] = [{k: r[k] for k in ("seed", "metrics", "per_example", "controls", "invariants", "resources", "base_metrics")}
+                   for r in runs]
+    for r in rec["runs"]:
+        r["margins"] = gate.margins(r, profile.gate.require_beats_base)
+    rec["seeds"] = [r.seed for r in results]
+    rec["identity"] = identity(profile, results[0])
+    rec["provenance"] = pipeline.provenance(profile, ctx)
+    for r in rec["runs"]:
+        r["provenance"] = rec["provenance"]
+        r["identity"] = rec["identity"]
+    return rec
+
+
+def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunContext, seeds: list[int],
+                  baseline: dict[str, Any] | None, hw: tuple[str, dict[str, Any] | None],
+                  run_dir: Path) -> tuple[dict[str, Any], gate.Verdict]:
+    """Run the case once per seed, judge it, write its record to ``run_dir``; (record, verdict)."""
+    results = []
+    for i, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            log.info("%s-%s: run %d/%d (seed %d)", model, dataset, i + 1, len(seeds), seed)
+        results.append(pipeline.run_case(pipeline.for_seed(profile, seed), model, dataset, ctx))
+    rec = case_record(profile, ctx, results)
+    cases = (baseline or {}).get("cases", {})
+    base_case = cases.get(rec["case_id"])
+    res = None
+    if base_case is not None:
+        hw_class, hw_file = hw
+        res = resource_baseline(rec["case_id"], model, baseline, hw_file, hw_class)
+    verdict = gate.judge_case(rec["case_id"], rec["runs"], base_case, cases, profile.gate, rec["identity"], res)
+    rec["verdict"] = verdict.to_json()
+    path = run_dir / f"{rec['case_id']}.json"
+    path.write_text(json.dumps(rec, indent=1, allow_nan=False))
+    rec["_path"] = str(path)
+    return rec, verdict
