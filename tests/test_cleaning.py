@@ -3,6 +3,8 @@ loader, where the per-rule counts land in the load stats."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,150 @@ def test_length_caps_drop_and_count(tmp_path, field, cap, dropped):
     assert stats.kept == len(examples) == 3 - dropped
     limit_field = "question" if field == "max_question_chars" else "answer"
     assert all(len(getattr(e, limit_field)) <= cap for e in examples)
+
+
+# ---------------------------------------------------------------- against a plain-regex reference
+# The rules' definition: plain regular expressions, each applied with re.sub(count=1) until the
+# text stops changing. Simple, and fine on short texts, but quadratic (sign-offs after many
+# newlines) or exponential (greetings with many addressees) on adversarial ones.
+
+_RF = re.IGNORECASE
+_R_SAL = r"(?:hi|hello|hey|hii+|greetings|good (?:morning|afternoon|evening)|dear|respected)"
+_R_ADDR = r"(?:\s+(?:there|all|doctor|doc|sir|madam|ma'am|team|dr\.?\s*[a-z]+(?:\s+[a-z]+)?))*"
+_R_SENT = r"[^.!?\n]*[.!?]+"
+_R_START = r"(?:^|(?<=[.!?\n]))\s*"
+_R_WISH = r"(?:take care(?: of yourself)?|best wishes|all the best|good luck|get well soon|stay (?:safe|healthy|well))"
+REFERENCE = {name: [re.compile(p, _RF) for p in patterns] for name, patterns in {
+    "question_prefix": [r"^\s*(?:q|question)\s*[.:)]\s*"],
+    "question_greeting": [rf"^\s*{_R_SAL}{_R_ADDR}\s*[,.!:]+\s*"],
+    "answer_greeting": [
+        rf"^\s*{_R_SAL}{_R_ADDR}\s*[,.!:]+\s*",
+        r"^\s*(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*",
+        rf"^\s*(?:thanks?|thank you)(?:\s+(?:a lot|so much|very much))?\s+for\b{_R_SENT}\s*",
+        rf"^\s*(?:{_R_SAL}\s*,?\s*)?(?:and\s+)?welcome\s+(?:to|back){_R_SENT}\s*",
+        rf"^\s*i\s+(?:have\s+)?(?:gone|went|read|go)\s+(?:through\s+)?(?:your|the)\s+(?:query|question|post|history|message){_R_SENT}\s*",
+        rf"^\s*i\s+(?:can\s+)?understand\s+your\s+concerns?{_R_SENT}\s*",
+    ],
+    "answer_signoff": [
+        rf"{_R_START}(?:for\s+(?:more|further)\s+information\s+)?consult\s+an?\s+[^.!?\n]{{0,80}}online\s*-*>+\s*\S+\s*$",
+        rf"{_R_START}(?:thanks?\s+and\s+|with\s+|best\s+|kind\s+|warm\s+)?regards\b[^\n]{{0,60}}$",
+        rf"{_R_START}(?:dr|doctor)\.?\s+[a-z][a-z.]*(?:\s+[a-z][a-z.]*){{0,3}}\s*\.?\s*$",
+        rf"{_R_START}hope\s+(?:this|that|it|i|my|the)\b[^.!?\n]{{0,120}}[.!]*\s*$",
+        rf"{_R_START}(?:let me know|feel free|do not hesitate|don't hesitate)\b[^.!?\n]{{0,120}}[.!]*\s*$",
+        rf"{_R_START}{_R_WISH}(?:\s*(?:,|and)\s*{_R_WISH})*\s*[.!]*\s*$",
+        rf"{_R_START}wish(?:ing)?\s+you\b[^.!?\n]{{0,80}}[.!]*\s*$",
+        rf"{_R_START}thanks?(?:\s+you)?(?:\s+for\s+(?:using|choosing|contacting|asking|writing)\b[^.!?\n]{{0,60}})?[.!]*\s*$",
+    ],
+}.items()}
+
+
+def reference(rule: str, text: str) -> str:
+    original = text = text.strip()
+    while True:
+        before = text
+        for p in REFERENCE[rule]:
+            text = p.sub("", text, count=1).strip()
+        if text == before:
+            break
+    if text != original and text[:1].islower():
+        text = text[0].upper() + text[1:]
+    return text
+
+
+@pytest.mark.parametrize("rule, text", [
+    ("question_greeting", "hi dr a dr. b, z"),  # the regex's first parse, not the longest: "B, z"
+    ("question_greeting", "Hello   ,  my knee."),
+    ("answer_greeting", "Hi ,\n welcome back to the clinic. Rest."),
+    ("answer_greeting", "hii, \u212aeep warm."),  # Kelvin sign: matches "k" case-insensitively
+    ("answer_greeting", "Dear Dr. Ann Lee doctor: it is gout."),
+    ("answer_signoff", "Rest. consult a doctor online->>"),  # ">+" then "\S+" share the last token
+    ("answer_signoff", "Rest. consult a doctor online ->> x"),
+    ("answer_signoff", "Rest. For more information consult a neurologist online --> https://x.org/a"),
+    ("answer_signoff", "Rest. Take care,\ngood luck and stay well!"),
+    ("answer_signoff", "Rest. x take care, good luck"),  # a list that does not start a sentence stays
+    ("answer_signoff", "Rest.Dr. John A. Smith ."),
+    ("answer_signoff", "Rest. Thanks\nand\nregards, Dr. Ray"),
+    ("answer_signoff", "rest and ice. take care."),
+    ("answer_signoff", "Rest. Thank you for using Chat Doctor. Wishing you good health!"),
+    ("answer_signoff", "Rest? Hope this helps! Hope it helps. Let me know."),
+])
+def test_rules_match_reference_on_edge_cases(rule, text):
+    assert apply(rule, text) == reference(rule, text)
+
+
+_OPENERS = ["Hi", "Hello doctor,", "hi dr. ann lee,", "Dear sir:", "Hii,", "Good morning team!", "Q.", "Question:",
+            "Thanks for your query.", "Thank you so much for asking.", "Hello and welcome to Chat Doctor.",
+            "I have gone through your query.", "I understand your concern.", "Hi Mary,", "Dear John!", "hey there"]
+_BODY = ["It is gout.", "rest and ice", "Drink water.", "Take care to avoid sun.", "Is it serious?", "see a dr soon",
+         "Thanks to the vaccine, you are fine.", "Hope is good", "all the best tests", "1 tab daily!"]
+_SIGNOFFS = ["Hope this helps.", "hope it helps you!", "Regards Dr. John Smith", "Thanks and regards,\nDr. Ann Lee.",
+             "With regards", "Dr. Ray", "doctor j.r. smith .", "Let me know if I can assist you further.",
+             "Do not hesitate to ask.", "Take care.", "take care of yourself, good luck and get well soon!", "Stay safe",
+             "Wishing you good health.", "wish you well", "Thanks for using Chat Doctor.", "Thank you!", "thanks",
+             "For more information consult a neurologist online --> https://example.org/ask", "consult an ENT online ->x"]
+_SEPARATORS = [" ", "  ", "\n", "\n\n", ". ", "! ", "? ", ", ", "\t", "", " \n "]
+FRAGMENTS = _OPENERS + _BODY + _SIGNOFFS
+
+
+@st.composite
+def normal_texts(draw):
+    """Answers and questions as the dumps have them: openers, a body, sign-offs, in varied spacing and case."""
+    parts = (draw(st.lists(st.sampled_from(_OPENERS), max_size=3)) + draw(st.lists(st.sampled_from(_BODY), max_size=3))
+             + draw(st.lists(st.sampled_from(_SIGNOFFS), max_size=4)))
+    if draw(st.booleans()):
+        parts = draw(st.permutations(parts))
+    text = "".join(draw(st.sampled_from([p, p.lower(), p.upper()])) + draw(st.sampled_from(_SEPARATORS)) for p in parts)
+    return draw(st.sampled_from(_SEPARATORS)) + text
+
+
+@given(normal_texts())
+@settings(max_examples=300, deadline=None)
+def test_property_rules_match_reference_on_normal_texts(text):
+    for rule in RULES:
+        assert apply(rule, text) == reference(rule, text), rule
+
+
+@given(st.text(alphabet="adehiknoprstuy .,!?:\n->'\u212a", max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_property_rules_match_reference_on_short_random_texts(text):
+    for rule in RULES:
+        assert apply(rule, text) == reference(rule, text), rule
+
+
+# ---------------------------------------------------------------- time is linear in the length
+
+def _cpu_seconds(rule: str, text: str) -> float:
+    start = time.process_time()
+    apply(rule, text)
+    return time.process_time() - start
+
+
+_ADVERSARIAL = ["\n", "\n\n\n", " ", "\t \n ", "   \n", ".", "!", "x", "a ", "dr ", "Dr. a\n", "hope this ", "Hope it helps. ",
+                "regards\n", ".regards", "Take care. ", "take care,\n", "good luck and ", "thanks", "Thank you.\n",
+                "let me know ", "Let me know. ", "wishing you ", "consult a doc online --> u. ", "online->", ">", "-",
+                "hi, ", "hi dr doctor ", " dr", "welcome ", "thanks for ", "q. "]
+
+
+@given(st.lists(st.sampled_from(_ADVERSARIAL), min_size=1, max_size=4), st.sampled_from(["", "Rest.", "hi", "x. "]),
+       st.sampled_from(["", "x", "Take care.", " 1"]))
+@settings(max_examples=12, deadline=None)
+def test_property_time_is_linear_on_adversarial_texts(unit_parts, head, tail):
+    """Newline runs, whitespace runs and repeated sign-off fragments: 4x the length costs about
+    4x the time (the plain regexes took ~18 s on one answer with 16k newlines, x4 per doubling)."""
+    unit = "".join(unit_parts)
+    for rule in RULES:
+        t16k = _cpu_seconds(rule, head + unit * (16_000 // len(unit)) + tail)
+        t64k = _cpu_seconds(rule, head + unit * (64_000 // len(unit)) + tail)
+        assert t64k < 0.5, (rule, unit, t64k)
+        assert t64k <= 8 * t16k + 0.05, (rule, unit, t16k, t64k)  # linear: ~4x; quadratic: 16x
+
+
+@pytest.mark.parametrize("rule, text", [
+    ("answer_signoff", "Rest." + "\n" * 16_000 + "x"),
+    ("answer_signoff", "x. " + "Take care. " * 6_000),
+    ("answer_signoff", "x." + "\nDr. a" * 12_000),
+    ("question_greeting", "hi" + " dr doctor" * 6_000 + " 1"),  # exponential for the plain regex
+    ("answer_greeting", "hi" + " " * 60_000 + "x"),
+])
+def test_adversarial_answer_is_cleaned_quickly(rule, text):
+    assert _cpu_seconds(rule, text) < 0.5

@@ -498,3 +498,106 @@ def test_split_config_defaults_and_positional_order():
     assert SplitConfig().test_size == 40 and SplitConfig().test_fraction is None
     assert SplitConfig(10, 3) == SplitConfig(test_size=10, seed=3)
     assert SplitConfig(test_fraction=0.2).test_size is None
+
+
+# ---------------------------------------------------------------- strict reading: one-line errors naming file and line
+
+def one_line_error(s: DatasetSpec, data_dir: Path, *fragments: str) -> str:
+    msg = expect_dataset_error(s, data_dir, *fragments)
+    assert "\n" not in msg, msg
+    return msg
+
+
+CSV_100 = "q,a\n" + "".join(f"question {i}?,answer {i}.\n" for i in range(100))  # row i on line i + 2
+
+
+def test_csv_unmatched_quote_is_an_error_not_lost_rows(tmp_path):
+    p = tmp_path / "quote.csv"
+    p.write_text(CSV_100.replace("question 5?,", '"question 5?,'), encoding="utf-8")  # used to load as 6 rows
+    one_line_error(spec(p.name), tmp_path, str(p), "line 7", "never closed", "line 101")
+
+
+@pytest.mark.parametrize("raw, fragments", [
+    ('q,a\nok?,yes.\n"x"y,z\n', ("line 3", "malformed")),  # text after a closing quote
+    ('q,a\nok?,yes.\nonly one field\n', ("line 3", "1 fields", "has 2")),
+    ('q,a\nok?,yes.\nx,y,z\n', ("line 3", "3 fields")),
+    ('q,a\nok?,"runs on\nfine?,yes.\nnext",x\nlast?,no.\n', ("lines 2-4", "3 fields")),  # a quote closed rows later
+])
+def test_csv_malformed_records_name_the_line(tmp_path, raw, fragments):
+    p = tmp_path / "bad.csv"
+    p.write_bytes(raw.encode("utf-8"))
+    one_line_error(spec(p.name), tmp_path, str(p), *fragments)
+
+
+def test_csv_multiline_quoted_fields_and_blank_lines_still_load(tmp_path):
+    p = tmp_path / "ok.csv"
+    p.write_bytes(b'q,a\r\n\r\n"two\r\nlines?","say ""hi""\nthen go."\r\n\r\nplain?,plain.\r\n')
+    examples, stats = load_examples(spec(p.name), tmp_path)
+    assert [(e.question, e.answer) for e in examples] == [("two\r\nlines?", 'say "hi"\nthen go.'), ("plain?", "plain.")]
+    assert stats.rows_read == 2
+
+
+def test_csv_field_over_128_kib_loads(tmp_path):
+    big = "word " * 60_000  # 300 KB, over csv's default field limit of 131072 characters
+    write_rows(tmp_path / "big.csv", [{"q": "long?", "a": big}, {"q": "short?", "a": "ok."}], "csv")
+    limit = csv.field_size_limit()
+    examples, _ = load_examples(spec("big.csv"), tmp_path)
+    assert [e.answer for e in examples] == [big.strip(), "ok."]
+    assert csv.field_size_limit() == limit  # the process-wide limit is restored
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
+def test_utf8_bom_is_accepted(tmp_path, fmt):
+    plain = write_rows(tmp_path / f"plain.{fmt}", ROWS, fmt)
+    bom = tmp_path / f"bom.{fmt}"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    expected = load_examples(spec(plain.name, **MULTI), tmp_path)
+    assert load_examples(spec(bom.name, **MULTI), tmp_path) == expected
+
+
+@pytest.mark.parametrize("fmt, where", [("jsonl", "line 2"), ("csv", "line 3"), ("json", "line 1")])
+def test_invalid_utf8_names_file_and_line(tmp_path, fmt, where):
+    p = tmp_path / f"bad.{fmt}"
+    body = {"jsonl": b'{"q": "a?", "a": "b."}\n{"q": "why\xed\xa0\x80?", "a": "b."}\n',  # an encoded surrogate
+            "csv": b"q,a\na?,b.\nwhy\xff?,b.\n", "json": b'[{"q": "why\xc3?", "a": "b."}]'}[fmt]
+    p.write_bytes(body)
+    one_line_error(spec(p.name), tmp_path, str(p), where, "UTF-8")
+
+
+@pytest.mark.parametrize("fmt, body, where", [
+    ("json", '[{"q": "a?", "a": "b."}, {"q": "why\\ud800?", "a": "b."}]', "row 2"),
+    ("jsonl", '{"q": "a?", "a": "b."}\n\n{"q": "why?", "a": "\\udc00"}\n', "line 3"),
+])
+def test_lone_surrogate_names_file_and_row(tmp_path, fmt, body, where):
+    p = tmp_path / f"s.{fmt}"
+    p.write_text(body, encoding="utf-8")  # valid UTF-8: the surrogate is a JSON escape
+    one_line_error(spec(p.name), tmp_path, str(p), where, "surrogate")
+
+
+@pytest.mark.parametrize("fmt, body, fragments", [
+    ("json", "[" * 100_000 + "]" * 100_000, ("nested too deeply",)),
+    ("jsonl", '{"q": "a?", "a": "b."}\n{"q": ' + "[" * 100_000 + "]" * 100_000 + ', "a": "x"}\n',
+     ("line 2", "nested too deeply")),
+])
+def test_deeply_nested_json_names_file(tmp_path, fmt, body, fragments):
+    p = tmp_path / f"deep.{fmt}"
+    p.write_text(body, encoding="utf-8")
+    one_line_error(spec(p.name), tmp_path, str(p), *fragments)
+
+
+# ---------------------------------------------------------------- length caps and cleaning
+
+def test_row_far_over_the_cap_is_dropped_before_cleaning(tmp_path):
+    from medqa_core.datasets import CLEANING_SLACK
+    cap = 100
+    rows = [{"q": "Hi doctor, one?", "a": "Hi. " + "x " * (cap + CLEANING_SLACK) + "Take care."},  # far over: not cleaned
+            {"q": "Hi doctor, two?", "a": "Hi. " + "y" * (cap - 10) + ". Take care. Hope this helps."},  # cleaned under the cap
+            {"q": "", "a": "z" * (cap + CLEANING_SLACK + 1)},  # empty question: counted as empty, as before
+            {"q": "Hi doctor, four?", "a": "Short. Take care."}]
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    s = spec("c.json", clean=("question_greeting", "answer_greeting", "answer_signoff"), max_answer_chars=cap)
+    examples, stats = load_examples(s, tmp_path)
+    assert [e.question for e in examples] == ["Two?", "Four?"]
+    assert (stats.dropped_too_long, stats.dropped_empty, stats.kept) == (1, 1, 2)
+    # the dropped row is not cleaned: each rule counts only rows 2 and 4 (and row 3 for nothing)
+    assert stats.cleaned == {"question_greeting": 2, "answer_greeting": 1, "answer_signoff": 2}

@@ -5,11 +5,20 @@ Supported files: JSON (a list of objects), JSONL, CSV (header row) and parquet. 
 column mapping picks the question column(s) (joined with a newline) and the answer column.
 The file is ``MEDQA_DATA_<NAME>`` when that environment variable is set, else ``<data dir>/<file>``;
 without a local file and when online, the hub id is loaded with ``datasets``.
+
+Text files are read as UTF-8 (a leading byte-order mark is dropped). A file that cannot be read
+as rows is a one-line ``DatasetError`` naming the file and, where known, the line: bytes that are
+not UTF-8, a lone surrogate (a ``\\udXXX`` escape in JSON), JSON nested too deeply to parse, and
+for CSV an unterminated or stray quote or a record whose field count differs from the header's
+(an unmatched quote otherwise swallows the rows after it without an error). CSV fields may be of
+any size.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -40,7 +49,10 @@ class LoadStats:
     rows_read: int = 0
     cleaned: dict[str, int] = field(default_factory=dict)  # cleaning rule -> rows it changed
     dropped_empty: int = 0  # empty question or answer (also after cleaning)
-    dropped_too_long: int = 0  # over max_question_chars / max_answer_chars
+    # over max_question_chars / max_answer_chars after cleaning; a row whose raw question or
+    # answer is over its cap by more than CLEANING_SLACK characters is dropped (and counted here)
+    # before cleaning, so its rule changes are not in ``cleaned``
+    dropped_too_long: int = 0
     dropped_duplicate: int = 0  # same normalized question as an earlier row
     kept: int = 0
     leak: dict[str, Any] = field(default_factory=dict)  # train/test overlap (LeakReport), set by load_split
@@ -63,40 +75,6 @@ def normalize(text: str) -> str:
 
 def _read_rows(path: Path, fmt: str) -> list[tuple[int, Any]]:
     """(row number, row) pairs: JSONL rows by their line in the file, other formats by position."""
-    try:
-        return _read_rows_unchecked(path, fmt)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from exc
-
-
-def _read_rows_unchecked(path: Path, fmt: str) -> list[tuple[int, Any]]:
-    if fmt == "json":
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines under a .json name
-                return _read_rows_unchecked(path, "jsonl")
-            raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))  # {"train": [...]} style
-        if not isinstance(data, list):
-            raise DatasetError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-        return list(enumerate(data, start=1))
-    if fmt == "jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((i, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}: row {i}: invalid JSON ({exc.msg}); fix or remove that line") from exc
-        return rows
-    if fmt == "csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            return list(enumerate(csv.DictReader(fh), start=1))  # row 1 = first row after the header
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -104,7 +82,92 @@ def _read_rows_unchecked(path: Path, fmt: str) -> list[tuple[int, Any]]:
             return list(enumerate(pq.read_table(path).to_pylist(), start=1))
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DatasetError(f"{path}: not a readable parquet file ({exc})") from exc
-    raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
+    if fmt not in FORMATS:
+        raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
+    text = _read_text(path)
+    if fmt == "csv":
+        return _csv_rows(path, text)
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines under a .json name
+                return _jsonl_rows(path, text)
+            raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise DatasetError(f"{path}: JSON nested too deeply to parse; rows must be flat objects") from exc
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"train": [...]} style
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        return list(enumerate(data, start=1))
+    return _jsonl_rows(path, text)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, without a leading byte-order mark."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        line = data.count(b"\n", 0, at) + 1
+        raise DatasetError(f"{path}: line {line}: not UTF-8 text ({exc.reason} at byte {at}); "
+                           "re-save the file as UTF-8") from exc
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    rows = []
+    # lines as reading the file in text mode gives them (\r\n and \r end a line too)
+    for i, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((i, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: row {i}: invalid JSON ({exc.msg}); fix or remove that line") from exc
+        except RecursionError as exc:
+            raise DatasetError(f"{path}: line {i}: JSON nested too deeply to parse; "
+                               "rows must be flat objects") from exc
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV file with a header row, parsed strictly: a quote that is never closed, text
+    after a closing quote, or a record with more or fewer fields than the header is an error
+    naming the line its record starts on. Blank lines are skipped; fields may be of any size."""
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(max(old_limit, min(len(text) + 1, 2**31 - 1)))  # no field is longer than the file
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header: list[str] | None = None
+        header_line = 1
+        rows: list[tuple[int, dict[str, str]]] = []
+        while True:
+            start = reader.line_num + 1  # the line this record starts on
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                span = f" (the record runs to line {reader.line_num})" if reader.line_num > start else ""
+                what = ("a quoted field is never closed" if "unexpected end of data" in str(exc)
+                        else f"malformed CSV: {exc}")
+                raise DatasetError(f"{path}: line {start}: {what}{span}; check for an unmatched '\"' quote") from exc
+            if not record:
+                continue  # blank line
+            if header is None:
+                header, header_line = record, start
+                continue
+            if len(record) != len(header):
+                lines = f"lines {start}-{reader.line_num}" if reader.line_num > start else f"line {start}"
+                raise DatasetError(f"{path}: {lines}: record has {len(record)} fields but the header (line {header_line}) has "
+                                   f"{len(header)}; check for an unmatched '\"' quote or a missing/extra delimiter")
+            rows.append((len(rows) + 1, dict(zip(header, record))))  # row 1 = first row after the header
+        return rows
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], LoadStats]:
@@ -126,7 +189,7 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
             raise DatasetError(f"{path}: cannot tell the format from suffix {path.suffix!r}; set format = one of {FORMATS}")
         rows = _read_rows(path, fmt)
     elif spec.hub_id is not None and not _offline():
-        path = Path(f"hub:{spec.hub_id}")
+        path, fmt = Path(f"hub:{spec.hub_id}"), "hub"
         rows = _hub_rows(spec)
     else:
         where = f"file {path} not found" if spec.file is not None else "no local 'file' configured"
@@ -149,9 +212,13 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
     stats = LoadStats(rows_read=len(rows))
     seen: set[str] = set()
     out: list[QAExample] = []
-    for _, row in rows:
-        parts = [_text(row[c]) for c in spec.question]
-        answer = _text(row[spec.answer])
+    where = "line" if fmt == "jsonl" else "row"  # JSONL rows are numbered by their line
+    for i, row in rows:
+        parts = [_column_text(row, c, path, f"{where} {i}") for c in spec.question]
+        answer = _column_text(row, spec.answer, path, f"{where} {i}")
+        if spec.clean and _far_over_cap(parts, answer, spec):
+            stats.dropped_too_long += 1  # cleaning cannot bring it under the cap: skip cleaning it
+            continue
         if spec.clean:
             parts, answer = clean_row(parts, answer, spec.clean, stats.cleaned)
         question = "\n".join(p for p in parts if p)
@@ -191,6 +258,38 @@ def _hub_rows(spec: DatasetSpec) -> list[tuple[int, Any]]:
     except Exception as exc:  # network, auth and format errors all end here
         raise DatasetError(f"dataset {spec.name!r}: could not load hub id {spec.hub_id!r}: {exc}") from exc
     return list(enumerate(ds.to_list(), start=1))
+
+
+# Cleaning removes boilerplate openers and sign-offs: a few hundred characters on real data, and
+# it never lengthens a text by more than 2 (capitalizing "ß..." gives "SS..."). A row whose raw
+# question or answer is over its cap by more than this is dropped as too long before cleaning,
+# so a huge scraped row costs no cleaning time. Such a row is counted in ``dropped_too_long``
+# even where cleaning would have emptied its other field, and its rule changes are not counted.
+CLEANING_SLACK = 4096
+
+
+def _far_over_cap(parts: list[str], answer: str, spec: DatasetSpec) -> bool:
+    """Both fields non-empty before cleaning and one is over its cap by more than CLEANING_SLACK."""
+    question_len = sum(len(p) + 1 for p in parts if p) - 1
+    if question_len <= 0 or not answer:
+        return False  # empty rows go the usual way and are counted as empty
+    return (spec.max_question_chars is not None and question_len > spec.max_question_chars + CLEANING_SLACK) or (
+        spec.max_answer_chars is not None and len(answer) > spec.max_answer_chars + CLEANING_SLACK)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _column_text(row: dict[str, Any], column: str, path: Path, where: str) -> str:
+    try:
+        text = _text(row[column])
+    except RecursionError as exc:  # str() of a deeply nested list or object
+        raise DatasetError(f"{path}: {where}: column {column!r} is nested too deeply; expected text") from exc
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise DatasetError(f"{path}: {where}: column {column!r} holds a lone surrogate (\\u{ord(bad.group()):04x}), "
+                           "which is not valid Unicode text; fix or remove that row")
+    return text
 
 
 def _text(value: Any) -> str:
