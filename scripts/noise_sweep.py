@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads(1)
     from medqa_core import pipeline
     from medqa_core.cache import Cache
+    from medqa_core.session import case_record
     from medqa_core.specs import case_name, load_profile, with_overrides
 
     profile = with_overrides(load_profile(args.profile), args.set)
@@ -58,16 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MEDQA_THREADS")}
     results["settings"] = {"overrides": args.set, "env": env, "profile": profile.name}
     for seed in parse_seeds(args.seeds):
-        prof = dataclasses.replace(profile, train=dataclasses.replace(profile.train, seed=seed))
+        prof = pipeline.for_seed(profile, seed)
         for m, d in pairs:
             cid = case_name(m, d)
             if (cid, seed) in done:
                 continue
             t0 = time.time()
             res = pipeline.run_case(prof, m, d, ctx)
+            rec = case_record(prof, ctx, [res])  # the record the benchmark would judge
+            run = rec["runs"][0]
             results["runs"].append({
-                "case": cid, "seed": seed, "metrics": res.metrics, "base_metrics": res.base_metrics,
-                "controls": {k: v for k, v in getattr(res, "controls", {}).items()},
+                "case": cid, "model": m, "seed": seed, "identity": rec["identity"],
+                **{k: run[k] for k in ("metrics", "margins", "invariants", "resources", "base_metrics")},
+                "controls": {k: {"metrics": v["metrics"], "per_example": {x: v["per_example"][x] for x in ("bert_f1", "use_f1")}}
+                             for k, v in run["controls"].items()},
+                "per_example": {k: run["per_example"][k] for k in ("ids", "bert_f1", "use_f1")},
                 "seconds": round(time.time() - t0, 1),
             })
             print(f"{cid} seed {seed}: bert_f1 {res.metrics['bert_f1']:.4f} use_f1 {res.metrics['use_f1']:.4f} "

@@ -68,20 +68,29 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .baselines import compare
+    from .baselines import case_entry
+    from .gate import judge_case
     from .specs import load_profile
 
     gate = load_profile(args.profile).gate
     old = {r["case_id"]: r for r in _records(args.run_a, args)}
+    # run A's records act as a baseline: the noise band comes from A's runs (record A with
+    # --seeds K for a band of its own; with one run each the pooled spread over A's cases is used)
+    cases = {cid: case_entry(_runs(r)) for cid, r in old.items()}
     worst = 0
     for rec in _records(args.run_b, args):
-        ref = old.get(rec["case_id"])
-        as_baseline = None if ref is None else {
-            "metrics": ref["metrics"], "resources": ref["resources"], "per_example": ref["per_example"]}
-        verdict = compare(rec["case_id"], rec["metrics"], as_baseline, gate, rec["resources"], rec["per_example"])
+        verdict = judge_case(rec["case_id"], _runs(rec), cases.get(rec["case_id"]), cases, gate, rec.get("identity", {}))
         print(verdict.explain())
-        worst = max(worst, verdict.status == "regression")
+        worst = max(worst, int(verdict.failed))
     return worst
+
+
+def _runs(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record's runs (a record from before per-run records counts as one run)."""
+    runs = rec.get("runs") or [rec]
+    return [{"seed": 0, "controls": {}, "invariants": {}, "margins": {}, "provenance": rec.get("provenance", {}),
+             "identity": rec.get("identity", {}), "base_metrics": rec.get("base_metrics", {}),
+             "resources": rec.get("resources", {}), **r} for r in runs]
 
 
 def _profile_or_none(name: str | None, explicit: bool) -> Any:

@@ -11,10 +11,12 @@ independent training runs (seeds).
 The test per case and metric (a moderated two-sample t-test, as in limma):
 
 * baseline: K run means ``y_1..y_K`` (mean ``ybar``, variance ``s_c^2`` with ``K-1`` df);
-* prior: the pooled between-run variance of that metric over every case of the baseline file
-  (``s_0^2``), worth ``d_0`` degrees of freedom (:data:`PRIOR_DF`); the case's variance is
-  shrunk towards it: ``s^2 = (d_0 s_0^2 + (K-1) s_c^2) / (d_0 + K - 1)``, with ``d_0 + K - 1`` df.
-  Shrinkage keeps a case whose K runs happened to agree from getting a tiny band;
+* prior: a scaled inverse chi-square fitted to the K-run variances of that metric over every
+  case of the baseline file (``s_0^2`` with ``d_0`` degrees of freedom, limma's moment method,
+  :func:`pooled_variance`); the case's variance is shrunk towards it:
+  ``s^2 = (d_0 s_0^2 + (K-1) s_c^2) / (d_0 + K - 1)``, with ``d_0 + K - 1`` df. Shrinkage keeps a
+  case whose K runs happened to agree from getting a tiny band, and d_0 is small when the cases'
+  noise levels really differ, so a noisy case keeps its own wide band;
 * this run: the mean of its R run means (``R = --seeds``, default 1);
 * ``delta = xbar - ybar``, ``se = s * sqrt(1/K + 1/R)``, ``t = delta / se``.
 
@@ -50,9 +52,9 @@ from .metrics import METRICS
 #: metrics judged by the noise model: the seven scores plus the tuned answers' mean length in
 #: words, a cheap signal that catches truncated or run-away generation.
 GATED = (*METRICS, "answer_words")
-#: prior degrees of freedom given to the pooled between-run variance (the case's own K-1 df
-#: are added). 4 = the pool counts as much as a 5-seed baseline of the case itself.
-PRIOR_DF = 4.0
+#: bounds of the prior degrees of freedom fitted by :func:`pooled_variance`
+MIN_PRIOR_DF = 1.0
+MAX_PRIOR_DF = 200.0
 DEFAULT_MIN_EFFECT = {**{m: 0.02 for m in METRICS}, "answer_words": 3.0}
 POWER = 0.8
 #: statuses, worst first; the first three fail the case
@@ -150,14 +152,35 @@ def margins(run: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
 
 
 def pooled_variance(baseline_cases: dict[str, Any], metric: str) -> tuple[float, float]:
-    """(pooled between-run variance of ``metric`` over the baseline's cases, its df)."""
-    ss = dof = 0.0
+    """The prior of the between-run variance of ``metric``: ``(s0^2, d0)``, fitted to the K-run
+    variances of every case in the baseline file by limma's moment method (Smyth 2004): if
+    ``s_c^2 ~ sigma_c^2 chi2_{k}/k`` and ``sigma_c^2 ~ s0^2 d0 / chi2_{d0}``, the log variances have
+    mean ``log s0^2 + psi(k/2) - log(k/2) - psi(d0/2) + log(d0/2)`` and variance
+    ``psi'(k/2) + psi'(d0/2)``. Cases of similar noise give a large d0 (strong pooling), cases of
+    very different noise a small one (each case mostly on its own). (0, 0) = no case has 2 runs."""
+    from scipy import optimize, special
+
+    logs, dfs = [], []
     for case in baseline_cases.values():
         y = run_means(case.get("runs", []), metric)
         if y.size >= 2:
-            ss += float(np.sum((y - y.mean()) ** 2))
-            dof += y.size - 1
-    return (ss / dof if dof else 0.0), dof
+            v = float(np.var(y, ddof=1))
+            if v > 0:
+                k = y.size - 1
+                logs.append(math.log(v) - special.digamma(k / 2) + math.log(k / 2))
+                dfs.append(k)
+    if not logs:
+        return 0.0, 0.0
+    e = np.asarray(logs)
+    mean_e = float(e.mean())
+    excess = (float(e.var(ddof=1)) if e.size > 1 else 0.0) - float(np.mean([special.polygamma(1, k / 2) for k in dfs]))
+    if excess <= 1.0 / MAX_PRIOR_DF:  # as alike as sampling allows: the pool is nearly exact
+        d0 = MAX_PRIOR_DF
+    else:
+        d0 = 2 * float(optimize.brentq(lambda x: special.polygamma(1, x) - excess, 1e-6, 1e6))
+        d0 = min(max(d0, MIN_PRIOR_DF), MAX_PRIOR_DF)
+    s0 = math.exp(mean_e + special.digamma(d0 / 2) - math.log(d0 / 2))
+    return s0, d0
 
 
 @dataclass(frozen=True)
@@ -181,16 +204,15 @@ def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band 
     y = run_means(case.get("runs", []), metric)
     if y.size == 0:
         if metric in case.get("metrics", {}) and prior[1] > 0 and not metric.startswith("margin:"):
-            return Band(float(case["metrics"][metric]), prior[0], PRIOR_DF, 1)
+            return Band(float(case["metrics"][metric]), prior[0], prior[1], 1)
         return None
     s0, d0 = prior
     dc = y.size - 1
     sc = float(np.var(y, ddof=1)) if dc else 0.0
-    w0 = PRIOR_DF if d0 > 0 else 0.0
-    if w0 + dc == 0:
+    if d0 + dc == 0:
         return None  # one run and no pool: no noise estimate
-    var = (w0 * s0 + dc * sc) / (w0 + dc)
-    return Band(float(y.mean()), var, w0 + dc, int(y.size))
+    var = (d0 * s0 + dc * sc) / (d0 + dc)
+    return Band(float(y.mean()), var, d0 + dc, int(y.size))
 
 
 def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effect: float, one_sided: bool) -> Check:
@@ -398,6 +420,11 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
         for key in ("train_work", "generate_work", "score_work"):
             if key in res and key in cur:
                 checks.append(judge_ratio(key, float(cur[key]), float(res[key]), gate.time_factor, 0.0, "time", "x ref"))
+        if "train_work" not in res and "train_seconds" in res and "train_seconds" in cur and not all(
+                r.get("cached", {}).get("train") for r in runs):
+            # a hardware-class record or published minutes (paper.json): plain seconds, same class only
+            checks.append(judge_ratio("train_seconds", float(cur["train_seconds"]), float(res["train_seconds"]),
+                                      gate.time_factor, 0.0, "time", " s"))
         if "peak_mem_mib" in res and "peak_mem_mib" in cur:
             checks.append(judge_ratio("peak_mem_mib", float(cur["peak_mem_mib"]), float(res["peak_mem_mib"]),
                                       gate.memory_factor, gate.memory_slack_mib, "memory", " MiB"))

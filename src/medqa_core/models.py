@@ -196,6 +196,12 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
         ident = {"what": "hub-base", "hub_id": spec.hub_id, "revision": spec.revision,
                  "attn": spec.attn_implementation, "versions": library_versions()}
         return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident)}
+    if spec.checkpoint is not None:
+        ckpt = profile.resolve(spec.checkpoint)
+        if not (ckpt / "config.json").is_file():
+            raise ConfigError(f"model {spec.name!r}: checkpoint {ckpt} not found (listed in {profile.path}); "
+                              "build it with `python fixtures/make_tiny_bases.py`")
+        return str(ckpt), {"source": str(ckpt), "key": content_key({"what": "checkpoint", "files": dir_digest(ckpt)})}
     if spec.tokenizer is None or profile.pretrain is None:
         raise ConfigError(f"model {spec.name!r}: a tiny model needs 'tokenizer' and a [pretrain] table in {profile.path}")
     tok_dir = profile.resolve(spec.tokenizer)

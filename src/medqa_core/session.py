@@ -70,7 +70,8 @@ def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeli
     rec = dict(runs[0])
     if len(runs) > 1:
         rec["metrics"] = {m: round(float(np.mean([r["metrics"][m] for r in runs])), 6) for m in runs[0]["metrics"]}
-    rec["runs"] = [{k: r[k] for k in ("seed", "metrics", "per_example", "controls", "invariants", "resources", "base_metrics")}
+    rec["runs"] = [{k: r[k] for k in ("seed", "metrics", "per_example", "controls", "invariants", "resources", "base_metrics",
+                                      "cached")}
                    for r in runs]
     for r in rec["runs"]:
         r["margins"] = gate.margins(r, profile.gate.require_beats_base)

@@ -54,6 +54,10 @@ class ModelSpec:
     # Why this family has no model in the profile (e.g. no offline checkpoint at this size): its
     # cases are collected and skipped with this reason instead of silently missing.
     unavailable: str | None = None
+    # A tiny model's pretrained checkpoint shipped in the repository (fixtures/make_tiny_bases.py
+    # builds it from tiny_config): the base is then the same file on every machine, not pretrained
+    # per run. Needs tiny_config (its architecture numbers count the LoRA parameters).
+    checkpoint: str | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -274,6 +278,8 @@ def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
             raise ConfigError(f"{where}: 'unavailable' marks a family without a model; drop {sources} or 'unavailable'")
     elif len(sources) != 1:
         raise ConfigError(f"{where}: give exactly one of 'hub_id', 'tiny_config' or 'gguf' (or 'unavailable' with a reason)")
+    if "checkpoint" in table and "tiny_config" not in table:
+        raise ConfigError(f"{where}: 'checkpoint' (a shipped tiny base) needs the 'tiny_config' it was built from")
     spec = _build(
         ModelSpec,
         {

@@ -1,0 +1,35 @@
+"""The benchmark proves itself: each planted regression (benchmarks/plants.py) must fail the real
+benchmark case with one of its named checks.
+
+``pytest -m mutation`` runs the cheap plants (profile overrides reuse the cached base model; one
+source patch); ``pytest -m "mutation and slow"`` adds every other plant (each source patch
+rebuilds the case from its base model, since the code is in every cache key). The full table
+with the warm/cold cache protocol: ``python scripts/plants.py``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks.plants import PLANTS, judge, run
+
+CASE = os.environ.get("MEDQA_PLANT_CASE", "llama-wikidoc")
+
+
+def _param(p):
+    marks = [pytest.mark.mutation] + ([] if p.cheap else [pytest.mark.slow])
+    return pytest.param(p, id=p.name, marks=marks)
+
+
+@pytest.mark.parametrize("plant", [_param(p) for p in PLANTS])
+def test_plant_is_caught(plant, tmp_path: Path, request):
+    cache = Path(request.config.getoption("--cache-dir") or request.config.rootpath / ".medqa-cache")
+    result = run(plant, tmp_path, CASE, cache)
+    outcome = judge(plant, result)
+    assert outcome.caught, (
+        f"plant {plant.name} ({plant.what}) was NOT caught on {CASE}: status {outcome.status}, "
+        f"failing {outcome.failing}, expected one of {list(plant.expect)}\n{outcome.explain}"
+    )
+    assert not all(result["cached"].values()), f"plant {plant.name}: every stage came from the cache"

@@ -1,0 +1,117 @@
+"""False alarms and minimum detectable effects of the gate, from real runs (docs/regression-gating.md).
+
+Reads a recorded baseline and one or more sweeps of unchanged code (scripts/noise_sweep.py:
+other seeds, thread counts, ``ATEN_CPU_CAPABILITY`` values) and judges every run exactly as the
+benchmark does (gate.judge_case, then family/suite aggregates per seed), without the time
+checks (a sweep runs in one process, not under the benchmark's load). Prints:
+
+* false failures per sweep: case-runs failing (and on which checks), family and suite checks failing;
+* the MDE table: per case, the smallest BERTScore F1 / USE F1 drop the gate flags with 80% power
+  (one run against the K-run baseline), and the family and suite MDEs.
+
+    python scripts/gate_calibration.py --baseline baselines/tiny.json /tmp/sweep-*.json [--mde-md docs/mde.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", type=Path, default=REPO / "baselines" / "tiny.json")
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("sweeps", nargs="*", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    args = ap.parse_args(argv)
+
+    from scipy import stats
+
+    from medqa_core import baselines, gate
+    from medqa_core.specs import load_profile
+
+    profile = load_profile(args.profile)
+    g = profile.gate
+    base = baselines.load(args.baseline)
+    cases = base["cases"]
+    tol = {**gate.DEFAULT_MIN_EFFECT, **g.metric_tolerance}
+    out: dict = {"sweeps": [], "mde": {}}
+
+    # ---- MDE table ------------------------------------------------------------------------
+    print(f"## MDE (80% power, one run vs K-run baseline, alpha {g.alpha} per side; aggregates alpha {g.aggregate_alpha})\n")
+    print("| case | K | BERTScore F1 sd | BERTScore F1 MDE | USE F1 sd | USE F1 MDE |")
+    print("|---|---|---|---|---|---|")
+    ses: dict[str, dict[str, float]] = defaultdict(dict)
+    for cid in sorted(cases):
+        row = []
+        for m in ("bert_f1", "use_f1"):
+            b = gate.band(cases[cid], m, gate.pooled_variance(cases, m))
+            if b is None:
+                row += ["-", "-"]
+                continue
+            ses[m][cid] = b.se(1)
+            mde = b.mde(1, g.alpha, tol[m])
+            out["mde"].setdefault(cid, {})[m] = round(mde, 4)
+            row += [f"{math.sqrt(b.var):.4f}", f"{mde:.4f}"]
+        print(f"| {cid} | {len(cases[cid].get('runs', []))} | " + " | ".join(row) + " |")
+    crit = stats.norm.ppf(1 - g.aggregate_alpha) + stats.norm.ppf(gate.POWER)
+    for m in ("bert_f1", "use_f1"):
+        fams = defaultdict(list)
+        for cid, se in ses[m].items():
+            fams[cid.split("-", 1)[0]].append(se)
+        eff = tol[m] * g.aggregate_min_effect_factor
+        suite = max(eff, crit * math.sqrt(len(ses[m])) / sum(1 / s for s in ses[m].values()))
+        fam = {f: round(max(eff, crit * math.sqrt(len(v)) / sum(1 / s for s in v)), 4) for f, v in fams.items()}
+        out["mde"][f"suite:{m}"] = round(suite, 4)
+        out["mde"][f"family:{m}"] = fam
+        print(f"\n{m}: suite MDE {suite:.4f} over {len(ses[m])} cases; family MDE " +
+              ", ".join(f"{f} {v:.4f}" for f, v in sorted(fam.items())))
+
+    # ---- false alarms -----------------------------------------------------------------------
+    print("\n## False failures of unchanged code\n")
+    print("| sweep | case-runs | failing case-runs | checks that failed | family checks failing | suite checks failing |")
+    print("|---|---|---|---|---|---|")
+    for path in args.sweeps:
+        data = json.loads(path.read_text())
+        env = data.get("settings", {}).get("env", {})
+        label = path.stem + f" (ATEN_CPU_CAPABILITY={env.get('ATEN_CPU_CAPABILITY') or 'native'}, threads {env.get('MEDQA_THREADS') or '-'})"
+        by_seed: dict[int, list[dict]] = defaultdict(list)
+        failing_checks: Counter = Counter()
+        n_fail = n = 0
+        for r in data["runs"]:
+            bc = cases.get(r["case"])
+            if bc is None:
+                continue
+            run = {**r, "seed": r["seed"]}
+            v = gate.judge_case(r["case"], [run], bc, cases, g, r["identity"], None)
+            n += 1
+            if v.failed or v.status == "incomparable":
+                n_fail += 1
+                failing_checks.update(c.name.split("@")[0] for c in v.failures)
+            by_seed[r["seed"]].append({"case_id": r["case"], "model": r["model"], "verdict": v.to_json()})
+        fam_fail = fam_n = suite_fail = suite_n = 0
+        for recs in by_seed.values():
+            for a in gate.aggregates(recs, g):
+                if a.scope == "suite":
+                    suite_n += 1
+                    suite_fail += not a.passed
+                else:
+                    fam_n += 1
+                    fam_fail += not a.passed
+        top = ", ".join(f"{k} x{c}" for k, c in failing_checks.most_common(6)) or "-"
+        print(f"| {label} | {n} | {n_fail} ({100 * n_fail / max(1, n):.1f}%) | {top} | {fam_fail}/{fam_n} | {suite_fail}/{suite_n} |")
+        out["sweeps"].append({"sweep": str(path), "env": env, "case_runs": n, "failing": n_fail,
+                              "checks": dict(failing_checks), "family": [fam_fail, fam_n], "suite": [suite_fail, suite_n]})
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
