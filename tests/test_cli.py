@@ -14,7 +14,11 @@ from medqa_core.cli import main
 METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
 
 
-def write_run(d: Path, bert_f1_values: list[float]) -> Path:
+PROVENANCE = {"git_sha": "abc", "versions": {"torch": "2.5"}, "hardware": {"gpu": None}}
+
+
+def write_run(d: Path, bert_f1_values: list[float], run_means: list[float] | None = None) -> Path:
+    """A run directory with one record; ``run_means``: bert_f1 of each of the record's runs (seeds)."""
     d.mkdir()
     ids = [f"e{i}" for i in range(len(bert_f1_values))]
     mean = sum(bert_f1_values) / len(bert_f1_values)
@@ -23,7 +27,13 @@ def write_run(d: Path, bert_f1_values: list[float]) -> Path:
         "metrics": {**{m: 0.5 for m in METRICS}, "bert_f1": mean},
         "resources": {"train_seconds": 10.0, "peak_mem_mib": 100.0, "tokens_per_s": 1.0, "device": "cpu"},
         "per_example": {"ids": ids, **{m: [0.5] * len(ids) for m in METRICS}, "bert_f1": bert_f1_values},
+        "provenance": PROVENANCE,
     }
+    if run_means:
+        rec["runs"] = [{"seed": s, "metrics": {**rec["metrics"], "bert_f1": v},
+                        "per_example": {**rec["per_example"], "bert_f1": [v] * len(ids)}}
+                       for s, v in enumerate(run_means)]
+        rec["metrics"]["bert_f1"] = sum(run_means) / len(run_means)
     (d / "llama-wikidoc.json").write_text(json.dumps(rec))
     return d
 
@@ -35,13 +45,29 @@ def test_summary_prints_rows(tmp_path, capsys):
     assert "wikidoc" in out and "llama" in out and "0.5000" in out
 
 
-def test_compare_flags_a_drop_with_its_ci(tmp_path, capsys):
+def test_compare_single_runs_flag_a_drop_with_its_ci(tmp_path, capsys):
     a = write_run(tmp_path / "a", [0.5] * 20)
     b = write_run(tmp_path / "b", [0.4] * 20)  # -0.1, tolerance 0.02
     assert main(["compare", str(a), str(b)]) == 1
     out = capsys.readouterr().out
-    assert "regression" in out and "bert_f1" in out and "95% CI -0.1000, -0.1000" in out
+    # one run on each side, no spread: this run's bootstrap CI against the other run's mean
+    assert "llama-wikidoc: regression" in out
+    assert "bert_f1: 0.4000 vs 0.5000" in out and "[95% CI 0.4000, 0.4000]" in out and "no run spread" in out
     assert main(["compare", str(a), str(a)]) == 0
+    assert "llama-wikidoc: pass" in capsys.readouterr().out
+
+
+def test_compare_against_k_runs_uses_their_spread(tmp_path, capsys):
+    a = write_run(tmp_path / "a", [0.5] * 20, run_means=[0.50, 0.51, 0.49, 0.505, 0.495])
+    b = write_run(tmp_path / "b", [0.4] * 20)
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "llama-wikidoc: regression" in out and "K=5, R=1" in out and "band +/-" in out
+    up = write_run(tmp_path / "up", [0.6] * 20)
+    assert main(["compare", str(a), str(up)]) == 1  # a rise beyond the band fails as a change
+    assert "llama-wikidoc: changed" in capsys.readouterr().out
+    near = write_run(tmp_path / "near", [0.49] * 20)  # within the band and the minimum effect
+    assert main(["compare", str(a), str(near)]) == 0
 
 
 def test_bad_run_dir_is_a_one_line_error(tmp_path, capsys):
@@ -59,7 +85,7 @@ def _history_with_runs(tmp_path: Path, values: list[float]) -> Path:
         d = write_run(tmp_path / f"run{i:02d}", [v] * 10)
         rec = json.loads((d / "llama-wikidoc.json").read_text())
         rec.update(profile="tiny", verdict={"status": "pass", "explain": "llama-wikidoc: pass", "checks": []},
-                   provenance={"git_sha": "abc", "hardware": {"gpu": None}})
+                   provenance=PROVENANCE)
         h.add_run(f"2026110{i}-run", "tiny", [rec])
     return db
 

@@ -2,6 +2,7 @@
 (gloo): the same code path a multi-GPU machine takes with ``[train] num_processes``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
     cache = Cache(tmp_path / "cache")
     data = load_split(dspec, prof.data_dir, prof.split)
     base_src, meta = base_model_dir(prof, spec, cache)
-    payload = adapter_payload(meta["key"], spec, data.fingerprint(), prof.train, "cpu")
+    payload = adapter_payload(meta["key"], spec, data.train, prof.train, "cpu")
     job = {"profile": str(prof.path), "data_dir": str(prof.data_dir), "cache": str(cache.root),
-           "model": "llama", "dataset": "wikidoc", "device": "cpu"}
+           "model": "llama", "dataset": "wikidoc", "device": "cpu", "seed": prof.train.seed}
     adapter, stats, built, key = cached_adapter(
         cache, payload, lambda: pytest.fail("the launching process must not load the model"),
         lambda: load_tokenizer(base_src), spec, data.train, prof.train, "cpu", job)
@@ -56,6 +57,69 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
     # a second call is a cache hit, no launch
     again = cached_adapter(cache, payload, None, None, spec, data.train, prof.train, "cpu", job)
     assert again[2] is False and again[3] == key
+
+
+def test_adapter_key_covers_rows_code_and_numerics(tmp_path, monkeypatch):
+    """The adapter's cache key: the exact training rows (not the file's fingerprint), the whole
+    pipeline's code digest and the numeric environment."""
+    from medqa_core import cache as cache_mod
+    from medqa_core import resources
+    from medqa_core.cache import content_key
+
+    prof = load_profile(small_profile(tmp_path, 1))
+    spec = prof.models["llama"]
+    data = load_split(prof.datasets["wikidoc"], prof.data_dir, prof.split)
+    payload = adapter_payload("base-key", spec, data.train, prof.train, "cpu")
+    assert payload["code"] == cache_mod.code_digest()
+    assert payload["numeric"] == resources.numeric_env("cpu")
+    assert payload["rows"] == content_key([[e.id, e.question, e.answer] for e in data.train])
+    key = content_key(payload)
+    assert content_key(adapter_payload("base-key", spec, data.train, prof.train, "cpu")) == key  # stable
+    changed_row = [dataclasses.replace(data.train[0], answer=data.train[0].answer + " ."), *data.train[1:]]
+    assert content_key(adapter_payload("base-key", spec, changed_row, prof.train, "cpu")) != key
+    assert content_key(adapter_payload("base-key", spec, data.train[1:], prof.train, "cpu")) != key
+    assert content_key(adapter_payload("other-base", spec, data.train, prof.train, "cpu")) != key
+    seeded = dataclasses.replace(prof.train, seed=prof.train.seed + 1)
+    assert content_key(adapter_payload("base-key", spec, data.train, seeded, "cpu")) != key
+    from medqa_core import training
+
+    monkeypatch.setattr(training, "code_digest", lambda: "other-code")
+    assert content_key(adapter_payload("base-key", spec, data.train, prof.train, "cpu")) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(resources, "numeric_env", lambda device="cpu": {"device": device, "threads": 999})
+    assert content_key(adapter_payload("base-key", spec, data.train, prof.train, "cpu")) != key
+
+
+def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
+    """The launching process passes its run seed (--seeds) in the job; each torchrun process must
+    train with it, or the adapter cached under the seed-N key was trained with the profile's seed."""
+    from medqa_core import launch, models, resources, training
+
+    prof = load_profile(small_profile(tmp_path, 2))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fine_tune(model, tok, spec, rows, cfg, out, device):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(training, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(models, "base_model_dir", lambda profile, spec, cache: ("base-dir", {"key": "k"}))
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: object())
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: object())
+    monkeypatch.setattr(resources, "configure_threads", lambda n: n)
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    job = {"profile": str(prof.path), "data_dir": str(prof.data_dir), "cache": str(tmp_path / "cache"),
+           "model": "llama", "dataset": "wikidoc", "device": "cpu", "seed": prof.train.seed + 7,
+           "out": str(tmp_path / "out")}
+    with pytest.raises(Stop):
+        launch._worker(job)
+    cfg = seen["cfg"]
+    assert cfg.batch_size == prof.train.batch_size // 2  # the global batch split over the processes
+    assert cfg.seed == prof.train.seed + 7
 
 
 def test_num_processes_must_be_positive_and_use_the_trainer(tmp_path):

@@ -12,6 +12,11 @@ import pytest
 # extension (pulled in by ruptures for the trend check) cannot be loaded twice in one process.
 import ruptures  # noqa: F401
 
+# Likewise the session and the pipeline it calls: imported here they are the same module objects
+# in every in-process run. Otherwise a later run can get a fresh ``medqa_core.pipeline`` (patched
+# by the fake below) while the benchmark's ``session`` still calls an older, unpatched copy.
+import medqa_core.session  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,8 +25,15 @@ METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
 FAKE_CONFTEST = '''
 import json, os
 import pytest
-from medqa_core import pipeline
+from medqa_core import session
 from medqa_core.training import TrainStats
+
+pipeline = session.pipeline  # the module whose run_case the benchmark's session calls
+
+# per seed, a score moves by JITTER x this pattern (seeds 0-4 average to seed 0's value):
+# the baseline's K runs then have a spread, as real training runs do
+PATTERN = (0.0, 1.0, -1.0, 0.5, -0.5)
+
 
 @pytest.fixture(autouse=True)
 def _fake_pipeline(monkeypatch):
@@ -30,15 +42,22 @@ def _fake_pipeline(monkeypatch):
     def fake(profile, model, dataset, ctx):
         cid = f"{model}-{dataset}"
         row = table[cid]
-        stats = TrainStats(train_seconds=row.get("train_seconds", 10.0), tokens_per_s=1000.0, tokens_seen=10000,
+        seed = profile.train.seed
+        shift = row.get("jitter", 0.004) * PATTERN[seed % 5]
+        tuned = {m: v + shift for m, v in row["tuned"].items()}
+        stats = TrainStats(train_seconds=row.get("train_seconds", 10.0), tokens_per_s=1000.0, tokens_seen=10000 + seed,
                            trainable_params=10, total_params=100, peak_mem_mib=row.get("mem", 100.0),
                            peak_mem_abs_mib=500.0, loss_first=3.0, loss_last=2.0, device=ctx.device)
         ids = ["a", "b", "c"]
-        per = {"ids": ids, **{m: [row["tuned"][m]] * 3 for m in row["tuned"]}}
+        per = {"ids": ids, **{m: [tuned[m]] * 3 for m in tuned}}
+        controls = {"base": {"metrics": row["base"], "per_example": {m: [v] * 3 for m, v in row["base"].items()}}}
+        invariants = {"test_ids": "t3", "train_rows": 30, "train_steps": 5, "tokens_seen": 10000 + seed,
+                      "trainable_params": 10, "train_test_overlap": 0, "scorer": {"name": "fake"}}
         return pipeline.CaseResult(
-            case_id=cid, model=model, dataset=dataset, profile=profile.name,
-            metrics=row["tuned"], base_metrics=row["base"], per_example=per, train=stats,
-            cached={"train": False}, seconds={}, keys={}, data={}, answers_sample=[])
+            case_id=cid, model=model, dataset=dataset, profile=profile.name, seed=seed,
+            metrics=tuned, base_metrics=row["base"], per_example=per, controls=controls, invariants=invariants,
+            train=stats, cached={"train": False}, seconds={}, work={"train": row.get("train_work", 1.0)}, keys={},
+            data={"fingerprint": "fp-" + dataset}, answers_sample=[])
 
     monkeypatch.setattr(pipeline, "run_case", fake)
 '''
@@ -116,10 +135,17 @@ def test_record_then_gate(env):
     write_scores(bad_base)
     res = run("--update-baselines")
     res.assert_outcomes(passed=1, failed=1)
-    assert "does not beat the base model" in res.stdout.str()
+    assert "does not beat the base control" in res.stdout.str()
     data = json.loads(baseline.read_text())
+    assert data["schema_version"] == 2
     assert set(data["cases"]) == {"llama-wikidoc"}  # the failing case is not recorded
-    assert data["cases"]["llama-wikidoc"]["metrics"] == _metrics(0.5)
+    case = data["cases"]["llama-wikidoc"]
+    assert case["metrics"] == pytest.approx(_metrics(0.5))  # the mean of the K runs
+    assert [r["seed"] for r in case["runs"]] == [0, 1, 2, 3, 4]  # [gate] baseline_seeds = 5 by default
+    assert [r["metrics"]["bert_f1"] for r in case["runs"]] == pytest.approx([0.5, 0.504, 0.496, 0.502, 0.498])
+    assert [r["tokens_seen"] for r in case["runs"]] == [10000, 10001, 10002, 10003, 10004]
+    assert case["spread"]["bert_f1"] == pytest.approx(0.004 * (2.5 / 4) ** 0.5, abs=1e-6)
+    assert "--seeds 0,1,2,3,4" in data["source"]
 
     write_scores(GOOD)
     res = run("--update-baselines")
@@ -139,8 +165,15 @@ def test_record_then_gate(env):
     res = run()
     res.assert_outcomes(passed=1, failed=1)
     out = res.stdout.str()
-    assert "regression" in out and "bert_f1: 0.4500 vs baseline 0.5000" in out
+    assert "llama-wikidoc: regression" in out and "bert_f1: 0.4500 vs 0.5000" in out and "K=5, R=1" in out
     assert baseline.read_bytes() == recorded
+
+    risen = json.loads(json.dumps(GOOD))
+    risen["llama-wikidoc"]["tuned"]["bert_p"] = 0.55  # a score that rises beyond its band is a change
+    write_scores(risen)
+    res = run()
+    res.assert_outcomes(passed=1, failed=1)
+    assert "llama-wikidoc: changed" in res.stdout.str()
 
     within = json.loads(json.dumps(GOOD))
     within["llama-wikidoc"]["tuned"]["bert_f1"] = 0.49  # -0.01 is within tolerance
@@ -148,11 +181,35 @@ def test_record_then_gate(env):
     run().assert_outcomes(passed=2)
 
     slow = json.loads(json.dumps(GOOD))
-    slow["llama-wikidoc"]["train_seconds"] = 31.0  # baseline 10 s x factor 3
+    slow["llama-wikidoc"]["train_work"] = 3.5  # seconds per reference workload: baseline 1.0 x factor 3
     write_scores(slow)
     res = run()
     res.assert_outcomes(passed=1, failed=1)
-    assert "train_seconds" in res.stdout.str()
+    assert "train_work: 3.5000 vs 1.0000" in res.stdout.str()
+
+    write_scores(GOOD)
+    one_seed = run("--seeds", "2")  # one run with seed 2: compared with the baseline's run of seed 2
+    one_seed.assert_outcomes(passed=2)
+    res = run("--seeds", "0")
+    assert res.ret != 0 and "--seeds" in res.stdout.str() + res.stderr.str()
+
+
+def test_uniform_small_drop_fails_the_family_verdict(env, tmp_path):
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    run("--update-baselines").assert_outcomes(passed=2)
+    both = json.loads(json.dumps(GOOD))
+    both["llama-wikidoc"]["tuned"]["bert_f1"] = 0.488  # -0.012 each: within every case's minimum effect
+    both["llama-mental_health"]["tuned"]["bert_f1"] = 0.588
+    write_scores(both)
+    res = run()
+    res.assert_outcomes(passed=2)
+    assert res.ret == 1  # ... but the family verdict fails the session
+    out = res.stdout.str()
+    assert "aggregate verdicts" in out and "[FAIL] family llama bert_f1: mean delta -0.0120 over 2 case(s)" in out
+    [agg_file] = (tmp_path / "results").glob("*/aggregates.json")  # written by gating runs only
+    failed = [a for a in json.loads(agg_file.read_text()) if not a["passed"]]
+    assert [(a["scope"], a["metric"]) for a in failed] == [("family llama", "bert_f1")]
 
 
 def test_update_baselines_under_xdist(env):
@@ -275,9 +332,10 @@ def test_history_trend_and_webhook_alert(env, tmp_path):
         body = bodies[-1]
         assert body["status"] == "regression" and body["exitstatus"] == 1
         assert "1 of 2 case(s) regressed" in body["text"]
-        assert "llama-wikidoc bert_f1: 0.4500 vs baseline 0.5000" in body["text"] and "95% CI" in body["text"]
+        assert "llama-wikidoc bert_f1: 0.4500 vs baseline 0.5000" in body["text"] and "band +/-" in body["text"]
         [case] = [c for c in body["cases"] if c["case_id"] == "llama-wikidoc"]
-        assert case["failures"][0]["ci"] == [pytest.approx(-0.05), pytest.approx(-0.05)]
+        assert [f["name"] for f in case["failures"]] == ["bert_f1", "margin:base:bert_f1"]
+        assert case["failures"][0]["value"] == pytest.approx(0.45) and case["status"] == "regression"
 
         res = run("--alert-webhook", url)  # the receiver answers 500 now: a warning, not a crash
         assert "WARNING alert to webhook failed: webhook answered HTTP 500" in res.stdout.str()
@@ -312,3 +370,19 @@ def test_small_profile_cases_are_slow_and_missing_families_skip_with_reason(pyte
         assert f"{fam}-wikidoc: no offline checkpoint for {fam} at this size" in out
     res = pytester.runpytest_inprocess(*common, "--collect-only", "-q", "-m", "slow", "-k", "wikidoc")
     assert "4/20 tests collected" in res.stdout.str()
+
+
+def test_alert_payload_formats_every_kind_of_failing_check():
+    """A failing control (no limit) or invariant (values that are not numbers) must not crash the alert."""
+    from medqa_core import gate
+    from medqa_core.alerts import payload
+
+    checks = [gate.judge_control("bert_f1", "base", [0.3, 0.31], [0.5, 0.52], 0.01),
+              gate.Check("train_steps", 150, 200, False, "invariant", "(must be identical)"),
+              gate.Check("test_ids", "abc", "abd", False, "invariant", "(must be identical)")]
+    verdict = gate.Verdict("llama-wikidoc", gate.status_of(checks), checks)
+    rec = {"case_id": "llama-wikidoc", "outcome": "failed", "verdict": verdict.to_json()}
+    body = payload("run1", "tiny", [rec], 1)
+    assert body["status"] == "regression"
+    text = body["text"]
+    assert "beats_base:bert_f1" in text and "train_steps" in text and "abc" in text and "abd" in text

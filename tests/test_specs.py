@@ -71,7 +71,8 @@ def test_tiny_profile_values_match_the_toml_file():
     for key, value in raw["generation"].items():
         assert getattr(prof.generation, key) == value, key
     assert prof.split == SplitConfig(**raw["split"])
-    assert prof.gate.metric_tolerance == raw["gate"]["metric_tolerance"]
+    for key, value in raw["gate"].items():
+        assert getattr(prof.gate, key) == (tuple(value) if isinstance(value, list) else value), key
     assert prof.gate.require_beats_base == tuple(raw["gate"]["require_beats_base"])
     assert prof.pretrain is not None and prof.pretrain.steps == raw["pretrain"]["steps"]
     for name, table in raw["datasets"].items():
@@ -307,6 +308,44 @@ def test_question_must_name_columns(tmp_path):
 def test_file_must_be_a_string(tmp_path):
     path = write_profile(tmp_path, MINIMAL.replace('file = "d1.json"', "file = 5"))
     expect_config_error(path, str(path), "[datasets.d1]", "file = 5")
+
+
+def test_gate_noise_model_fields_load(tmp_path):
+    text = MINIMAL + """
+[gate]
+alpha = 0.01
+aggregate_alpha = 0.005
+aggregate_min_effect_factor = 0.5
+one_sided = ["bert_f1", "answer_words"]
+baseline_seeds = 3
+controls = ["base", "shuffled"]
+require_controls = ["base"]
+control_alpha = 0.05
+"""
+    g = load_profile(write_profile(tmp_path, text)).gate
+    assert (g.alpha, g.aggregate_alpha, g.aggregate_min_effect_factor, g.control_alpha) == (0.01, 0.005, 0.5, 0.05)
+    assert g.one_sided == ("bert_f1", "answer_words") and g.controls == ("base", "shuffled")
+    assert g.require_controls == ("base",) and g.baseline_seeds == 3
+    d = GateConfig()
+    assert d.baseline_seeds >= 2 and 0 < d.alpha < 0.5 and d.require_controls == ("base",)
+
+
+@pytest.mark.parametrize("line, fragments", [
+    ("alpha = 0.7", ["alpha", "(0, 0.5)"]),
+    ("alpha = 0.0", ["alpha"]),
+    ("aggregate_alpha = 1", ["aggregate_alpha"]),
+    ("control_alpha = -0.01", ["control_alpha"]),
+    ('alpha = "0.01"', ["alpha"]),
+    ("baseline_seeds = 0", ["baseline_seeds", ">= 1"]),
+    ("baseline_seeds = 2.5", ["baseline_seeds"]),
+    ('one_sided = ["bleu"]', ["bleu"]),
+    ('controls = ["base", "oracle"]', ["oracle", "controls"]),
+    ('require_controls = ["nobody"]', ["nobody"]),
+    ("metric_tolerance = { answer_words = -1.0 }", ["answer_words", ">= 0"]),
+])
+def test_gate_noise_model_fields_are_validated(tmp_path, line, fragments):
+    path = write_profile(tmp_path, MINIMAL + f"\n[gate]\n{line}\n")
+    expect_config_error(path, str(path), "[gate]", *fragments)
 
 
 def test_metric_tolerance_must_be_a_table(tmp_path):
