@@ -12,7 +12,7 @@ from medqa_core.cache import Cache
 from medqa_core.datasets import load_split
 from medqa_core.errors import ConfigError
 from medqa_core.models import base_model_dir, load_base, load_tokenizer
-from medqa_core.specs import load_profile
+from medqa_core.specs import as_dict, load_profile
 from medqa_core.training import adapter_payload, cached_adapter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,13 +113,15 @@ def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(k, v)
     job = {"profile": str(prof.path), "data_dir": str(prof.data_dir), "cache": str(tmp_path / "cache"),
-           "model": "llama", "dataset": "wikidoc", "device": "cpu", "seed": prof.train.seed + 7,
+           "model": "llama", "dataset": "wikidoc", "device": "cpu",
+           "train": {**as_dict(prof.train), "seed": prof.train.seed + 7, "learning_rate": 1e-4},  # --seeds, --set
            "out": str(tmp_path / "out")}
     with pytest.raises(Stop):
         launch._worker(job)
     cfg = seen["cfg"]
     assert cfg.batch_size == prof.train.batch_size // 2  # the global batch split over the processes
     assert cfg.seed == prof.train.seed + 7
+    assert cfg.learning_rate == 1e-4
 
 
 def test_num_processes_must_be_positive_and_use_the_trainer(tmp_path):

@@ -85,3 +85,33 @@ def test_case_trends_memory_respects_the_gate_slack(tmp_path):
     [s] = case_trends(h, ["llama-wikidoc"], "tiny", {}, "cpu")["llama-wikidoc"]["mem_mib"]
     assert s.start == 2 and s.delta > 70
     assert case_trends(h, ["llama-wikidoc"], "tiny", {}, "cpu", memory_slack_mib=256) == {}
+
+
+def test_series_never_spans_a_change_of_data_or_scorer(tmp_path):
+    """A step in the scores that comes with new data is no trend: only runs on the newest run's
+    inputs (data, test set, scorer) form the series."""
+    from medqa_core.history import History
+    from medqa_core.trend import case_trends, same_inputs
+
+    hist = History(tmp_path / "h.sqlite")
+    for i in range(16):
+        data = "A" if i < 8 else "B"  # the data changes at run 8 and the scores move with it
+        rec = {"case_id": "llama-wikidoc", "model": "llama", "dataset": "wikidoc",
+               "metrics": {"bert_f1": 0.50 if data == "A" else 0.40, "use_f1": 0.3},
+               "identity": {"data": data, "test_ids": "t", "scorer": "s"},
+               "resources": {}, "provenance": {"hardware": {"gpu": None}}}
+        hist.add_run(f"r{i}", "tiny", [rec])
+    rows = hist.case_rows("llama-wikidoc", "tiny")
+    kept = same_inputs(rows)
+    assert [r[0] for r in kept] == [f"r{i}" for i in range(8, 16)]
+    assert case_trends(hist, ["llama-wikidoc"], "tiny", {"bert_f1": 0.02}) == {}
+    # the same step on unchanged inputs is a trend
+    hist2 = History(tmp_path / "h2.sqlite")
+    for i in range(16):
+        rec = {"case_id": "llama-wikidoc", "model": "llama", "dataset": "wikidoc",
+               "metrics": {"bert_f1": 0.50 if i < 8 else 0.40, "use_f1": 0.3},
+               "identity": {"data": "A", "test_ids": "t", "scorer": "s"},
+               "resources": {}, "provenance": {"hardware": {"gpu": None}}}
+        hist2.add_run(f"r{i}", "tiny", [rec])
+    found = case_trends(hist2, ["llama-wikidoc"], "tiny", {"bert_f1": 0.02})
+    assert "bert_f1" in found.get("llama-wikidoc", {})

@@ -38,8 +38,9 @@ def payload(run_id: str, profile: str, records: list[dict[str, Any]], exitstatus
     lines = [head]
     for c in cases:
         for f in c["failures"]:
-            lines.append(f"- {c['case_id']} {f['name']}: {f['value']:.4f} vs baseline {f['baseline']:.4f} "
-                         f"(limit {f['limit']:.4f}) {f.get('detail') or ''}".rstrip())
+            limit = f" (limit {_fmt(f.get('limit'))})" if f.get("limit") is not None else ""
+            lines.append(f"- {c['case_id']} {f['name']}: {_fmt(f.get('value'))} vs baseline {_fmt(f.get('baseline'))}"
+                         f"{limit} {f.get('detail') or ''}".rstrip())
         if c["outcome"] == "failed" and not c["failures"]:
             lines.append(f"- {c['case_id']}: failed (see the test log)")
         for t in c["trend"]:
@@ -64,3 +65,11 @@ def post(url: str, body: dict[str, Any], timeout: float = 10.0) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         raise OSError(f"webhook answered HTTP {exc.code}") from exc
+
+
+def _fmt(v: Any) -> str:
+    """A number to 4 decimals; anything else (an invariant's digest or settings) shortened."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.4f}"
+    text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -165,12 +165,13 @@ def pooled_variance(baseline_cases: dict[str, Any], metric: str) -> tuple[float,
         y = run_means(case.get("runs", []), metric)
         if y.size >= 2:
             v = float(np.var(y, ddof=1))
-            if v > 0:
+            # runs that agree exactly (float rounding aside) carry no information about the scale
+            if v > 1e-12 * max(1e-6, float(np.mean(y)) ** 2):
                 k = y.size - 1
                 logs.append(math.log(v) - special.digamma(k / 2) + math.log(k / 2))
                 dfs.append(k)
-    if not logs:
-        return 0.0, 0.0
+    if len(logs) < 3:  # too few cases to fit a prior's spread: each case stands on its own runs
+        return (float(np.exp(np.mean(logs))) if logs else 0.0), 0.0
     e = np.asarray(logs)
     mean_e = float(e.mean())
     excess = (float(e.var(ddof=1)) if e.size > 1 else 0.0) - float(np.mean([special.polygamma(1, k / 2) for k in dfs]))
@@ -179,6 +180,7 @@ def pooled_variance(baseline_cases: dict[str, Any], metric: str) -> tuple[float,
     else:
         d0 = 2 * float(optimize.brentq(lambda x: special.polygamma(1, x) - excess, 1e-6, 1e6))
         d0 = min(max(d0, MIN_PRIOR_DF), MAX_PRIOR_DF)
+    d0 = min(d0, float(sum(dfs)))  # the prior cannot know more than the runs it was fitted to
     s0 = math.exp(mean_e + special.digamma(d0 / 2) - math.log(d0 / 2))
     return s0, d0
 
@@ -221,8 +223,9 @@ def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effec
     delta = x - b.mean
     se = b.se(r)
     crit = t_quantile(1 - alpha, b.df)
-    t = delta / se if se > 0 else (math.copysign(math.inf, delta) if delta else 0.0)
-    p = 1 - t_cdf(abs(t), b.df) if math.isfinite(t) else 0.0
+    # a zero-width band (every run identical, no prior): any move is beyond it; t stays finite for JSON
+    t = delta / se if se > 0 else (math.copysign(1e12, delta) if delta else 0.0)
+    p = 1 - t_cdf(abs(t), b.df)
     down = delta < -min_effect and t < -crit
     up = delta > min_effect and t > crit
     mde = b.mde(r, alpha, min_effect)
@@ -410,10 +413,9 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
         inv = run.get("invariants", {})
         same_seed = run["seed"] in base_tokens
         for c in judge_invariants(inv, {**base_inv, "tokens_seen": base_tokens.get(run["seed"])}, same_seed):
-            if len(runs) > 1 and c.name == "tokens_seen":
+            if len(runs) > 1:
                 c.name += f"@seed{run['seed']}"
-            if not any(x.name == c.name for x in checks):
-                checks.append(c)
+            checks.append(c)
     res = resources_baseline or {}
     cur = runs[0].get("resources", {})
     if res and res.get("device") == cur.get("device"):

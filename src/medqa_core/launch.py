@@ -69,6 +69,9 @@ def _worker(job: dict[str, Any]) -> None:
 
         torch.cuda.set_device(local_rank)
     profile = load_profile(job["profile"], job["data_dir"])
+    # the launching process's recipe as it ran (--set overrides, the run seed), not the file's
+    profile = dataclasses.replace(profile, **{k: type(getattr(profile, k))(**{**dataclasses.asdict(getattr(profile, k)), **job[k]})
+                                              for k in ("train", "split") if k in job})
     spec = profile.models[job["model"]]
     data = load_split(profile.datasets[job["dataset"]], profile.data_dir, profile.split)
     base_src, _ = base_model_dir(profile, spec, Cache(job["cache"]))  # built by the launching process

@@ -39,8 +39,10 @@ def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int
             return list(range(base, base + k))
         out: list[int] = []
         for part in text.split(","):
-            a, _, b = part.strip().partition("-")
-            out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+            a, dash, b = part.strip().partition("-")
+            if dash and (not b or int(b) < int(a)):
+                raise ValueError
+            out.extend(range(int(a), int(b) + 1) if dash else [int(a)])
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: give a count K >= 1 or a list like 0,101-104") from None
     if not out or len(set(out)) != len(out):

@@ -139,6 +139,20 @@ TREND_EFFECT_FRACTION = 0.5
 RESOURCES = ("train_s", "mem_mib")
 
 
+def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The rows measured on the same inputs (data, test set, scorer: gate.IDENTITY_KEYS) as the
+    newest one: a series never spans a change of data or scorer, so such a change is no step."""
+    from .gate import IDENTITY_KEYS
+
+    def ident(rec: dict[str, Any]) -> tuple:
+        return tuple((rec.get("identity") or {}).get(k) for k in IDENTITY_KEYS)
+
+    if not rows:
+        return rows
+    last = ident(rows[-1][2])
+    return [r for r in rows if ident(r[2]) == last]
+
+
 def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances: dict[str, float],
                 hardware_class: str | None = None, min_runs: int = 2 * MIN_SIZE,
                 penalty: float = DEFAULT_PENALTY, memory_slack_mib: float = 0.0) -> dict[str, dict[str, list[Shift]]]:
@@ -148,14 +162,14 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances:
     worse) use 25% of the series' median, memory at least the gate's ``memory_slack_mib`` (on
     CPU the RSS growth of a small run moves by tens of MiB with what the process did before),
     and only runs of ``hardware_class``."""
-    from .baselines import DEFAULT_TOLERANCE
+    from .gate import DEFAULT_MIN_EFFECT
     from .history import series_of
     from .metrics import METRICS
 
     out: dict[str, dict[str, list[Shift]]] = {}
     for cid in case_ids:
         found: dict[str, list[Shift]] = {}
-        case_rows = history.case_rows(cid, profile)  # one read per case, every metric from it
+        case_rows = same_inputs(history.case_rows(cid, profile))  # one read per case, every metric from it
         for metric in (*METRICS, *RESOURCES):
             is_res = metric in RESOURCES
             rows = series_of(case_rows, metric, hardware_class if is_res else None)
@@ -167,7 +181,7 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances:
             elif is_res:
                 eff = RESOURCE_MIN_EFFECT * float(np.median(vals))
             else:
-                eff = TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_TOLERANCE)
+                eff = TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_MIN_EFFECT[metric])
             hits = regressions(vals, eff, ids, higher_is_better=not is_res, penalty=penalty)
             if hits:
                 found[metric] = hits
