@@ -15,6 +15,36 @@ def clean_answer(text: str) -> str:
     return text.replace("\ufffd", "").strip()
 
 
+#: End-of-turn tokens of common chat templates (Gemma, Llama 3, Phi-3, ChatML): with a chat
+#: template trl trains the model to end its answer with the template's end-of-turn token, not EOS.
+END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|end|>", "<|im_end|>")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end an answer: the tokenizer's EOS, the model's configured
+    ``generation_config.eos_token_id`` (one id or several), and the end-of-turn token of the
+    tokenizer's chat template when the template uses one and the vocabulary has it. EOS first."""
+    ids: list[int] = []
+
+    def add(x: Any) -> None:
+        if x is None:
+            return
+        for i in ([x] if isinstance(x, int) else list(x)):
+            if int(i) not in ids:
+                ids.append(int(i))
+
+    add(tokenizer.eos_token_id)
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        text = template if isinstance(template, str) else " ".join(map(str, dict(template).values()))
+        vocab = tokenizer.get_vocab()
+        for tok in END_OF_TURN:
+            if tok in text and tok in vocab:
+                add(vocab[tok])
+    return ids
+
+
 def generate_answers(
     model: Any, tokenizer: Any, questions: list[str], cfg: GenerationConfig, device: str = "cpu",
     settings: dict[str, Any] | None = None,
@@ -34,11 +64,14 @@ def generate_answers(
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     answers: list[str] = [""] * len(prompts)
     model.eval()
+    stops = stop_token_ids(model, tokenizer)
+    # one stop id is passed as the int it always was (the generation settings are a gate invariant)
+    eos: int | list[int] | None = stops[0] if len(stops) == 1 else (stops or None)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
         kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "repetition_penalty": cfg.repetition_penalty,
-                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
         if settings is not None:
             settings.update(kwargs)
         with torch.inference_mode():

@@ -236,25 +236,69 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
     return str(entry.path), entry.meta
 
 
+def cuda_precision(family: str | None = None) -> str:
+    """The float format of a CUDA run: ``bf16`` where the GPU computes it natively (Ampere and
+    later; a T4 only emulates it, which ``is_bf16_supported()`` counts unless told not to),
+    otherwise ``fp16`` (trained with loss scaling), except ``fp32`` for Gemma 2, whose
+    activations overflow fp16."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16"
+    return "fp32" if family == "gemma" else "fp16"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def cuda_index() -> int:
+    """This process's GPU: the torchrun rank's (``LOCAL_RANK``) when launched by torchrun,
+    otherwise the current device (an xdist worker sees only its own GPU as device 0)."""
+    import os
+
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and local.isdigit() and int(local) < torch.cuda.device_count():
+        return int(local)
+    return torch.cuda.current_device()
+
+
+def free_memory() -> None:
+    """Collect unreachable models (trl's patched forward keeps reference cycles) and hand the
+    freed blocks back to the CUDA allocator, between the stages of a case."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: str = "cpu") -> Any:
     """Load a fresh copy of the base model (trl's SFTTrainer mutates the model it is given)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    cuda = device.startswith("cuda")
     kwargs: dict[str, Any] = {"attn_implementation": spec.attn_implementation, "revision": spec.revision}
     if quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
-        compute = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        compute = torch_dtype(cuda_precision(spec.family)) if cuda else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["dtype"] = compute
-        if device == "cuda":  # quantize straight onto this worker's GPU (CUDA_VISIBLE_DEVICES is pinned)
-            kwargs["device_map"] = {"": 0}
-    elif device == "cuda":
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if cuda:  # quantize straight onto this process's GPU (accelerate refuses to move a 4-bit model)
+            kwargs["device_map"] = {"": cuda_index()}
+    elif cuda:
+        kwargs["dtype"] = torch_dtype(cuda_precision(spec.family))
     else:
         kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -264,4 +308,5 @@ def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: 
     return model
 
 
-__all__ = ["base_model_dir", "build_tiny", "load_base", "load_tokenizer", "pretrain"]
+__all__ = ["base_model_dir", "build_tiny", "cuda_index", "cuda_precision", "free_memory", "load_base", "load_tokenizer",
+           "pretrain", "torch_dtype"]

@@ -90,31 +90,44 @@ def for_seed(profile: Profile, seed: int) -> Profile:
 
 def _answers(
     ctx: RunContext, spec: ModelSpec, base_src: str, adapter: Path | None,
-    questions: list[str], gen: GenerationConfig, payload: dict,
+    questions: list[str], gen: GenerationConfig, payload: dict, quantization: str = "none",
 ) -> tuple[list[str], dict[str, Any], str]:
     """(answers, entry meta, key). Identical questions are generated once (the no-question
-    control asks the same empty question for every test row)."""
+    control asks the same empty question for every test row).
+
+    The base loads as training loaded it (``quantization``: a 4-bit base stays 4-bit, so a 9B
+    model generates on a 16 GB GPU) and the adapter stays unmerged beside it; only a float32
+    base gets the adapter merged into its weights (in bf16 or 4-bit, merging rounds most LoRA
+    updates away)."""
     unique = list(dict.fromkeys(questions))
 
     def build(tmp: Path) -> dict[str, Any]:
+        import torch
+
         from .generation import generate_answers
-        from .models import load_base, load_tokenizer
+        from .models import free_memory, load_base, load_tokenizer
         from .prompts import build_prompt
 
         tok = load_tokenizer(base_src, spec.revision)
-        model = load_base(base_src, spec, "none", ctx.device)
+        model = load_base(base_src, spec, quantization, ctx.device)  # on this process's device
         if adapter is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            exact = quantization == "none" and model.dtype == torch.float32
+            model = PeftModel.from_pretrained(model, str(adapter))  # LoRA weights on their base layers' device
+            if exact:
+                model = model.merge_and_unload()
         settings: dict[str, Any] = {}
         with Timer() as t:
             answers = generate_answers(model, tok, unique, gen, ctx.device, settings)
+        del model
+        free_memory()
         (tmp / "answers.json").write_text(json.dumps(answers, ensure_ascii=False, indent=0))
         return {"seconds": round(t.seconds, 3), "work": round(t.seconds / reference_seconds(), 3), "n": len(answers),
                 "settings": settings, "prompt_digest": content_key(build_prompt(tok, CANARY_QUESTION))[:16]}
 
-    entry = ctx.cache.get_or_build("answers", {**payload, "questions": content_key(unique)}, build)
+    entry = ctx.cache.get_or_build("answers", {**payload, "questions": content_key(unique), "quantization": quantization},
+                                   build)
     by_q = dict(zip(unique, json.loads((entry.path / "answers.json").read_text())))
     return [by_q[q] for q in questions], {**entry.meta, "built": entry.built}, entry.key
 
@@ -205,7 +218,8 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         payload = {"what": "answers", "model": akey, "generation": as_dict(gen), "code": code_digest(),
                    "numeric": numeric_env(ctx.device)}
         with Timer() as t:
-            answers[stage], meta, keys[f"answers_{stage}"] = _answers(ctx, spec, base_src, adapter_dir, qs, gen, payload)
+            answers[stage], meta, keys[f"answers_{stage}"] = _answers(ctx, spec, base_src, adapter_dir, qs, gen, payload,
+                                                                      cfg.quantization)
         seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, not meta["built"]
         if stage == "tuned":
             gen_meta = meta

@@ -65,8 +65,10 @@ class ModelSpec:
 
     @property
     def needs_cuda(self) -> bool:
-        """A full-size hub checkpoint; tiny and GGUF-converted small models run on CPU."""
-        return self.hub_id is not None
+        """A full-size hub checkpoint; tiny and GGUF-converted small models run on CPU, and so
+        does a ``hub_id`` naming a local checkpoint directory (e.g. a tiny checkpoint run with
+        the paper recipe)."""
+        return self.hub_id is not None and not Path(self.hub_id).expanduser().is_dir()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 from .cache import Cache, code_digest, content_key
 from .datasets import QAExample
 from .errors import TrainingError
+from .models import cuda_precision, free_memory
 from .prompts import training_rows
 from .resources import PeakMemory, Timer, library_versions
 from .specs import ModelSpec, TrainConfig
@@ -67,11 +68,11 @@ def lora_config(spec: ModelSpec, cfg: TrainConfig) -> Any:
     )
 
 
-def sft_config(cfg: TrainConfig, out_dir: str, device: str) -> Any:
+def sft_config(cfg: TrainConfig, out_dir: str, device: str, family: str | None = None) -> Any:
     from trl import SFTConfig
 
-    cuda = device == "cuda"
-    bf16 = cuda and _bf16_ok()
+    cuda = device.startswith("cuda")
+    precision = mixed_precision(device, family)
     return SFTConfig(
         output_dir=out_dir,
         max_steps=cfg.steps,
@@ -86,8 +87,8 @@ def sft_config(cfg: TrainConfig, out_dir: str, device: str) -> Any:
         # trl turns it on by default; on small models it costs ~27% for identical losses.
         gradient_checkpointing=cuda and cfg.max_length >= 1024,
         use_cpu=not cuda,
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",  # the Trainer scales the loss (GradScaler) under fp16
         logging_steps=max(1, cfg.steps // 10),
         save_strategy="no",
         report_to="none",
@@ -98,10 +99,48 @@ def sft_config(cfg: TrainConfig, out_dir: str, device: str) -> Any:
     )
 
 
-def _bf16_ok() -> bool:
+def mixed_precision(device: str, family: str | None = None) -> str:
+    """Autocast format of training on ``device``: ``fp32`` (none) on the CPU; on CUDA ``bf16``
+    where the GPU has it natively, else ``fp16`` with loss scaling, or ``fp32`` for Gemma 2
+    (fp16 overflows): :func:`models.cuda_precision`, the format the base model loads in."""
+    return cuda_precision(family) if device.startswith("cuda") else "fp32"
+
+
+def trainable_to_fp32(model: Any) -> int:
+    """Cast the trainable (LoRA) parameters to float32 in place; returns how many were cast.
+
+    Under bf16/fp16 autocast the forward still computes in half precision, but the weights and
+    the optimizer's updates stay fp32: at lr 2e-5 a bf16 weight (8 significant bits) would
+    swallow most updates. trl casts a quantized model's LoRA weights to bf16; this undoes it.
+    """
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+            n += 1
+    return n
+
+
+def _amp(device: str, family: str | None) -> tuple[Any, Any]:
+    """(autocast context or None, GradScaler or None) of the lean loop on ``device``."""
+    import torch
+
+    precision = mixed_precision(device, family)
+    if precision == "fp32":
+        return None, None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _unscaled(scaler: Any, opt: Any, params: list[Any]) -> list[Any]:
+    """``params``, with their gradients unscaled first when a GradScaler scaled the loss (the
+    clipping threshold applies to the true gradients)."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    return params
 
 
 def fine_tune(
@@ -154,11 +193,12 @@ def _fine_tune_sft(
     with tempfile.TemporaryDirectory(prefix="medqa-sft-") as scratch:
         trainer = SFTTrainer(
             model=model,
-            args=sft_config(cfg, scratch, device),
+            args=sft_config(cfg, scratch, device, spec.family),
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             peft_config=lora_config(spec, cfg),
         )
+        trainable_to_fp32(trainer.model)  # trl casts a 4-bit model's LoRA weights to bf16
         counter = _PadCounter(trainer.data_collator)
         trainer.data_collator = counter
         peft_model = trainer.model
@@ -301,6 +341,7 @@ def _fine_tune_lean(
 
     torch.manual_seed(cfg.seed)
     peft_model = get_peft_model(model, lora_config(spec, cfg))
+    trainable_to_fp32(peft_model)  # fp32 weights and updates; autocast computes in bf16/fp16
     if cfg.quantization != "nf4":  # a 4-bit model is placed on its device when it loads
         peft_model.to(device)
     peft_model.train()
@@ -310,8 +351,7 @@ def _fine_tune_lean(
     examples = encode_rows(tokenizer, rows, cfg.max_length)
     opt = _optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(0, round(cfg.warmup_ratio * cfg.steps)), cfg.steps))
-    cuda = device.startswith("cuda")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16 if _bf16_ok() else torch.float16) if cuda else None
+    amp, scaler = _amp(device, spec.family)
     every = max(1, cfg.steps // 10)
     losses: list[float] = []
     tokens = pad = fed = 0
@@ -330,13 +370,20 @@ def _fine_tune_lean(
                     loss = peft_model(**batch, use_cache=False).loss
             else:
                 loss = peft_model(**batch, use_cache=False).loss
+            logged = loss.detach()
+            if scaler is not None:  # fp16: scale the loss so that small gradients do not flush to zero
+                loss = scaler.scale(loss)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            torch.nn.utils.clip_grad_norm_(_unscaled(scaler, opt, params), 1.0)
+            if scaler is not None:
+                scaler.step(opt)  # skips the step when a gradient overflowed
+                scaler.update()
+            else:
+                opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             steps_run += 1
-            run_loss += loss.detach()
+            run_loss += logged
             if step % every == 0 or step == cfg.steps:  # mean loss since the last log, like the Trainer's
                 losses.append(float(run_loss) / (step - (len(losses) * every)))
                 run_loss.zero_()
@@ -387,6 +434,7 @@ def cached_adapter(
             world = raw.pop("world_size")
             return {"stats": raw, "world_size": world}
         stats = fine_tune(load_model(), load_tokenizer(), spec, train, cfg, tmp / "adapter", device)
+        free_memory()  # the trained model is unreachable now; give its memory back before generation
         return {"stats": asdict(stats)}
 
     entry = cache.get_or_build("adapter", payload, build)
