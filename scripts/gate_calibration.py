@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, default=REPO / "baselines" / "tiny.json")
     ap.add_argument("--profile", default="tiny")
-    ap.add_argument("sweeps", nargs="*", type=Path)
+    ap.add_argument("sweeps", nargs="*", help="sweep JSON files; FILE1,FILE2 = one sweep split over processes")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = ap.parse_args(argv)
 
@@ -77,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## False failures of unchanged code\n")
     print("| sweep | case-runs | failing case-runs | checks that failed | family checks failing | suite checks failing |")
     print("|---|---|---|---|---|---|")
-    for path in args.sweeps:
-        data = json.loads(path.read_text())
+    for group in args.sweeps:
+        files = [Path(f) for f in group.split(",")]
+        parts = [json.loads(f.read_text()) for f in files]
+        data = {"settings": parts[0].get("settings", {}), "runs": [r for p in parts for r in p["runs"]]}
+        path = files[0]
         env = data.get("settings", {}).get("env", {})
-        label = path.stem + f" (ATEN_CPU_CAPABILITY={env.get('ATEN_CPU_CAPABILITY') or 'native'}, threads {env.get('MEDQA_THREADS') or '-'})"
+        seeds = sorted({r["seed"] for r in data["runs"]})
+        label = (f"{path.stem.rsplit('-', 1)[0]}: seeds {seeds[0]}-{seeds[-1]}, ATEN_CPU_CAPABILITY="
+                 f"{env.get('ATEN_CPU_CAPABILITY') or 'unset (AVX512 here)'}, {env.get('MEDQA_THREADS') or '-'} thread(s)")
         by_seed: dict[int, list[dict]] = defaultdict(list)
         failing_checks: Counter = Counter()
         n_fail = n = 0

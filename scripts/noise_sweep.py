@@ -11,7 +11,6 @@ replaced; adapters are cached per seed, so a rerun only reads the cache.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

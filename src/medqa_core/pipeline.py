@@ -190,7 +190,8 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     a_payload = adapter_payload(base_key, spec, data.train, cfg, ctx.device)
     loader = partial(load_base, base_src, spec, cfg.quantization, ctx.device)
     job = {"profile": str(profile.path), "data_dir": str(profile.data_dir), "cache": str(ctx.cache.root),
-           "model": model_name, "dataset": dataset_name, "device": ctx.device, "seed": cfg.seed}  # for torchrun
+           "model": model_name, "dataset": dataset_name, "device": ctx.device,
+           "train": as_dict(cfg), "split": as_dict(profile.split)}  # for torchrun: the recipe as it runs
     with Timer() as t:
         adapter, stats, built, keys["adapter"] = cached_adapter(
             ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg,
@@ -225,13 +226,26 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
             gen_meta = meta
             if meta["built"]:
                 work["generate"] = meta["work"]
-        with Timer() as t:
-            scores[stage], smeta = _scores(ctx, answers[stage], refs)
-        seconds[f"score_{stage}"], cached[f"score_{stage}"] = t.seconds, not smeta["built"]
-        if stage == "tuned" and smeta["built"]:
-            work["score"] = smeta["work"]
+    # The base model's answers are the same for every seed: scored on their own (cached). The
+    # tuned answers and the controls built on them are scored in one call, each distinct
+    # sentence embedded once (pair scores do not depend on batch mates: metrics/bertscore.py).
+    n = len(refs)
+    with Timer() as t:
+        if "base" in answers:
+            scores["base"], _ = _scores(ctx, answers["base"], refs)
+    seconds["score_base"] = t.seconds
+    parts = [("tuned", answers["tuned"], refs)]
     if "shuffled" in wanted:
-        scores["shuffled"], _ = _scores(ctx, answers["tuned"], shuffled)
+        parts.append(("shuffled", answers["tuned"], shuffled))
+    if "no_question" in answers:
+        parts.append(("no_question", answers["no_question"], refs))
+    with Timer() as t:
+        joint, smeta = _scores(ctx, [a for _, c, _ in parts for a in c], [r for _, _, rs in parts for r in rs])
+    seconds["score"], cached["score"] = t.seconds, not smeta["built"]
+    if smeta["built"]:
+        work["score"] = smeta["work"]
+    for i, (stage, _, _) in enumerate(parts):
+        scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.items()}
 
     def means(s: dict[str, np.ndarray]) -> dict[str, float]:
         return {m: round(float(np.mean(v)), 6) for m, v in s.items()}

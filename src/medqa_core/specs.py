@@ -349,6 +349,12 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         baseline_readonly=bool(raw.get("baseline_readonly", False)),
         slow=_flag(raw, "slow", where),
     )
+    _validate(prof, where)
+    return prof
+
+
+def _validate(prof: Profile, where: str) -> None:
+    """Checks that span tables (run on load and after --set overrides)."""
     _check_gate(prof.gate, f"{where} [gate]")
     _check_split(prof.split, f"{where} [split]")
     for d in prof.datasets.values():
@@ -360,7 +366,6 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
     if prof.train.num_processes > 1 and prof.train.trainer != "sft":
         raise ConfigError(f"{where} [train] num_processes={prof.train.num_processes} needs trainer = 'sft' "
                           "(data-parallel training goes through the Trainer)")
-    return prof
 
 
 def _flag(raw: dict[str, Any], key: str, where: str) -> bool:
@@ -413,6 +418,9 @@ def _check_gate(gate: GateConfig, where: str) -> None:
         v = getattr(gate, name)
         if not isinstance(v, float) or not 0 < v < 0.5:
             raise ConfigError(f"{where} {name} = {v!r}: must be a number in (0, 0.5)")
+    f = gate.aggregate_min_effect_factor
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not math.isfinite(f) or f < 0:
+        raise ConfigError(f"{where} aggregate_min_effect_factor = {f!r}: must be a finite number >= 0")
     if not isinstance(gate.baseline_seeds, int) or gate.baseline_seeds < 1:
         raise ConfigError(f"{where} baseline_seeds = {gate.baseline_seeds!r}: must be an integer >= 1")
     for m, tol in gate.metric_tolerance.items():
@@ -456,4 +464,6 @@ def with_overrides(profile: Profile, assignments: list[str] | tuple[str, ...]) -
         table = {**as_dict(current), key: parsed}
         new = _build(type(current), table, f"--set {text!r}")
         profile = dataclasses.replace(profile, **{_OVERRIDABLE[section]: new})
+    if assignments:
+        _validate(profile, "--set " + " ".join(assignments))
     return profile
