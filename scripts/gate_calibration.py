@@ -20,6 +20,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,6 +74,25 @@ def main(argv: list[str] | None = None) -> int:
         out["mde"][f"family:{m}"] = fam
         print(f"\n{m}: suite MDE {suite:.4f} over {len(ses[m])} cases; family MDE " +
               ", ".join(f"{f} {v:.4f}" for f, v in sorted(fam.items())))
+
+    # ---- frontier: more runs per gate run (--seeds R) buy power ----------------------------
+    print("\n## Frontier: MDE vs runs per case (--seeds R; the cold matrix takes about R times as long)\n")
+    print("| R | BERTScore F1 case MDE median (max) | suite MDE | USE F1 case MDE median (max) | suite MDE |")
+    print("|---|---|---|---|---|")
+    for r in (1, 2, 3, 5, 10):
+        row = [str(r)]
+        for m in ("bert_f1", "use_f1"):
+            bands = [gate.band(cases[c], m, gate.pooled_variance(cases, m)) for c in sorted(cases)]
+            mdes = [b.mde(r, g.alpha, tol[m]) for b in bands if b]
+            se = [b.se(r) for b in bands if b]
+            eff = tol[m] * g.aggregate_min_effect_factor
+            suite = max(eff, crit * math.sqrt(len(se)) / sum(1 / x for x in se))
+            out.setdefault("frontier", {}).setdefault(m, {})[r] = {"case_median": float(np.median(mdes)),
+                                                                   "case_max": max(mdes), "suite": suite}
+            row += [f"{np.median(mdes):.4f} ({max(mdes):.4f})", f"{suite:.4f}"]
+        print("| " + " | ".join(row) + " |")
+    for m in ("bert_f1", "use_f1"):
+        print(f"{m}: variance prior s0 = {math.sqrt(gate.pooled_variance(cases, m)[0]):.4f}, d0 = {gate.pooled_variance(cases, m)[1]:.1f}")
 
     # ---- false alarms -----------------------------------------------------------------------
     print("\n## False failures of unchanged code\n")

@@ -405,3 +405,12 @@ def test_dataset_env_var_name():
     from medqa_core.specs import DatasetSpec
 
     assert DatasetSpec("ai-medical.chatbot", "x", ("q",), "a").env_var == "MEDQA_DATA_AI_MEDICAL_CHATBOT"
+
+
+@pytest.mark.parametrize("typo, expected", [("[trian]\nsteps = 3\n", "did you mean 'train'"),
+                                            ("[gates]\nalpha = 0.01\n", "did you mean 'gate'"),
+                                            ("descripton = 'x'\n", "did you mean 'description'")])
+def test_misspelt_table_or_key_is_an_error_with_a_suggestion(tmp_path, typo, expected):
+    path = write_profile(tmp_path, typo + MINIMAL_PROFILE)
+    with pytest.raises(ConfigError, match=expected):
+        load_profile(path)

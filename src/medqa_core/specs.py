@@ -228,11 +228,25 @@ class Profile:
         return p if p.is_absolute() else REPO_ROOT / p
 
 
+TOP_LEVEL_KEYS = frozenset({"name", "description", "data_dir", "baseline", "baseline_readonly", "slow", "pretrain",
+                            "train", "generation", "split", "gate", "models", "datasets"})
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
+    """A misspelt key or table (`[trian]`, `[gates]`) is an error with the closest allowed name,
+    never silently ignored (the run would use defaults)."""
+    import difflib
+
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, n=1)) else repr(k)
+                 for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; allowed: {sorted(allowed)}")
+
+
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    _check_keys(table, names, where)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     for f in dataclasses.fields(cls):
         if f.name in kwargs:
@@ -322,6 +336,7 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     where = str(path)
+    _check_keys(raw, TOP_LEVEL_KEYS, where)
     try:
         pname = raw.get("name", path.stem)
         models = {n: _model_spec(n, t, f"{where} [models.{n}]") for n, t in raw["models"].items()}
