@@ -159,7 +159,7 @@ def test_distinct_payloads_and_kinds_are_distinct_entries(tmp_path):
 
 def test_builder_returning_none_gives_base_meta(tmp_path):
     e = Cache(tmp_path).get_or_build("k", [1, "two"], lambda tmp: None)
-    assert e.built and set(e.meta) == {"kind", "key", "inputs"}
+    assert e.built and set(e.meta) == {"kind", "key", "inputs", "files"} and e.meta["files"] == {}
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
@@ -274,3 +274,38 @@ def test_concurrent_processes_build_once(tmp_path):
     assert sum(r[3] for r in results) == 1  # exactly one process reports built=True
     key = results[0][0]
     assert leftovers(Cache(tmp_path / "cache"), "race", key) == [Path(results[0][1])]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, damage, caplog):
+    """A same-size corruption, a truncation or a deleted file of a cached entry is found by the
+    checksum manifest recorded at build time; the entry is rebuilt, never served."""
+    cache = Cache(tmp_path)
+    b = Builder()
+    e = cache.get_or_build("adapter", {"p": 9}, b)
+    f = e.path / "out.txt"
+    data = f.read_bytes()
+    if damage == "flip":
+        f.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    elif damage == "truncate":
+        f.write_bytes(data[:-1])
+    else:
+        f.unlink()
+    with caplog.at_level("WARNING", logger="medqa_core.cache"):
+        e2 = cache.get_or_build("adapter", {"p": 9}, b)
+    assert b.calls == 2 and e2.built and f.read_bytes() == data
+    assert any("damaged" in r.message and e.key[:12] in r.message for r in caplog.records)
+    assert cache.get_or_build("adapter", {"p": 9}, b).built is False and b.calls == 2
+
+
+def test_orphaned_temp_dirs_of_a_killed_build_are_removed(tmp_path):
+    cache = Cache(tmp_path)
+    payload = {"p": 10}
+    key = content_key(payload)
+    parent = cache.path_for("adapter", key).parent
+    parent.mkdir(parents=True)
+    orphan = parent / f".{key[:12]}-killed"
+    orphan.mkdir()
+    (orphan / "partial.bin").write_bytes(b"x")
+    cache.get_or_build("adapter", payload, Builder())
+    assert not orphan.exists()

@@ -132,17 +132,23 @@ class Cache:
         key = content_key(payload)
         path = self.path_for(kind, key)
         meta = self._read_meta(path)
-        if meta is not None:
+        if meta is not None and not _damage(path, meta):
             return Entry(key, path, meta, built=False)
         with FileLock(str(self.root / "locks" / f"{kind}-{key}.lock")):
             meta = self._read_meta(path)  # another worker may have built it while we waited
             if meta is not None:
-                return Entry(key, path, meta, built=False)
+                damage = _damage(path, meta)
+                if not damage:
+                    return Entry(key, path, meta, built=False)
+                log.warning("cache: entry %s/%s is damaged (%s); rebuilding it", kind, key[:12], damage)
+                shutil.rmtree(path)
             path.parent.mkdir(parents=True, exist_ok=True)
+            for orphan in path.parent.glob(f".{key[:12]}-*"):  # killed builds of this key (we hold its lock)
+                shutil.rmtree(orphan, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=path.parent))
             try:
                 extra = build(tmp) or {}
-                meta = {"kind": kind, "key": key, "inputs": payload, **extra}
+                meta = {"kind": kind, "key": key, "inputs": payload, **extra, "files": _manifest(tmp)}
                 _check_finite(meta, f"cache entry {kind}/{key}")
                 (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=False))
                 tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
@@ -166,6 +172,34 @@ class Cache:
             raise CacheError(
                 f"{f}: unreadable cache metadata ({exc}); delete {path} and rerun to rebuild it"
             ) from exc
+
+
+def _manifest(root: Path) -> dict[str, list[Any]]:
+    """[size, sha256] of every file of an entry (its meta.json aside), recorded when it is built."""
+    return {p.relative_to(root).as_posix(): [p.stat().st_size, file_digest(p)]
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != META}
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> digest, per process
+
+
+def _damage(path: Path, meta: dict[str, Any]) -> str:
+    """'' when every file of the manifest is there with its size and digest, else what is wrong.
+    Entries from before manifests (no 'files') are trusted."""
+    for rel, (size, digest) in (meta.get("files") or {}).items():
+        f = path / rel
+        try:
+            st = f.stat()
+        except OSError:
+            return f"{rel} is missing"
+        if st.st_size != size:
+            return f"{rel} has {st.st_size} bytes, {size} recorded"
+        memo = (str(f), st.st_size, st.st_mtime_ns)
+        if _VERIFIED.get(memo) != digest:
+            if file_digest(f) != digest:
+                return f"{rel} does not match its recorded sha256"
+            _VERIFIED[memo] = digest
+    return ""
 
 
 def _check_finite(obj: Any, where: str) -> None:
