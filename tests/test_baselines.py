@@ -398,3 +398,24 @@ def test_record_cases_does_not_mutate_records(tmp_path):
     case = baselines.load(tmp_path / "b.json")["cases"]["llama-x"]
     assert case["runs"][0]["per_example"]["ids"] == ["x", "y"]
     assert "tokens_seen" in recs[0]["runs"][0]["invariants"]  # moved into the run, not popped from the record
+
+
+def test_record_resources_replaces_only_time_and_memory(tmp_path):
+    path = tmp_path / "b.json"
+    write(path, make_data())
+    before = load(path)
+    cid = next(iter(before["cases"]))
+    new_res = {"train_seconds": 3.0, "train_work": 20.5, "generate_work": 1.5, "peak_mem_mib": 12.0, "device": "cpu"}
+    recs = [{"case_id": cid, "outcome": "passed", "resources": new_res},
+            {"case_id": cid + "-other", "outcome": "passed", "resources": new_res},  # not in the file: ignored
+            ]
+    assert baselines.record_resources(path, recs) == [cid]
+    after = load(path)
+    assert after["cases"][cid]["resources"] == new_res
+    for k in before["cases"][cid]:
+        if k != "resources":
+            assert after["cases"][cid][k] == before["cases"][cid][k]
+    # a failed record or one without built stages (warm cache) changes nothing
+    assert baselines.record_resources(path, [{"case_id": cid, "outcome": "failed", "resources": {"train_work": 1.0}},
+                                             {"case_id": cid, "outcome": "passed", "resources": {"train_seconds": 1.0}}]) == []
+    assert load(path) == after

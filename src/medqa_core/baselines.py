@@ -181,3 +181,21 @@ def record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -
     if written:
         write(path, data)
     return written, sorted(skipped)
+
+
+def record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
+    """``--update-resources``: replace only the time and memory of the baseline's cases with this
+    run's (stages built in this run; scores, runs and invariants stay). For a time baseline taken
+    on a quiet machine after the scores were recorded under load, or on a new hardware class."""
+    data = load(path)
+    done = []
+    for rec in records:
+        case = data["cases"].get(rec["case_id"])
+        res = rec.get("resources") or {}
+        if case is None or rec.get("outcome") != "passed" or "train_work" not in res:
+            continue
+        case["resources"] = {k: v for k, v in res.items() if k == "device" or _num(v)}
+        done.append(rec["case_id"])
+    if done:
+        write(path, data)
+    return done

@@ -123,7 +123,7 @@ def _answers(
         del model
         free_memory()
         (tmp / "answers.json").write_text(json.dumps(answers, ensure_ascii=False, indent=0))
-        return {"seconds": round(t.seconds, 3), "work": round(t.seconds / reference_seconds(), 3), "n": len(answers),
+        return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3), "n": len(answers),
                 "settings": settings, "prompt_digest": content_key(build_prompt(tok, CANARY_QUESTION))[:16]}
 
     entry = ctx.cache.get_or_build("answers", {**payload, "questions": content_key(unique), "quantization": quantization},
@@ -141,7 +141,7 @@ def _scores(ctx: RunContext, answers: list[str], refs: list[str]) -> tuple[dict[
         with Timer() as t:
             scores = metrics_mod.score_all(answers, refs, ctx.use_backend)
         (tmp / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}))
-        return {"seconds": round(t.seconds, 3), "work": round(t.seconds / reference_seconds(), 3)}
+        return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3)}
 
     entry = ctx.cache.get_or_build("scores", payload, build)
     raw = json.loads((entry.path / "scores.json").read_text())
@@ -169,6 +169,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
             f"profile {profile.name!r} has no {exc.args[0]!r}; models {sorted(profile.models)}, datasets {sorted(profile.datasets)}"
         ) from exc
     case_id = case_name(model_name, dataset_name)
+    ref_start = reference_seconds()  # timed again at the end: the machine's speed during this case
     seconds: dict[str, float] = {}
     cached: dict[str, bool] = {}
     keys: dict[str, str] = {}
@@ -199,7 +200,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         )
     seconds["train"], cached["train"] = t.seconds, not built
     if built:
-        work["train"] = round(stats.train_seconds / reference_seconds(), 3)
+        work["train"] = stats.train_cpu_seconds
 
     # 4. answers of the tuned model, the base model and the tuned model without the question;
     # 5. scores against the references (and, as a floor, the tuned answers against shuffled ones)
@@ -225,7 +226,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         if stage == "tuned":
             gen_meta = meta
             if meta["built"]:
-                work["generate"] = meta["work"]
+                work["generate"] = meta["cpu_seconds"]
     # The base model's answers are the same for every seed: scored on their own (cached). The
     # tuned answers and the controls built on them are scored in one call, each distinct
     # sentence embedded once (pair scores do not depend on batch mates: metrics/bertscore.py).
@@ -243,9 +244,13 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         joint, smeta = _scores(ctx, [a for _, c, _ in parts for a in c], [r for _, _, rs in parts for r in rs])
     seconds["score"], cached["score"] = t.seconds, not smeta["built"]
     if smeta["built"]:
-        work["score"] = smeta["work"]
+        work["score"] = smeta["cpu_seconds"]
     for i, (stage, _, _) in enumerate(parts):
         scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.items()}
+
+    # stage CPU seconds (built in this run) in units of the reference workload, timed before and after
+    ref = (ref_start + reference_seconds()) / 2 if work else ref_start
+    work = {k: round(v / ref, 3) for k, v in work.items()}
 
     def means(s: dict[str, np.ndarray]) -> dict[str, float]:
         return {m: round(float(np.mean(v)), 6) for m, v in s.items()}

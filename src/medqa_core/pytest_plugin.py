@@ -30,6 +30,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--update-baselines", action="store_true", default=False,
                 help="record this run's results of passing cases into the baseline file instead of gating "
                      "(K runs per case: --seeds, default the profile's [gate] baseline_seeds)")
+    g.addoption("--update-resources", action="store_true", default=False,
+                help="replace only the time and memory of the baseline's cases with this run's (cold cache: "
+                     "stages must be built); scores and runs stay")
     g.addoption("--seeds", default=os.environ.get("MEDQA_SEEDS"),
                 help="training runs per case: a count K (the profile's seed and the next K-1) or a list like "
                      "0,101-104; default 1 when gating (more runs = more power), [gate] baseline_seeds when "
@@ -308,6 +311,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         lines.append(_record_baselines(config, records))
     else:
         _judge_aggregates(session, records, lines)
+        if config.getoption("--update-resources"):
+            from .baselines import record_resources
+
+            path = _profile(config).resolve(str(_profile(config).baseline))
+            done = record_resources(path, records)
+            lines.append(f"medqa-bench: time and memory of {len(done)} case(s) recorded into {path}")
     trends = _store_history(config, records, int(exitstatus), lines)
     url = config.getoption("--alert-webhook")
     if url:

@@ -178,14 +178,18 @@ def _read_hwm() -> int | None:
 
 @dataclass
 class Timer:
+    """Wall seconds and this process's CPU seconds (all threads) of a block."""
+
     seconds: float = 0.0
+    cpu: float = 0.0
 
     def __enter__(self) -> Timer:
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
+        self.cpu = time.process_time() - self._c0
 
 
 _THREADS: int | None = None
@@ -230,11 +234,12 @@ def numeric_env(device_name: str = "cpu") -> dict[str, Any]:
     return env
 
 
-@lru_cache(maxsize=1)
 def reference_seconds(repeats: int = 5) -> float:
-    """Seconds this process takes for a fixed CPU workload (LoRA-sized matmuls forward and
-    backward, one thread's worth), the median of ``repeats``. Times are gated as multiples of it,
-    so a 3x slower trainer fails on a fast and a slow machine alike."""
+    """CPU seconds this process spends now on a fixed workload (LoRA-sized matmuls forward and
+    backward at the process's torch threads), the median of ``repeats`` (~0.1 s each). Stage CPU
+    times are gated as multiples of it, timed around each case: a 3x slower trainer fails on a
+    fast and a slow machine alike, and CPU time (unlike wall time) does not grow when a neighbour
+    process takes turns on the same core."""
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -243,11 +248,11 @@ def reference_seconds(repeats: int = 5) -> float:
     v = torch.randn(256, 128, generator=g, requires_grad=True)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(6):
             y = torch.tanh(x @ w) @ v
             y.square().mean().backward()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return float(sorted(times)[len(times) // 2])
 
 

@@ -53,6 +53,7 @@ class TrainStats:
     steps_run: int = 0  # optimizer steps actually taken
     rows: int = 0  # training rows the loop was given
     rows_digest: str = ""  # content digest of those rows (prompt + completion text)
+    train_cpu_seconds: float = 0.0  # CPU seconds of the training loop, all threads of this process
 
 
 def lora_config(spec: ModelSpec, cfg: TrainConfig) -> Any:
@@ -210,17 +211,18 @@ def _fine_tune_sft(
         _check_losses(spec, losses)
         tokens = int(trainer.state.num_input_tokens_seen)
         peft_model.save_pretrained(str(out_dir))
-    return _stats(t.seconds, tokens, trainable, total, mem, losses, device,
+    return _stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device,
                   counter.pad / counter.total if counter.total else 0.0, "sft", int(trainer.state.global_step), rows)
 
 
-def _stats(seconds: float, tokens: int, trainable: int, total: int, mem: PeakMemory, losses: list[float],
+def _stats(seconds: float, cpu: float, tokens: int, trainable: int, total: int, mem: PeakMemory, losses: list[float],
            device: str, pad_fraction: float, trainer: str, steps_run: int, rows: list[dict[str, Any]]) -> TrainStats:
     return TrainStats(
         steps_run=steps_run,
         rows=len(rows),
         rows_digest=content_key(rows)[:16],
         train_seconds=round(seconds, 3),
+        train_cpu_seconds=round(cpu, 3),
         tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
         tokens_seen=tokens,
         trainable_params=trainable,
@@ -389,7 +391,7 @@ def _fine_tune_lean(
                 run_loss.zero_()
     _check_losses(spec, losses)
     peft_model.save_pretrained(str(out_dir))
-    return _stats(t.seconds, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
+    return _stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
                   steps_run, rows)
 
 
