@@ -23,8 +23,13 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_hw
     try:
         record, verdict = session.run_and_judge(medqa_profile, medqa_case.model, medqa_case.dataset, medqa_context,
                                                 medqa_seeds, medqa_baseline, medqa_hw_baseline, medqa_run_dir)
-    except MedQAError as exc:  # bad input or config: the message says what to fix, no traceback
-        pytest.fail(f"{medqa_case.id}: {exc}", pytrace=False)
+    except Exception as exc:  # the case still ends as a record (status error) for history, summary and alerts
+        err = session.error_record(medqa_profile, medqa_case.model, medqa_case.dataset, medqa_run_dir,
+                                   f"{type(exc).__name__}: {exc}")
+        record_property(RECORD_KEY, err["_path"])
+        if isinstance(exc, MedQAError):  # bad input or config: the message says what to fix, no traceback
+            pytest.fail(f"{medqa_case.id}: {exc}", pytrace=False)
+        raise
 
     record_property(RECORD_KEY, record["_path"])
     for name, value in {**record["metrics"], **{f"base_{k}": v for k, v in record["base_metrics"].items()},

@@ -386,3 +386,45 @@ def test_alert_payload_formats_every_kind_of_failing_check():
     assert body["status"] == "regression"
     text = body["text"]
     assert "beats_base:bert_f1" in text and "train_steps" in text and "abc" in text and "abd" in text
+
+
+def test_a_case_that_errors_before_judging_still_ends_as_a_record(env, tmp_path):
+    """A case whose pipeline raises (a missing data file here) is recorded with status `error`
+    and its one-line reason: the summary lists it, the history stores it, the alert counts it."""
+    import http.server
+    import threading
+
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    assert run("--update-baselines", "--history", "none").ret == 0
+    table = dict(GOOD)
+    table.pop("llama-mental_health")  # the fake pipeline raises KeyError for it
+    write_scores(table)
+    got = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        res = run("--history", str(tmp_path / "h.sqlite"), "--alert-webhook", f"http://127.0.0.1:{srv.server_port}/")
+    finally:
+        srv.shutdown()
+    assert res.ret == 1
+    [run_dir] = [d for d in (tmp_path / "results").iterdir() if (d / "llama-mental_health.json").exists()
+                 and json.loads((d / "llama-mental_health.json").read_text())["verdict"]["status"] == "error"]
+    rec = json.loads((run_dir / "llama-mental_health.json").read_text())
+    assert "KeyError" in rec["verdict"]["note"]
+    assert "error" in (run_dir / "summary.md").read_text()
+    from medqa_core.history import History
+
+    rows = History(tmp_path / "h.sqlite").case_rows("llama-mental_health")
+    assert rows and rows[-1][2]["verdict"]["status"] == "error"
+    assert got and "1 of 2 case(s)" in got[0]["text"] and "llama-mental_health: error" in got[0]["text"]

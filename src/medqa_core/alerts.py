@@ -22,10 +22,11 @@ def payload(run_id: str, profile: str, records: list[dict[str, Any]], exitstatus
         failing = [c for c in verdict.get("checks", []) if not c.get("passed", True)]
         cases.append({
             "case_id": r["case_id"], "outcome": r.get("outcome"), "status": verdict.get("status"),
+            "note": verdict.get("note", ""),
             "failures": [{k: c.get(k) for k in ("name", "value", "baseline", "limit", "detail", "basis", "ci")} for c in failing],
             "trend": [s.to_json() | {"metric": m} for m, shifts in (trends or {}).get(r["case_id"], {}).items() for s in shifts],
         })
-    bad = [c for c in cases if c["status"] == "regression" or c["outcome"] == "failed"]
+    bad = [c for c in cases if c["status"] in ("regression", "changed", "error", "incomparable") or c["outcome"] == "failed"]
     drifting = [c for c in cases if c["trend"]]
     status = "regression" if bad or exitstatus not in (0, 5) else ("trend" if drifting else "pass")
     head = f"medqa-bench {profile} run {run_id}: "
@@ -41,8 +42,8 @@ def payload(run_id: str, profile: str, records: list[dict[str, Any]], exitstatus
             limit = f" (limit {_fmt(f.get('limit'))})" if f.get("limit") is not None else ""
             lines.append(f"- {c['case_id']} {f['name']}: {_fmt(f.get('value'))} vs baseline {_fmt(f.get('baseline'))}"
                          f"{limit} {f.get('detail') or ''}".rstrip())
-        if c["outcome"] == "failed" and not c["failures"]:
-            lines.append(f"- {c['case_id']}: failed (see the test log)")
+        if c in bad and not c["failures"]:
+            lines.append(f"- {c['case_id']}: {c['status'] or 'failed'}" + (f" ({c['note']})" if c["note"] else " (see the test log)"))
         for t in c["trend"]:
             lines.append(f"- {c['case_id']} {t['metric']}: {t['kind']} {t['delta']:+.4f} "
                          f"({t['before']:.4f} -> {t['after']:.4f}) since run {t['run_id'] or t['start']}")

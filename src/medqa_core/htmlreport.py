@@ -55,7 +55,7 @@ def bars_png(rep: Report) -> bytes:
     fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(6, 0.55 * len(cases) + 2), 2.0 * len(METRICS)), sharex=True)
     x = np.arange(len(cases))
     for ax, m in zip(axes, METRICS):
-        cur = [r["metrics"][m] for r in recs]
+        cur = [r.get("metrics", {}).get(m, np.nan) for r in recs]  # an error record has no scores
         base = [_baseline_values(base_cases.get(c)).get(m, np.nan) for c in cases]
         failed = [any(ch["name"] == m and not ch["passed"] for ch in (r.get("verdict") or {}).get("checks", [])) for r in recs]
         ax.bar(x - 0.2, base, 0.4, color="#b0bec5", label="baseline")

@@ -23,9 +23,12 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def _row_values(rec: dict[str, Any]) -> dict[str, float]:
-    vals = dict(rec["metrics"])
-    vals["train_s"] = rec["resources"]["train_seconds"]
-    vals["mem_mib"] = rec["resources"]["peak_mem_mib"]
+    """The row's numbers; a case that ended in an error before scoring has none (shown as '-')."""
+    vals = dict(rec.get("metrics") or {})
+    res = rec.get("resources") or {}
+    for col, key in (("train_s", "train_seconds"), ("mem_mib", "peak_mem_mib")):
+        if key in res:
+            vals[col] = res[key]
     return vals
 
 
@@ -41,7 +44,9 @@ def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
     return vals
 
 
-def _cell(col: str, v: float, b: float | None) -> str:
+def _cell(col: str, v: float | None, b: float | None) -> str:
+    if v is None:
+        return "-"
     if col in METRICS:
         s = f"{v:.4f}"
         return s + (f" ({v - b:+.4f})" if b is not None else "")
@@ -55,7 +60,7 @@ def table_rows(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -
     for rec in records:
         vals = _row_values(rec)
         base = _baseline_values(cases.get(rec["case_id"]))
-        rows.append([rec["dataset"], rec["model"], *(_cell(c, vals[c], base.get(c)) for c in COLUMNS),
+        rows.append([rec["dataset"], rec["model"], *(_cell(c, vals.get(c), base.get(c)) for c in COLUMNS),
                      rec.get("verdict", {}).get("status", "")])
     return rows
 

@@ -108,3 +108,23 @@ def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunC
     path.write_text(json.dumps(rec, indent=1, allow_nan=False))
     rec["_path"] = str(path)
     return rec, verdict
+
+
+def error_record(profile: Profile, model: str, dataset: str, run_dir: Path, reason: str) -> dict[str, Any]:
+    """The record of a case that failed before it could be judged (missing file, bad config,
+    crash): status ``error`` with its one-line reason, so history, summary, JUnit and alerts
+    count it like any other failure."""
+    from .resources import git_sha, hardware, library_versions
+    from .specs import case_name
+
+    cid = case_name(model, dataset)
+    line = " ".join(reason.split())[:500]
+    rec = {"case_id": cid, "model": model, "dataset": dataset, "profile": profile.name, "metrics": {},
+           "base_metrics": {}, "resources": {}, "cached": {}, "runs": [],
+           "provenance": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware(),
+                          "profile": profile.name},
+           "verdict": {"status": "error", "note": line, "explain": f"{cid}: error ({line})", "checks": []}}
+    path = run_dir / f"{cid}.json"
+    path.write_text(json.dumps(rec, indent=1, allow_nan=False))
+    rec["_path"] = str(path)
+    return rec
