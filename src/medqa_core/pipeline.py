@@ -179,6 +179,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     with Timer() as t:
         data = load_split(dspec, profile.data_dir, profile.split)
     seconds["load"] = t.seconds
+    data_fp = data.fingerprint()  # of the rows as loaded, cleaned and split (the baseline's identity)
     # 2. base model (tiny: pretrained from the corpus, cached)
     with Timer() as t:
         base_src, base_meta = base_model_dir(profile, spec, ctx.cache)
@@ -286,7 +287,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         metrics=means(scores["tuned"]), base_metrics=means(scores["base"]),
         per_example={"ids": test_ids, **per_example(scores["tuned"])}, controls=controls, invariants=invariants,
         train=stats, cached=cached, seconds={k: round(v, 3) for k, v in seconds.items()}, work=work, keys=keys,
-        data={"train": len(data.train), "test": len(data.test), **asdict(data.stats), "fingerprint": data.fingerprint()},
+        data={"train": len(data.train), "test": len(data.test), **asdict(data.stats), "fingerprint": data_fp},
         answers_sample=sample,
     )
 
