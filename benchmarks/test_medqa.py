@@ -22,7 +22,8 @@ def test_case(medqa_case, medqa_profile, medqa_context, medqa_baseline, medqa_hw
         pytest.skip(f"{medqa_case.id}: profile {medqa_profile.name!r} runs {spec.hub_id} and needs a CUDA GPU; none found")
     try:
         record, verdict = session.run_and_judge(medqa_profile, medqa_case.model, medqa_case.dataset, medqa_context,
-                                                medqa_seeds, medqa_baseline, medqa_hw_baseline, medqa_run_dir)
+                                                medqa_seeds, medqa_baseline, medqa_hw_baseline, medqa_run_dir,
+                                                judge_resources=not request.config.getoption("--update-resources"))
     except Exception as exc:  # the case still ends as a record (status error) for history, summary and alerts
         err = session.error_record(medqa_profile, medqa_case.model, medqa_case.dataset, medqa_run_dir,
                                    f"{type(exc).__name__}: {exc}")

@@ -88,7 +88,7 @@ def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeli
 
 def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunContext, seeds: list[int],
                   baseline: dict[str, Any] | None, hw: tuple[str, dict[str, Any] | None],
-                  run_dir: Path) -> tuple[dict[str, Any], gate.Verdict]:
+                  run_dir: Path, judge_resources: bool = True) -> tuple[dict[str, Any], gate.Verdict]:
     """Run the case once per seed, judge it, write its record to ``run_dir``; (record, verdict)."""
     results = []
     for i, seed in enumerate(seeds):
@@ -99,7 +99,7 @@ def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunC
     cases = (baseline or {}).get("cases", {})
     base_case = cases.get(rec["case_id"])
     res = None
-    if base_case is not None:
+    if base_case is not None and judge_resources:
         hw_class, hw_file = hw
         res = resource_baseline(rec["case_id"], model, baseline, hw_file, hw_class)
     verdict = gate.judge_case(rec["case_id"], rec["runs"], base_case, cases, profile.gate, rec["identity"], res)
