@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- false alarms -----------------------------------------------------------------------
     print("\n## False failures of unchanged code\n")
-    print("| sweep | case-runs | failing case-runs | checks that failed | family checks failing | suite checks failing |")
-    print("|---|---|---|---|---|---|")
+    print("| sweep | case-runs | failing case-runs | checks that failed | family checks failing | suite checks failing | largest abs(t) / critical t |")
+    print("|---|---|---|---|---|---|---|")
     for group in args.sweeps:
         files = [Path(f) for f in group.split(",")]
         parts = [json.loads(f.read_text()) for f in files]
@@ -110,13 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         by_seed: dict[int, list[dict]] = defaultdict(list)
         failing_checks: Counter = Counter()
         n_fail = n = 0
+        reproduced = closest = 0.0
         for r in data["runs"]:
             bc = cases.get(r["case"])
             if bc is None:
                 continue
+            if r["seed"] in {x.get("seed") for x in bc.get("runs", [])}:
+                # a seed the baseline holds: not an independent run; on the recording machine it must
+                # reproduce that run (counted apart, never as a pass of the false-alarm test)
+                rec_run = next(x for x in bc["runs"] if x.get("seed") == r["seed"])
+                reproduced += all(abs(r["metrics"][m] - rec_run["metrics"][m]) <= 1e-5 for m in rec_run["metrics"])
+                continue
             run = {**r, "seed": r["seed"]}
             v = gate.judge_case(r["case"], [run], bc, cases, g, r["identity"], None)
             n += 1
+            for c in v.checks:
+                if c.kind == "noise" and c.t is not None and c.df:
+                    closest = max(closest, abs(c.t) / gate.t_quantile(1 - g.alpha, c.df))
             if v.failed or v.status == "incomparable":
                 n_fail += 1
                 failing_checks.update(c.name.split("@")[0] for c in v.failures)
@@ -131,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                     fam_n += 1
                     fam_fail += not a.passed
         top = ", ".join(f"{k} x{c}" for k, c in failing_checks.most_common(6)) or "-"
-        print(f"| {label} | {n} | {n_fail} ({100 * n_fail / max(1, n):.1f}%) | {top} | {fam_fail}/{fam_n} | {suite_fail}/{suite_n} |")
-        out["sweeps"].append({"sweep": str(path), "env": env, "case_runs": n, "failing": n_fail,
+        print(f"| {label} | {n} | {n_fail} ({100 * n_fail / max(1, n):.1f}%) | {top} | {fam_fail}/{fam_n} | "
+              f"{suite_fail}/{suite_n} | {closest:.2f} |" + (f" ({int(reproduced)} runs of baseline seeds reproduced)" if reproduced else ""))
+        out["sweeps"].append({"sweep": str(path), "env": env, "case_runs": n, "failing": n_fail, "closest": closest,
+                              "reproduced": reproduced,
                               "checks": dict(failing_checks), "family": [fam_fail, fam_n], "suite": [suite_fail, suite_n]})
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
