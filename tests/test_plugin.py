@@ -428,3 +428,12 @@ def test_a_case_that_errors_before_judging_still_ends_as_a_record(env, tmp_path)
     rows = History(tmp_path / "h.sqlite").case_rows("llama-mental_health")
     assert rows and rows[-1][2]["verdict"]["status"] == "error"
     assert got and "1 of 2 case(s)" in got[0]["text"] and "llama-mental_health: error" in got[0]["text"]
+
+
+def test_bad_webhook_url_is_a_usage_error_at_start_and_never_printed(env):
+    _, write_scores, run = env
+    write_scores(GOOD)
+    res = run("--alert-webhook", "hooks.example.com/services/SECRET", "--history", "none", subprocess=True)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    out = res.stdout.str() + res.stderr.str()
+    assert "not an absolute http(s) URL" in out and "SECRET" not in out

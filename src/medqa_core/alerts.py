@@ -55,17 +55,53 @@ def payload(run_id: str, profile: str, records: list[dict[str, Any]], exitstatus
             "exitstatus": exitstatus, "cases": cases}
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an absolute http(s) URL. The message never contains the
+    URL (a webhook URL is a secret)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("--alert-webhook / MEDQA_ALERT_WEBHOOK: not an absolute http(s) URL "
+                         f"(scheme {parts.scheme or 'missing'!r}); the value is not shown because webhook URLs are secrets")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        raise urllib.error.HTTPError(req.full_url, code, f"redirected ({code}); the alert was not delivered", headers, fp)
+
+
 def post(url: str, body: dict[str, Any], timeout: float = 10.0) -> int:
-    """POST ``body`` as JSON; returns the HTTP status. Raises OSError on network failure."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"--alert-webhook: {url!r} is not an http(s) URL")
+    """POST ``body`` as JSON; returns the HTTP status. Raises OSError when it is not delivered:
+    network failure, an HTTP error, a redirect (urllib would re-send it as a GET and report the
+    GET's 200), or no complete answer within ``timeout`` seconds in all (a server that drips one
+    byte at a time resets a socket timeout forever)."""
+    import threading
+
+    check_url(url)
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the user's own URL
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        raise OSError(f"webhook answered HTTP {exc.code}") from exc
+    opener = urllib.request.build_opener(_NoRedirect)
+    result: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            with opener.open(req, timeout=timeout) as resp:  # noqa: S310 - the user's own URL
+                resp.read()
+                result["status"] = resp.status
+        except urllib.error.HTTPError as exc:
+            result["error"] = OSError(f"webhook answered HTTP {exc.code}" + (f": {exc.msg}" if 300 <= exc.code < 400 else ""))
+        except (OSError, ValueError) as exc:
+            result["error"] = OSError(f"webhook not reached: {type(exc).__name__}")
+
+    worker = threading.Thread(target=send, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise OSError(f"webhook gave no complete answer within {timeout:g} s; the alert may be lost")
+    if "error" in result:
+        raise result["error"]
+    return int(result["status"])
 
 
 def _fmt(v: Any) -> str:

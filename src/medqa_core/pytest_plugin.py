@@ -109,6 +109,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from .resources import configure_threads
 
     configure_threads(n_workers)
+    url = config.getoption("--alert-webhook")
+    if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end
+        from .alerts import check_url
+
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
