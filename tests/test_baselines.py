@@ -419,3 +419,42 @@ def test_record_resources_replaces_only_time_and_memory(tmp_path):
     assert baselines.record_resources(path, [{"case_id": cid, "outcome": "failed", "resources": {"train_work": 1.0}},
                                              {"case_id": cid, "outcome": "passed", "resources": {"train_seconds": 1.0}}]) == []
     assert load(path) == after
+
+
+def test_concurrent_recordings_both_land(tmp_path):
+    """Two processes recording different cases into one file at once: both cases end up in it
+    (the read-modify-write is under a file lock)."""
+    import multiprocessing
+
+    path = tmp_path / "b.json"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_record_one, args=(str(path), cid)) for cid in ("llama-wikidoc", "phi-wikidoc", "gemma-wikidoc")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(load(path)["cases"]) == ["gemma-wikidoc", "llama-wikidoc", "phi-wikidoc"]
+
+
+def _record_one(path: str, cid: str) -> None:
+    import time as _t
+
+    from medqa_core import baselines as b
+
+    real_load = b.load
+
+    def slow_load(p):  # widen the read-modify-write window
+        d = real_load(p)
+        _t.sleep(0.3)
+        return d
+
+    b.load = slow_load
+    rec = {"case_id": cid, "outcome": "passed", "runs": [_full_run(s) for s in (0, 1)]}
+    b.record_cases(Path(path), "tiny", [rec])
+
+
+def _full_run(seed):
+    r = make_run(seed)
+    return {**r, "controls": {}, "invariants": {"train_steps": 200, "tokens_seen": 1000 + seed},
+            "identity": {"data": "d", "test_ids": "t", "scorer": "s"}, "base_metrics": dict(METRIC_VALUES),
+            "provenance": {"git_sha": "x", "versions": {}, "hardware": {}}}

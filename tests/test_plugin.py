@@ -42,6 +42,8 @@ def _fake_pipeline(monkeypatch):
     def fake(profile, model, dataset, ctx):
         cid = f"{model}-{dataset}"
         row = table[cid]
+        if row.get("interrupt"):
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
         seed = profile.train.seed
         shift = row.get("jitter", 0.004) * PATTERN[seed % 5]
         tuned = {m: v + shift for m, v in row["tuned"].items()}
@@ -437,3 +439,16 @@ def test_bad_webhook_url_is_a_usage_error_at_start_and_never_printed(env):
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     out = res.stdout.str() + res.stderr.str()
     assert "not an absolute http(s) URL" in out and "SECRET" not in out
+
+
+def test_ctrl_c_during_update_baselines_leaves_the_baseline_unchanged(env):
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    assert run("--update-baselines", "--history", "none").ret == 0
+    before = baseline.read_bytes()
+    changed = {cid: {**row, "tuned": _metrics(0.9)} for cid, row in GOOD.items()}
+    changed["llama-mental_health"]["interrupt"] = True
+    write_scores(changed)
+    res = run("--update-baselines", "--history", "none", subprocess=True)
+    assert res.ret == pytest.ExitCode.INTERRUPTED
+    assert baseline.read_bytes() == before

@@ -165,6 +165,18 @@ def record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -
     A record holds one case's runs (``runs``: one per seed). Returns (recorded case ids, skipped
     case ids). Called only under ``--update-baselines``.
     """
+    with _lock(path):  # two recording runs at once: each merges into what the other wrote
+        return _record_cases(path, profile_name, records)
+
+
+def _lock(path: Path) -> Any:
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f".{path.name}.lock")))
+
+
+def _record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     data = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     if data.get("schema_version") != SCHEMA_VERSION:  # an old recorded file is rewritten whole in the new schema
         data = {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
@@ -187,6 +199,11 @@ def record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
     """``--update-resources``: replace only the time and memory of the baseline's cases with this
     run's (stages built in this run; scores, runs and invariants stay). For a time baseline taken
     on a quiet machine after the scores were recorded under load, or on a new hardware class."""
+    with _lock(path):
+        return _record_resources(path, records)
+
+
+def _record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
     data = load(path)
     done = []
     for rec in records:

@@ -316,7 +316,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines: list[str] = []
     config._medqa_finish_lines = lines  # type: ignore[attr-defined]  # printed by the terminal summary
     if config.getoption("--update-baselines"):
-        lines.append(_record_baselines(config, records))
+        if int(exitstatus) == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: a partial run never rewrites a baseline
+            lines.append("medqa-bench: interrupted; the baseline file was not changed")
+        else:
+            lines.append(_record_baselines(config, records))
     else:
         _judge_aggregates(session, records, lines)
         if config.getoption("--update-resources"):
