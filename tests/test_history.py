@@ -118,3 +118,47 @@ def test_recorded_hardware_class_never_probes_this_machine(monkeypatch):
     monkeypatch.setattr(resources, "hardware", lambda: pytest.fail("a recorded class must not probe the machine"))
     assert resources.recorded_hardware_class({"gpu": None}) == "cpu"
     assert resources.recorded_hardware_class({"gpu": "Tesla T4", "gpu_count": 2}) == "2x-tesla-t4"
+
+
+def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    from medqa_core.history import History, HistoryError
+
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(HistoryError, match="another application"):
+        History(other).runs()
+    assert other.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["directory", "inside_a_file", "not_sqlite"])
+def test_unusable_history_paths_are_one_line_errors(tmp_path, kind):
+    from medqa_core.history import History, HistoryError
+
+    if kind == "directory":
+        path = tmp_path / "d"
+        path.mkdir()
+    elif kind == "inside_a_file":
+        (tmp_path / "f").write_text("x")
+        path = tmp_path / "f" / "h.sqlite"
+    else:
+        path = tmp_path / "h.sqlite"
+        path.write_text("this is not a database" * 100)
+    with pytest.raises(HistoryError, match="--history"):
+        History(path).runs()
+
+
+def test_own_history_is_stamped_and_reopened(tmp_path):
+    import sqlite3
+
+    from medqa_core.history import APPLICATION_ID, History
+
+    h = History(tmp_path / "h.sqlite")
+    assert h.runs() == []
+    assert sqlite3.connect(tmp_path / "h.sqlite").execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert History(tmp_path / "h.sqlite").runs() == []

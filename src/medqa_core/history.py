@@ -46,6 +46,10 @@ CREATE TRIGGER IF NOT EXISTS cases_append_only_d BEFORE DELETE ON cases
 """
 
 
+#: marks a SQLite file as a medqa history ("MQBH")
+APPLICATION_ID = 0x4D514248
+
+
 class HistoryError(MedQAError):
     """The history database cannot be read or written."""
 
@@ -65,12 +69,26 @@ class History:
         self.path = Path(path)
 
     def _connect(self) -> sqlite3.Connection:
+        """Open (creating) the history. A path that is a directory or a file inside a regular file,
+        or another application's SQLite database, is refused before anything is written to it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise HistoryError(f"--history {self.path}: is a directory; give a file path (or 'none')")
             con = sqlite3.connect(self.path, timeout=30)
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ours = app_id == APPLICATION_ID or (app_id == 0 and (not tables or {"runs", "cases"} <= tables))
+            if not ours:
+                con.close()
+                raise HistoryError(f"--history {self.path}: a SQLite database of another application "
+                                   f"(application_id {app_id}, tables {sorted(tables)[:5]}); not touching it, "
+                                   "give another path")
             con.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise HistoryError(f"{self.path}: not a usable medqa history database ({exc})") from exc
+            if app_id == 0:
+                con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise HistoryError(f"--history {self.path}: not a usable medqa history database ({exc})") from exc
         return con
 
     def add_run(self, run_id: str, profile: str, records: list[dict[str, Any]],
