@@ -114,3 +114,16 @@ def test_load_records_skips_broken_and_sorts(tmp_path):
     got = load_records(paths)
     assert [(r["dataset"], r["model"]) for r in got] == [
         ("healthcaremagic", "mistral"), ("wikidoc", "llama"), ("wikidoc", "phi")]
+
+
+def test_markdown_cells_and_fences_cannot_break_out():
+    """Names and verdict texts come from users' profiles and data: in report.md they stay text."""
+    from medqa_core.report import md_cell, md_fence
+
+    cell = md_cell("<script>x</script>|y\nz")
+    assert "<" not in cell and "\n" not in cell and "\\|" in cell and cell.count("|") == 1
+    text = "a ```` b ``` c"
+    block = md_fence(text)
+    fence = block[0]
+    assert block[1] == text and block[2] == fence and len(fence) > 4 and set(fence) == {"`"}
+    assert fence not in text

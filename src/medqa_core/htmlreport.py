@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import METRICS
-from .report import HEADER, _baseline_values, markdown_table, table_rows
+from .report import HEADER, _baseline_values, markdown_table, md_cell, md_fence, table_rows
 
 HISTORY_METRICS = ("bert_f1", "use_f1")
 STATUS_COLOUR = {"regression": "#c0392b", "improvement": "#1e8449", "pass": "#34495e", "no-baseline": "#7f8c8d"}
@@ -117,11 +117,11 @@ def to_markdown(rep: Report, images: dict[str, str]) -> str:
         if name in images:
             out += [f"![{alt}]({images[name]})", ""]
     trends = _trend_lines(rep)
-    out += ["## Trends in the history", ""] + ([f"- {t}" for t in trends] if trends else
+    out += ["## Trends in the history", ""] + ([f"- {md_cell(t)}" for t in trends] if trends else
                                                 ["No worsening shift found." if rep.history_series else "No history given."]) + [""]
     out += ["## Verdict details", ""]
     for _, text in _verdicts(rep):
-        out += ["```", text, "```"]
+        out += md_fence(text)
     return "\n".join(out) + "\n"
 
 

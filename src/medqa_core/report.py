@@ -79,5 +79,21 @@ def plain_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) 
 def markdown_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
     rows = table_rows(records, baseline)
     out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def md_cell(text: str) -> str:
+    """A table cell that stays one cell and shows as text: no raw HTML, pipe or line break."""
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+            .replace("\r", " ").replace("\n", " "))
+
+
+def md_fence(text: str) -> list[str]:
+    """``text`` as a fenced block that nothing in it can close: the fence is longer than any
+    backtick run inside (CommonMark)."""
+    import re
+
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
