@@ -3,8 +3,10 @@ benchmark case with one of its named checks.
 
 ``pytest -m mutation`` runs the cheap plants (profile overrides reuse the cached base model; one
 source patch); ``pytest -m "mutation and slow"`` adds every other plant (each source patch
-rebuilds the case from its base model, since the code is in every cache key). The full table
-with the warm/cold cache protocol: ``python scripts/plants.py``.
+retrains the case, since the code is in every cache key; a rerun reads the plant's own entries).
+That a plant is never served an entry of the clean code is checked by ``python
+scripts/plants.py`` (clean and planted runs on one cache, then cold, then clean again) and by
+tests/test_plants_defs.py (every patch changes the code digest).
 """
 from __future__ import annotations
 
@@ -32,4 +34,3 @@ def test_plant_is_caught(plant, tmp_path: Path, request):
         f"plant {plant.name} ({plant.what}) was NOT caught on {CASE}: status {outcome.status}, "
         f"failing {outcome.failing}, expected one of {list(plant.expect)}\n{outcome.explain}"
     )
-    assert not all(result["cached"].values()), f"plant {plant.name}: every stage came from the cache"
