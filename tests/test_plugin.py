@@ -452,3 +452,14 @@ def test_ctrl_c_during_update_baselines_leaves_the_baseline_unchanged(env):
     res = run("--update-baselines", "--history", "none", subprocess=True)
     assert res.ret == pytest.ExitCode.INTERRUPTED
     assert baseline.read_bytes() == before
+
+
+def test_misspelt_data_variable_is_a_usage_error(env, monkeypatch):
+    _, write_scores, run = env
+    write_scores(GOOD)
+    monkeypatch.setenv("MEDQA_DATA_MENTALHEALTH", "/tmp/x.csv")  # the profile's dataset is mental_health
+    res = run("--history", "none", subprocess=True)
+    assert res.ret != 0  # a usage error at collection: no case runs on the fixtures by mistake
+    res.assert_outcomes(errors=1)  # the collection error; no case ran
+    out = res.stdout.str() + res.stderr.str()
+    assert "MEDQA_DATA_MENTALHEALTH" in out and "MEDQA_DATA_MENTAL_HEALTH" in out

@@ -173,8 +173,21 @@ def _profile(config: pytest.Config) -> Any:
                                 config.getoption("medqa_set"))
         if config.getoption("--baseline"):
             cached = dataclasses.replace(cached, baseline=Path(config.getoption("--baseline")).resolve())
+        _check_data_env(cached)
         config._medqa_profile = cached  # type: ignore[attr-defined]
     return cached
+
+
+def _check_data_env(profile: Any) -> None:
+    """A ``MEDQA_DATA_<NAME>`` that names no dataset of the profile (a typo) would silently run on
+    the fixtures: refuse it, listing the variables the profile reads."""
+    from .errors import ConfigError
+
+    known = {d.env_var for d in profile.datasets.values()} | {"MEDQA_DATA_DIR"}
+    stray = sorted(k for k in os.environ if k.startswith("MEDQA_DATA_") and k not in known)
+    if stray:
+        raise ConfigError(f"environment {stray}: no dataset of profile {profile.name!r} reads it; "
+                          f"the profile reads {sorted(known)}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
