@@ -56,18 +56,6 @@ def dir_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@functools.cache  # the sources do not change within a process; read them once
-def source_digest(*modules: str) -> str:
-    """Digest of medqa_core source files (e.g. "training.py", "metrics/use.py"): a change to the
-    code that builds an artefact changes its key, so a persistent cache never serves stale results."""
-    pkg = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        h.update(name.encode())
-        h.update((pkg / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
 #: Modules that only judge, store or show results: they shape no cached artefact, so editing them
 #: keeps the cache warm. Every other module of the package is in every stage key.
 POST_RUN_MODULES = frozenset({

@@ -329,7 +329,7 @@ def _regards_prefix(t: _Text, r: int) -> int | None:
     if t.ends_with(_AND, p, 3):
         q = t.ws(p - 3)
         if q < p - 3:
-            return q - 6 if t.ends_with(_THANKS, q, 6) else q - 5 if t.ends_with(_THANK, q, 5) else None
+            return _thank_start(t, q)
     return None
 
 
@@ -451,16 +451,20 @@ def _find_wish_you(t: _Text, e: int) -> int | None:
 _THANKS_VERB = re.compile(r"(?<=\s)(?:using|choosing|contacting|asking|writing)\b", _F)
 
 
+def _thank_start(t: _Text, j: int) -> int | None:
+    """Start of ``thanks`` or ``thank`` ending at ``j``, else None."""
+    return j - 6 if t.ends_with(_THANKS, j, 6) else j - 5 if t.ends_with(_THANK, j, 5) else None
+
+
 def _thank_before(t: _Text, j: int) -> int | None:
     """Start of ``thank``/``thanks`` or ``thank(s) you`` ending at ``j``."""
-    if t.ends_with(_THANKS, j, 6):
-        return j - 6
-    if t.ends_with(_THANK, j, 5):
-        return j - 5
+    start = _thank_start(t, j)
+    if start is not None:
+        return start
     if t.ends_with(_YOU, j, 3):
         r = t.ws(j - 3)
         if r < j - 3:
-            return r - 6 if t.ends_with(_THANKS, r, 6) else r - 5 if t.ends_with(_THANK, r, 5) else None
+            return _thank_start(t, r)
     return None
 
 
