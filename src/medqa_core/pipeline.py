@@ -169,7 +169,6 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
             f"profile {profile.name!r} has no {exc.args[0]!r}; models {sorted(profile.models)}, datasets {sorted(profile.datasets)}"
         ) from exc
     case_id = case_name(model_name, dataset_name)
-    ref_start = reference_seconds()  # timed again at the end: the machine's speed during this case
     seconds: dict[str, float] = {}
     cached: dict[str, bool] = {}
     keys: dict[str, str] = {}
@@ -249,9 +248,11 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     for i, (stage, _, _) in enumerate(parts):
         scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.items()}
 
-    # stage CPU seconds (built in this run) in units of the reference workload, timed before and after
-    ref = (ref_start + reference_seconds()) / 2 if work else ref_start
-    work = {k: round(v / ref, 3) for k, v in work.items()}
+    # stage CPU seconds (built in this run) in units of the reference workload's CPU seconds, timed
+    # only when a stage was built: a fully warm case neither imports torch nor spends the time
+    if work:
+        ref = reference_seconds()
+        work = {k: round(v / ref, 3) for k, v in work.items()}
 
     def means(s: dict[str, np.ndarray]) -> dict[str, float]:
         return {m: round(float(np.mean(v)), 6) for m, v in s.items()}

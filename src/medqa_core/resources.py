@@ -237,7 +237,7 @@ def numeric_env(device_name: str = "cpu") -> dict[str, Any]:
 def reference_seconds(repeats: int = 5) -> float:
     """CPU seconds this process spends now on a fixed workload (LoRA-sized matmuls forward and
     backward at the process's torch threads), the median of ``repeats`` (~0.1 s each). Stage CPU
-    times are gated as multiples of it, timed around each case: a 3x slower trainer fails on a
+    times are gated as multiples of it, timed after each case that built a stage: a 3x slower trainer fails on a
     fast and a slow machine alike, and CPU time (unlike wall time) does not grow when a neighbour
     process takes turns on the same core."""
     import torch
