@@ -74,7 +74,7 @@ def main() -> int:
                          "and count what the CI rule and a plain threshold would flag")
     ap.add_argument("--skip-repeats", action="store_true", help="only the seed sweep")
     ap.add_argument("--work", default="/tmp/medqa-gating", help="scratch directory (cache, history, results)")
-    ap.add_argument("--out", default=str(REPO / "docs" / "gating-check.json"))
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "gating-check.json"))
     args = ap.parse_args()
 
     work = Path(args.work)
