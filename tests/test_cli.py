@@ -169,7 +169,7 @@ def test_params_lists_unavailable_families_with_their_reason(tmp_path, capsys):
     prof.write_text('''
 name = "p"
 [models.llama]
-tokenizer = "fixtures/tokenizer"
+tokenizer = "TOKENIZER"
 tiny_config = { hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2 }
 [models.phi]
 unavailable = "no offline checkpoint for phi at this size"
@@ -177,7 +177,7 @@ unavailable = "no offline checkpoint for phi at this size"
 file = "wikidoc.json"
 question = "input"
 answer = "output"
-''')
+'''.replace("TOKENIZER", str(Path(__file__).resolve().parents[1] / "fixtures" / "tokenizer")))
     assert main(["params", "--profile", str(prof)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("llama") and "targets=" in out[1]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small_profile(tmp_path: Path, num_processes: int) -> Path:
-    text = (REPO / "profiles" / "tiny.toml").read_text()
+    text = (REPO / "profiles" / "tiny.toml").read_text().replace('"../', f'"{REPO}/')  # paths are relative to the file
     text = text.replace("steps = 300", "steps = 10").replace("steps = 200", "steps = 4")
     text = text.replace('trainer = "lean"', 'trainer = "sft"')  # data-parallel training goes through the Trainer
     text = text.replace("packing = false\n", f"packing = false\nnum_processes = {num_processes}\n", 1)

@@ -81,7 +81,7 @@ metric_tolerance = {{ bert_f1 = 0.02 }}
 require_beats_base = ["bert_f1"]
 [models.llama]
 tiny_config = {{}}
-tokenizer = "fixtures/tokenizer"
+tokenizer = "{REPO / 'fixtures' / 'tokenizer'}"
 [datasets.wikidoc]
 file = "w.json"
 question = "q"

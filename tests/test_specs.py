@@ -82,7 +82,28 @@ def test_tiny_profile_values_match_the_toml_file():
         assert spec.answer == table["answer"]
         assert spec.file == table["file"]
         assert (prof.data_dir / spec.file).is_file()
-    assert prof.data_dir == REPO_ROOT / raw["data_dir"]
+    assert prof.data_dir.resolve() == (prof.path.parent / raw["data_dir"]).resolve() == (REPO_ROOT / "fixtures" / "data")
+
+
+def test_relative_paths_resolve_against_the_profile_file(tmp_path, monkeypatch):
+    """A profile kept beside its data works from any working directory; --data-dir is relative
+    to the working directory (it is typed there)."""
+    src = (PROFILES_DIR / "tiny.toml").read_text()
+    own = tmp_path / "mine"
+    (own / "rows").mkdir(parents=True)
+    text = src.replace('data_dir = "../fixtures/data"', 'data_dir = "rows"').replace(
+        'baseline = "../baselines/tiny.json"', 'baseline = "base.json"')
+    assert text != src
+    (own / "p.toml").write_text(text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    prof = load_profile(Path("..") / "mine" / "p.toml")
+    assert prof.data_dir.resolve() == (own / "rows").resolve()
+    assert prof.resolve(str(prof.baseline)).resolve() == (own / "base.json").resolve()
+    assert prof.path.is_absolute()
+    via_option = load_profile(own / "p.toml", data_dir="somewhere")
+    assert via_option.data_dir == elsewhere / "somewhere"
 
 
 def test_tiny_models_take_family_facts():

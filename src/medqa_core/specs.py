@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .metrics import METRICS
+from .metrics import METRICS, ScorerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "profiles"
@@ -122,7 +122,7 @@ TRAINERS = ("sft", "lean")
 class PretrainConfig:
     """Short full-parameter pretraining that gives a tiny model some language before LoRA."""
 
-    corpus: str = "fixtures/corpus/pretrain.txt"
+    corpus: str = str(REPO_ROOT / "fixtures" / "corpus" / "pretrain.txt")  # the shipped corpus
     steps: int = 300
     learning_rate: float = 3e-3
     batch_size: int = 16
@@ -213,6 +213,8 @@ class Profile:
     baseline_readonly: bool = False
     # Cases of a slow profile carry the `slow` marker (deselected by the default addopts).
     slow: bool = False
+    # The scorers (the [scorer] table): part of every score key and of a baseline's identity.
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def case_ids(self) -> list[str]:
         return [case_name(m, d) for m in self.models for d in self.datasets]
@@ -223,13 +225,14 @@ class Profile:
         return main.with_name(f"{self.name}-{hw_class}.json")
 
     def resolve(self, rel: str) -> Path:
-        """Resolve a path written in the profile relative to the repository root."""
-        p = Path(rel)
-        return p if p.is_absolute() else REPO_ROOT / p
+        """Resolve a path written in the profile relative to the profile file's folder (so a
+        profile kept next to its data works from any directory)."""
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else self.path.parent / p
 
 
 TOP_LEVEL_KEYS = frozenset({"name", "description", "data_dir", "baseline", "baseline_readonly", "slow", "pretrain",
-                            "train", "generation", "split", "gate", "models", "datasets"})
+                            "train", "generation", "split", "gate", "models", "datasets", "scorer"})
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
@@ -331,6 +334,7 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
         raise ConfigError(f"--profile {name_or_path!r}: no file {path}; known profiles: {known} or a .toml path")
+    path = path.absolute()
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -347,7 +351,9 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         raise ConfigError(f"{where}: needs at least one [models.*] and one [datasets.*] table")
     gate_raw = dict(raw.get("gate", {}))
     pre = raw.get("pretrain")
-    ddir = Path(data_dir) if data_dir else Path(raw.get("data_dir", "fixtures/data"))
+    # --data-dir / MEDQA_DATA_DIR is relative to the working directory; data_dir in the file is
+    # relative to the file (the default: a `data` folder beside it).
+    ddir = Path(data_dir).expanduser().absolute() if data_dir else Path(raw.get("data_dir", "data")).expanduser()
     prof = Profile(
         name=pname,
         path=path,
@@ -359,10 +365,11 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         split=_build(SplitConfig, raw.get("split", {}), f"{where} [split]"),
         gate=_build(GateConfig, gate_raw, f"{where} [gate]"),
         pretrain=_build(PretrainConfig, pre, f"{where} [pretrain]") if pre is not None else None,
-        data_dir=ddir if ddir.is_absolute() else REPO_ROOT / ddir,
+        data_dir=ddir if ddir.is_absolute() else path.parent / ddir,
         baseline=Path(raw.get("baseline", f"baselines/{pname}.json")),
         baseline_readonly=bool(raw.get("baseline_readonly", False)),
         slow=_flag(raw, "slow", where),
+        scorer=_build(ScorerConfig, raw.get("scorer", {}), f"{where} [scorer]"),
     )
     _validate(prof, where)
     return prof
@@ -371,6 +378,7 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
 def _validate(prof: Profile, where: str) -> None:
     """Checks that span tables (run on load and after --set overrides)."""
     _check_gate(prof.gate, f"{where} [gate]")
+    prof.scorer.check(f"{where} [scorer]")
     _check_split(prof.split, f"{where} [split]")
     for d in prof.datasets.values():
         _check_dataset(d, f"{where} [datasets.{d.name}]")
@@ -456,7 +464,7 @@ def as_dict(obj: Any) -> Any:
     return obj
 
 
-_OVERRIDABLE = {"train": "train", "generation": "generation", "split": "split", "pretrain": "pretrain"}
+_OVERRIDABLE = {"train": "train", "generation": "generation", "split": "split", "pretrain": "pretrain", "scorer": "scorer"}
 
 
 def with_overrides(profile: Profile, assignments: list[str] | tuple[str, ...]) -> Profile:
