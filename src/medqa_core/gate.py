@@ -353,13 +353,17 @@ def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_ef
 #: what a baseline must share with a run to be compared at all (the recipe may differ: that is
 #: what the gate judges)
 IDENTITY_KEYS = {"data": "data (fingerprint of the cleaned rows)", "test_ids": "test set", "scorer": "scorer"}
+#: compared like IDENTITY_KEYS where both sides have it, but no part of a trend series' inputs:
+#: the scorer's models and settings without library versions, all a published baseline
+#: (paper.json) can record; ``scorer`` (with versions) already covers it for recorded ones
+SPEC_IDENTITY_KEYS = {"scorer_spec": "scorer (models and settings, metrics.spec)"}
 
 
 def identity_mismatch(current: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     """One line naming what differs between a run and its baseline's identity ('' = comparable)."""
     if not baseline:
         return ""
-    diffs = [f"{label} {baseline[k]!s:.24} -> {current[k]!s:.24}" for k, label in IDENTITY_KEYS.items()
+    diffs = [f"{label} {baseline[k]!s:.24} -> {current[k]!s:.24}" for k, label in {**IDENTITY_KEYS, **SPEC_IDENTITY_KEYS}.items()
              if k in baseline and k in current and baseline[k] != current[k]]
     return "; ".join(diffs)
 

