@@ -96,11 +96,14 @@ def test_property_pairwise_and_lsh_agree_on_planted_sets(seed, n_train, n_test):
 
 def test_threshold_is_respected():
     train = ["what are the symptoms of influenza in children"]
-    test = ["what are the symptoms of influenza in adults"]
+    test = ["symptoms of influenza in children: what are they?"]  # same content words, reworded
     j = jaccard(shingles(train[0]), shingles(test[0]))
     assert 0.5 < j < 0.9
     assert leakage(train, test, threshold=j - 0.01).near == 1
     assert leakage(train, test, threshold=j + 0.01).near == 0
+    sibling = ["what are the symptoms of influenza in adults"]  # another content word: never near
+    js = jaccard(shingles(train[0]), shingles(sibling[0]))
+    assert (leakage(train, sibling, threshold=js - 0.01).near, leakage(train, sibling, threshold=js - 0.01).siblings) == (0, 1)
 
 
 def test_unknown_method():

@@ -17,6 +17,12 @@ by cleaning are then dropped as empty (and counted there). See README "Data clea
 Each rule strips matches of its patterns, in order, until none matches (openers and sign-offs
 come in runs); a text that then starts in lower case gets its first letter capitalized.
 
+:func:`normalise_question` is the one comparison form of a question: the loader drops a row
+whose normalised question equals an earlier row's (dedup), and the leak check
+(``leakage.py``) calls a test question an exact leak when its normalised form is a train
+question's. Both use this one function, so a punctuation or spacing variant that survived dedup
+can never show up as an "exact" leak.
+
 Time is linear in the text length, whatever the text (a scraped answer can hold thousands of
 newlines or repeated sign-offs). The rules keep the semantics of plain regular expressions
 applied with ``re.sub(count=1)`` until nothing changes, which is what the tests compare against,
@@ -36,6 +42,7 @@ but they never search the whole text per step:
 from __future__ import annotations
 
 import re
+import unicodedata
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -535,4 +542,24 @@ def clean_row(
     return parts, answer
 
 
-__all__ = ["RULES", "Rule", "clean_row"]
+_NON_WORD = re.compile(r"[\W_]+")
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_question(text: str) -> str:
+    """The comparison form of a question, shared by dedup and the leak check.
+
+    Unicode NFKC (full-width letters, ligatures and the like become their plain forms), case
+    folded (``ß`` -> ``ss``), then every run of characters that are neither letters nor digits
+    (punctuation, symbols, ``_``, whitespace) becomes one space, trimmed at both ends:
+    ``"What is  FLU ?"``, ``"what is flu"`` and ``"What is flu?!"`` are all ``"what is flu"``.
+
+    A text with no letter or digit at all (``"???"``) keeps its case-folded, whitespace-collapsed
+    form instead of becoming empty, so two different symbol-only questions stay different.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())  # idempotent
+    words = _NON_WORD.sub(" ", folded).strip()
+    return words if words else _SPACES.sub(" ", folded).strip()
+
+
+__all__ = ["RULES", "Rule", "clean_row", "normalise_question"]

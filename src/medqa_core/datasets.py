@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import content_key
-from .cleaning import clean_row
+from .cleaning import clean_row, normalise_question
 from .errors import DatasetError, LeakageError
 from .leakage import LeakReport, leakage
 from .specs import DatasetSpec, SplitConfig
@@ -53,7 +53,7 @@ class LoadStats:
     # answer is over its cap by more than CLEANING_SLACK characters is dropped (and counted here)
     # before cleaning, so its rule changes are not in ``cleaned``
     dropped_too_long: int = 0
-    dropped_duplicate: int = 0  # same normalized question as an earlier row
+    dropped_duplicate: int = 0  # same question as an earlier row after cleaning.normalise_question
     kept: int = 0
     leak: dict[str, Any] = field(default_factory=dict)  # train/test overlap (LeakReport), set by load_split
 
@@ -75,7 +75,9 @@ class Split:
 
 
 def normalize(text: str) -> str:
-    """Lower-case, collapse whitespace: the form used for ids and duplicate checks."""
+    """Lower-case, collapse whitespace: the form hashed into an example's id (and so into the
+    split). Duplicates are found with :func:`cleaning.normalise_question`, the leak check's form,
+    which also ignores punctuation; ids keep this form so that existing splits do not move."""
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
@@ -236,12 +238,12 @@ def load_examples(spec: DatasetSpec, data_dir: Path) -> tuple[list[QAExample], L
         ):
             stats.dropped_too_long += 1
             continue
-        norm = normalize(question)
-        if norm in seen:
+        key = normalise_question(question)  # the leak check's form: its variants are one question
+        if key in seen:
             stats.dropped_duplicate += 1
             continue
-        seen.add(norm)
-        out.append(QAExample(hashlib.sha256(norm.encode()).hexdigest()[:16], question, answer))
+        seen.add(key)
+        out.append(QAExample(hashlib.sha256(normalize(question).encode()).hexdigest()[:16], question, answer))
     if not out:
         raise DatasetError(f"{path}: all {len(rows)} rows have an empty question or answer or are over the length "
                            f"caps (empty {stats.dropped_empty}, too long {stats.dropped_too_long}); dataset {spec.name!r}")
@@ -334,7 +336,7 @@ def split(examples: list[QAExample], cfg: SplitConfig, name: str = "dataset") ->
         test, train = ordered[: cfg.test_size], ordered[cfg.test_size:]
     test = sorted(test, key=lambda e: e.id)
     train = sorted(train, key=lambda e: e.id)
-    leaked = {normalize(e.question) for e in train} & {normalize(e.question) for e in test}
+    leaked = {normalise_question(e.question) for e in train} & {normalise_question(e.question) for e in test}
     if leaked:  # cannot happen after dedup; guards future loaders
         raise DatasetError(f"dataset {name!r}: {len(leaked)} test questions also in train")
     return Split(train, test)

@@ -1,11 +1,32 @@
 """Train/test leakage: exact and near-duplicate questions shared by the two splits.
 
-Text is normalized (lower case, punctuation dropped, whitespace collapsed). Exact = equal
-normalized text. Near = Jaccard similarity of character 5-gram shingle sets >= a threshold.
+Questions are compared in the form :func:`cleaning.normalise_question` gives them, the same form
+the loader's dedup uses (NFKC, case-folded, every run of non-letters/digits one space).
+
+- **Exact**: a test question whose normalised form is a train question's.
+- **Near**: any other test question with a train question that (a) has a character 5-gram
+  shingle Jaccard similarity >= the threshold and (b) asks about the same things: the two
+  questions have the same *content words* (:func:`same_content`).
+
+Rule (b) keeps template siblings apart. "What are the symptoms of Dry eyes ?" and "... of Dry
+skin ?" share 85% of their 5-grams but ask about different conditions; "I have felt anxious ..."
+and "I have felt sad ..." (same sentence frame, another feeling) likewise. A content word is a
+token that is not a stopword (function words, question words, fillers such as ``please``,
+``help`` or ``doctor``) and not a *slot*: a number (``34``, ``3rd``), a number word (``two``, ``twice``,
+``few``) or a time unit (``weeks``, ``months``, ``ago``). Slots are treated like stopwords
+because templated questions that differ only in an age or a duration ("I am 34 ..." vs "I am
+45 ...", "for two weeks" vs "for six weeks") ask the same thing. Two content words count as the
+same word when one is the other plus ``s``/``es`` (``eye``/``eyes``) or, both being 5 letters or
+longer, they are one edit apart (a typo: ``diabetes``/``diabetis``); shorter words must match
+exactly (``hip``/``lip``, ``skin``/``shin`` are different words). So a test question is a near
+duplicate when its 5-grams are close to a train question's *and* every content word of either
+question has its match in the other; word order, stopwords, punctuation, numbers and durations
+may differ. Pairs that pass (a) but fail (b) are counted as ``siblings`` (reported, not leaks).
+
 Small splits are compared pair by pair; large ones (over ``BRUTE_FORCE_PAIRS`` pairs) find
 candidate pairs with MinHash + banded LSH (64 hashes, 16 bands of 4) and verify each candidate
-with the exact Jaccard, so a reported near duplicate is always a real one (recall at Jaccard
-0.8 is about 99.9%).
+with the exact Jaccard and the content-word rule, so a reported near duplicate is always a real
+one (recall at Jaccard 0.8 is about 99.9%).
 """
 from __future__ import annotations
 
@@ -16,19 +37,53 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cleaning import normalise_question
+
 SHINGLE = 5
 BRUTE_FORCE_PAIRS = 2_000_000
 NUM_HASHES, BANDS = 64, 16
 _MERSENNE = (1 << 61) - 1
+
+#: function words, question words, contraction pieces (``don't`` -> ``don t``) and forms of
+#: address: never content words
+STOPWORDS = frozenset("""
+a an the and or but nor if then than so as of at by for with without about against between into onto
+through during before after above below to from up down in out on off over under again further once
+here there all any both each more most other some such no not only own same too very just also until
+while because since though although whether even ever still yet
+i me my mine myself we us our ours ourselves you your yours yourself yourselves he him his himself she
+her hers herself it its itself they them their theirs themselves this that these those one ones
+what which who whom whose when where why how
+is are was were be been being am do does did doing done have has had having can could should would will
+shall may might must ought need
+s t d ll m re ve don doesn didn isn aren wasn weren haven hasn hadn won wouldn shouldn couldn can cannot
+please kindly help advise thanks thank hi hello hey dear sir madam doctor doc dr ok okay yes
+""".split())
+
+#: number words and durations: slots that templated questions vary without changing the question
+SLOTS = frozenset("""
+zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen
+seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand
+half couple few several many twice thrice
+first second third fourth fifth sixth seventh eighth ninth tenth
+minute minutes hour hours day days week weeks month months year years yr yrs ago
+""".split())
+
+_NUMBER = re.compile(r"\d+(?:st|nd|rd|th|s)?")
+#: shortest length at which two words one edit apart count as the same word (a typo)
+TYPO_MIN_LEN = 5
 
 
 @dataclass(frozen=True)
 class LeakReport:
     test: int  # test questions checked
     exact: int  # test questions whose normalized text is in train
-    near: int  # other test questions with a train question at Jaccard >= threshold
+    near: int  # other test questions with a train question at Jaccard >= threshold and the same content words
     threshold: float
     method: str  # "pairwise" or "minhash-lsh"
+    # other test questions with a train question at Jaccard >= threshold whose content words
+    # differ (template siblings such as "... Dry eyes?" / "... Dry skin?"): not leaks
+    siblings: int = 0
 
     @property
     def leaked(self) -> int:
@@ -40,7 +95,8 @@ class LeakReport:
 
 
 def normalize_for_leak(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    """The leak check's form of a question: :func:`cleaning.normalise_question` (the dedup form)."""
+    return normalise_question(text)
 
 
 def shingles(text: str, k: int = SHINGLE) -> frozenset[str]:
@@ -56,6 +112,50 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
         return 1.0
     inter = len(a & b)
     return inter / (len(a) + len(b) - inter)
+
+
+def is_slot(token: str) -> bool:
+    """A number (``34``, ``3rd``, ``1990s``), number word or time unit."""
+    return token in SLOTS or _NUMBER.fullmatch(token) is not None
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Tokens of the normalised question that are neither stopwords nor slots."""
+    return frozenset(t for t in normalize_for_leak(text).split() if t not in STOPWORDS and not is_slot(t))
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """``a`` and ``b`` differ by exactly one insertion, deletion or substitution."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        return a[i + 1 :] == b[i + 1 :]
+    return a[i:] == b[i + 1 :]
+
+
+def same_word(a: str, b: str) -> bool:
+    """Equal, a plural (``+s``/``+es``), or a one-edit typo of a word of TYPO_MIN_LEN+ letters."""
+    if a == b:
+        return True
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    if long_ in (short + "s", short + "es"):
+        return True
+    return len(short) >= TYPO_MIN_LEN and _one_edit(a, b)
+
+
+def same_content(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Every content word of either question has a :func:`same_word` in the other's."""
+    return all(any(same_word(w, v) for v in b) for w in a - b) and all(any(same_word(w, v) for v in a) for w in b - a)
+
+
+def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
+    """The near-duplicate rule for one pair of questions (the module docstring)."""
+    return jaccard(shingles(a), shingles(b)) >= threshold and same_content(content_words(a), content_words(b))
 
 
 def _shingle_ids(sh: frozenset[str]) -> np.ndarray:
@@ -103,17 +203,25 @@ def leakage(train: list[str], test: list[str], threshold: float = 0.8, method: s
     train_sh = [shingles(q) for q in train]
     rest = [i for i in range(len(test)) if i not in exact_idx]
     test_sh = {i: shingles(test[i]) for i in rest}
-    near = 0
-    if method == "pairwise":
-        for i in rest:
-            if any(jaccard(test_sh[i], t) >= threshold for t in train_sh):
-                near += 1
-    else:
-        cands = _candidates(train_sh, [test_sh[i] for i in rest])
-        for k, i in enumerate(rest):
-            if any(jaccard(test_sh[i], train_sh[j]) >= threshold for j in cands.get(k, ())):
-                near += 1
-    return LeakReport(test=len(test), exact=len(exact_idx), near=near, threshold=threshold, method=method)
+    everyone = range(len(train))
+    pool: dict[int, set[int]] | None = None if method == "pairwise" else _candidates(train_sh, [test_sh[i] for i in rest])
+    train_words: dict[int, frozenset[str]] = {}
+    near = siblings = 0
+    for k, i in enumerate(rest):
+        close = [j for j in (everyone if pool is None else pool.get(k, ())) if jaccard(test_sh[i], train_sh[j]) >= threshold]
+        if not close:
+            continue
+        words = content_words(test[i])
+        for j in close:
+            if j not in train_words:
+                train_words[j] = content_words(train[j])
+        if any(same_content(words, train_words[j]) for j in close):
+            near += 1
+        else:
+            siblings += 1
+    return LeakReport(test=len(test), exact=len(exact_idx), near=near, threshold=threshold, method=method,
+                      siblings=siblings)
 
 
-__all__ = ["LeakReport", "jaccard", "leakage", "minhash_signature", "normalize_for_leak", "shingles"]
+__all__ = ["STOPWORDS", "SLOTS", "LeakReport", "content_words", "is_slot", "jaccard", "leakage", "minhash_signature",
+           "near_duplicate", "normalize_for_leak", "same_content", "same_word", "shingles"]
