@@ -117,6 +117,47 @@ def pytest_configure(config: pytest.Config) -> None:
             check_url(url)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
+    if not _is_worker(config) and not (config.option.help or config.option.version):
+        _check_usage(config)
+
+
+def _check_usage(config: pytest.Config) -> None:
+    """Stop a run with a bad command line or input file before anything starts, with one line
+    (pytest prints ``ERROR: <message>`` and exits 4) instead of a traceback per case: the
+    profile and its ``--set`` overrides, ``--seeds``, an existing baseline file that does not
+    parse, and a ``--cache-dir`` / ``--results-dir`` that cannot be written."""
+    from . import baselines
+    from .session import parse_seeds
+
+    try:
+        profile = _profile(config)
+        parse_seeds(config.getoption("--seeds"), profile, config.getoption("--update-baselines"))
+        path = profile.resolve(str(profile.baseline))
+        if path.is_dir():
+            raise pytest.UsageError(f"{path}: is a directory; --baseline and the profile's baseline name a JSON file")
+        if path.exists():  # a missing file is reported per case, with the command that records it
+            try:
+                baselines.load(path)
+            except (OSError, ValueError) as exc:  # a directory, undecodable bytes
+                raise pytest.UsageError(f"{path}: unreadable baseline file ({exc}); restore it from git") from None
+        for opt in ("--cache-dir", "--results-dir"):  # the defaults under the rootdir are left to the run
+            if config.getoption(opt):
+                _check_writable_dir(opt, Path(config.getoption(opt)))
+    except MedQAError as exc:
+        raise pytest.UsageError(" ".join(str(exc).split())) from None
+
+
+def _check_writable_dir(opt: str, root: Path) -> None:
+    import tempfile
+
+    try:
+        root.expanduser().mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".medqa-probe-", dir=root.expanduser())
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise pytest.UsageError(f"{opt} {root}: not a writable directory ({exc.strerror or exc}); "
+                                f"pass one this user can write") from None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
