@@ -173,6 +173,27 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     return {"params": model.num_parameters(), "architecture": type(model).__name__}
 
 
+def resolve_revision(hub_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> str:
+    """The commit hash ``revision`` (a branch, tag or hash; None = main) of a hub model stands for
+    now: online, the hub's answer while ``config.json`` downloads (huggingface_hub stores it under
+    ``snapshots/<commit>/``); offline (HF_HUB_OFFLINE=1), the commit the local cache recorded at
+    download. Pin it with ``revision = "<commit>"`` in the model's table."""
+    import re
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(hub_id, "config.json", revision=revision, cache_dir=cache_dir))
+    except Exception as exc:  # noqa: BLE001 - network, auth (gated models need HF_TOKEN), not cached offline
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model {hub_id!r} (revision {revision or 'main'}): cannot resolve its commit ({first}); "
+                          "online it downloads (gated models need HF_TOKEN), offline it must be in the HF cache") from exc
+    commit = path.parent.name
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ConfigError(f"model {hub_id!r}: {path} is not inside a hub cache snapshot; cannot tell its commit")
+    return commit
+
+
 def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str, dict[str, Any]]:
     """Where the base model loads from: a cached pretrained tiny model, a cached conversion of a
     GGUF checkpoint, or the hub id."""
@@ -195,7 +216,14 @@ def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str
         assert spec.hub_id is not None
         ident = {"what": "hub-base", "hub_id": spec.hub_id, "revision": spec.revision,
                  "attn": spec.attn_implementation, "versions": library_versions()}
-        return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident)}
+        if Path(spec.hub_id).expanduser().is_dir():  # a local checkpoint directory: no hub revision
+            return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident)}
+        # keyed on the commit the hub resolves the requested revision (default: main) to, so a
+        # warm cache never replays adapters, answers or times of an older upstream checkpoint
+        commit = resolve_revision(spec.hub_id, spec.revision)
+        ident["revision"] = commit
+        return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident), "revision": commit,
+                             "requested_revision": spec.revision}
     if spec.checkpoint is not None:
         ckpt = profile.resolve(spec.checkpoint)
         if not (ckpt / "config.json").is_file():

@@ -53,3 +53,23 @@ def lora_param_formula(spec: ModelSpec, r: int, config: dict[str, Any] | None = 
         "qkv_proj": (h, (heads + 2 * kv) * hd), "gate_up_proj": (h, 2 * inter),
     }
     return layers * sum(r * sum(shapes[t]) for t in spec.target_modules)
+
+
+def real_param_count(model: Any) -> int:
+    """Parameters of ``model`` as the architecture counts them, also when bitsandbytes packed its
+    linear weights into 4 bits: a ``Params4bit`` holds two values per byte (``numel()`` is half the
+    weight's size, in uint8), so its count comes from the original shape in its ``quant_state``
+    (else from its bytes: 2 values per byte of the storage dtype)."""
+    import math
+
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        if state is not None and getattr(state, "shape", None) is not None:
+            total += math.prod(state.shape)
+        elif type(p).__name__ == "Params4bit":
+            total += p.numel() * 2 * p.element_size()
+        else:
+            total += p.numel()
+    return total
+

@@ -63,6 +63,8 @@ def hardware() -> dict[str, object]:
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_count"] = torch.cuda.device_count()
+            g = gpu_env()
+            info.update(gpu_driver=g["driver"], cuda=g["cuda"], bitsandbytes=g["bitsandbytes"])
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
@@ -220,15 +222,44 @@ def configure_threads(n_workers: int) -> int:
     return n
 
 
+def _driver_version() -> str:
+    """The NVIDIA driver version (nvidia-smi), else the CUDA driver API version torch reports."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        first = out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
+        if first:
+            return first
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import torch
+
+        v = int(torch._C._cuda_getDriverVersion())  # e.g. 12040 = CUDA 12.4 driver API
+        return f"cuda-api-{v // 1000}.{v % 1000 // 10}"
+    except Exception:  # noqa: BLE001 - no driver at all
+        return "unknown"
+
+
+def gpu_env() -> dict[str, str]:
+    """What a CUDA result depends on besides the inputs and the Python packages: the GPU model,
+    the driver, the CUDA runtime torch was built with, and bitsandbytes (its 4-bit kernels)."""
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(0), "driver": _driver_version(), "cuda": str(torch.version.cuda),
+            "bitsandbytes": library_versions().get("bitsandbytes", "absent")}
+
+
 def numeric_env(device_name: str = "cpu") -> dict[str, Any]:
     """What changes a float result besides the inputs: torch threads and the ATen CPU kernel
-    level (``ATEN_CPU_CAPABILITY``) on CPU, the GPU model on CUDA. Part of every stage key, so
-    an entry built at 2 threads is never served to a 1-thread run."""
+    level (``ATEN_CPU_CAPABILITY``) on CPU; on CUDA the GPU model, driver, CUDA and bitsandbytes
+    versions (:func:`gpu_env`). Part of every stage key, so an entry built at 2 threads (or on
+    another GPU, driver or bitsandbytes) is never served to another run."""
     import torch
 
     env: dict[str, Any] = {"device": device_name, "threads": torch.get_num_threads()}
-    if device_name == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(0)
+    if device_name.startswith("cuda"):
+        env.update(gpu_env())
     else:
         env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return env

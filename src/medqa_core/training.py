@@ -30,6 +30,7 @@ from .datasets import QAExample
 from .errors import TrainingError
 from .models import cuda_precision, free_memory
 from .prompts import training_rows
+from .params import real_param_count
 from .resources import PeakMemory, Timer, library_versions
 from .specs import ModelSpec, TrainConfig
 
@@ -204,7 +205,7 @@ def _fine_tune_sft(
         trainer.data_collator = counter
         peft_model = trainer.model
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in peft_model.parameters())
+        total = real_param_count(peft_model)  # a 4-bit weight counts its real values, not its packed bytes
         with PeakMemory(device) as mem, Timer() as t:
             trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -349,7 +350,7 @@ def _fine_tune_lean(
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
-    total = sum(p.numel() for p in peft_model.parameters())
+    total = real_param_count(peft_model)  # a 4-bit weight counts its real values, not its packed bytes
     examples = encode_rows(tokenizer, rows, cfg.max_length)
     opt = _optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(0, round(cfg.warmup_ratio * cfg.steps)), cfg.steps))
