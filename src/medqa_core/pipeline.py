@@ -78,6 +78,8 @@ class CaseResult:
     keys: dict[str, str]  # stage -> cache key (the config hash of each artefact)
     data: dict[str, Any]
     answers_sample: list[dict[str, str]]
+    # what the scorers saw: texts over metrics.MAX_SCORED_CHARS are cut to it, counted per stage
+    scoring: dict[str, Any] = field(default_factory=dict)
 
     @property
     def resources(self) -> dict[str, Any]:
@@ -169,6 +171,18 @@ def scorer_canary(ctx: RunContext) -> dict[str, float]:
     return {f"{m}[{i}]": round(float(v), 6) for m in metrics_mod.METRICS for i, v in enumerate(scores[m])}
 
 
+def cut_for_scoring(answers: dict[str, list[str]], refs: list[str]) -> dict[str, Any]:
+    """How many answers (per stage) and references are longer than the scorers read
+    (:data:`metrics.MAX_SCORED_CHARS`; metrics.score_all cuts them), with a warning when any is."""
+    limit = metrics_mod.MAX_SCORED_CHARS
+    out = {"max_chars": limit, "answers_capped": {k: metrics_mod.cap(v, limit)[1] for k, v in answers.items()},
+           "references_capped": metrics_mod.cap(refs, limit)[1]}
+    if out["references_capped"] or any(out["answers_capped"].values()):
+        log.warning("scores: texts longer than %d characters were cut to it before scoring: answers %s, references %d",
+                    limit, out["answers_capped"], out["references_capped"])
+    return out
+
+
 def answer_words(answers: list[str]) -> np.ndarray:
     return np.asarray([len(a.split()) for a in answers], dtype=np.float64)
 
@@ -245,6 +259,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
             gen_meta = meta
             if meta["built"]:
                 work["generate"] = meta["cpu_seconds"]
+    scoring = cut_for_scoring(answers, refs)
     # The base model's answers are the same for every seed: scored on their own (cached). The
     # tuned answers and the controls built on them are scored in one call, each distinct
     # sentence embedded once (pair scores do not depend on batch mates: metrics/bertscore.py).
@@ -310,7 +325,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         per_example={"ids": test_ids, **per_example(scores["tuned"])}, controls=controls, invariants=invariants,
         train=stats, cached=cached, seconds={k: round(v, 3) for k, v in seconds.items()}, work=work, keys=keys,
         data={"train": len(data.train), "test": len(data.test), **asdict(data.stats), "fingerprint": data_fp},
-        answers_sample=sample,
+        answers_sample=sample, scoring=scoring,
     )
 
 

