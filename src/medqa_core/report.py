@@ -17,6 +17,8 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
             rec = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a case that crashed before writing its record has no row
+        if not isinstance(rec, dict) or "case_id" not in rec:
+            continue  # aggregates.json (family/suite verdicts) sits beside the case records
         rec["_path"] = str(Path(p))
         out.append(rec)
     return sorted(out, key=lambda r: (r["dataset"], r["model"]))
