@@ -162,3 +162,43 @@ def test_own_history_is_stamped_and_reopened(tmp_path):
     assert h.runs() == []
     assert sqlite3.connect(tmp_path / "h.sqlite").execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     assert History(tmp_path / "h.sqlite").runs() == []
+
+
+def test_a_run_group_is_listed_resolved_and_read_as_one_run(tmp_path):
+    from medqa_core.history import ImportRun
+
+    h = History(tmp_path / "h.sqlite")
+    h.add_run("20261101-020000-aaaaaa", "tiny", [rec("llama-wikidoc", 0.5)])
+    runs = [ImportRun(f"20261102-02000{i}-bbbbb{i}", "tiny", [rec(f"{fam}-wikidoc", 0.4 + i / 10, gpu=gpu)], 0.0, f"/d{i}")
+            for i, (fam, gpu) in enumerate((("llama", "Tesla T4"), ("phi", None)))]
+    res = h.merge("night-2", runs)
+    assert res.runs_added == [r.run_id for r in runs] and res.total_added == 2 and res.profile == "tiny"
+    listed = h.runs()
+    assert [r.run_id for r in listed] == ["20261101-020000-aaaaaa", "night-2"]
+    assert listed[1].members == tuple(r.run_id for r in runs) and listed[1].hardware_class == "1x-tesla-t4+cpu"
+    assert h.resolve("latest") == "night-2" and h.resolve("latest~1") == "20261101-020000-aaaaaa"
+    assert h.resolve("night") == "night-2" and h.resolve("20261102-020001-bbbbb1") == "20261102-020001-bbbbb1"
+    assert [r["case_id"] for r in h.records("night-2")] == ["llama-wikidoc", "phi-wikidoc"]
+    assert [r["case_id"] for r in h.records("20261102-020001-bbbbb1")] == ["phi-wikidoc"]
+    assert h.series("llama-wikidoc", "bert_f1") == [("20261101-020000-aaaaaa", 0.5), ("night-2", 0.4)]
+    assert h.series("llama-wikidoc", "bert_f1", hardware_class="1x-tesla-t4") == [("night-2", 0.4)]
+    con = sqlite3.connect(h.path)
+    for sql in ("UPDATE run_groups SET group_id = 'x'", "DELETE FROM run_groups"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute(sql)
+    con.close()
+
+
+def test_a_history_written_before_run_groups_still_opens_and_takes_a_merge(tmp_path):
+    from medqa_core.history import ImportRun
+
+    path = tmp_path / "old.sqlite"
+    History(path).add_run("r1", "tiny", [rec("llama-wikidoc", 0.5)])
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE run_groups")  # as the file was before run groups existed (its triggers go with it)
+    con.execute("VACUUM")
+    con.close()
+    assert "run_groups" not in path.read_bytes().decode("latin-1")
+    h = History(path)
+    h.merge("g", [ImportRun("r2", "tiny", [rec("llama-wikidoc", 0.45)], 0.0, "/r2")])
+    assert [r.run_id for r in h.runs()] == ["r1", "g"]

@@ -115,3 +115,25 @@ def test_series_never_spans_a_change_of_data_or_scorer(tmp_path):
         hist2.add_run(f"r{i}", "tiny", [rec])
     found = case_trends(hist2, ["llama-wikidoc"], "tiny", {"bert_f1": 0.02})
     assert "bert_f1" in found.get("llama-wikidoc", {})
+
+
+def test_a_series_is_one_case_on_one_hardware_class(tmp_path):
+    """Runs stored by pytest on two machines (one history): a case whose scores differ between the
+    two GPU models is two flat series, not a step; each shift names its class."""
+    from medqa_core.history import History
+    from medqa_core.trend import by_hardware_class, case_trends
+
+    h = History(tmp_path / "h.sqlite")
+    for i in range(12):
+        gpu = "Tesla T4" if i % 2 else "NVIDIA L4"  # nights alternate between two runners
+        f1 = (0.40 if gpu == "Tesla T4" else 0.50) - (0.05 if i >= 8 and gpu == "Tesla T4" else 0.0)
+        h.add_run(f"r{i:02d}", "tiny", [{"case_id": "llama-wikidoc", "metrics": {"bert_f1": f1, "use_f1": 0.3},
+                                         "identity": {"data": "A", "test_ids": "t", "scorer": "s"}, "resources": {},
+                                         "provenance": {"hardware": {"gpu": gpu, "gpu_count": 1}}}])
+    rows = h.case_rows("llama-wikidoc", "tiny")
+    assert {k: len(v) for k, v in by_hardware_class(rows).items()} == {"1x-nvidia-l4": 6, "1x-tesla-t4": 6}
+    found = case_trends(h, ["llama-wikidoc"], "tiny", {"bert_f1": 0.02})
+    [sh] = found["llama-wikidoc"]["bert_f1"]  # only the T4's own drop at run 9 (its 5th run)
+    assert sh.hardware_class == "1x-tesla-t4" and sh.run_id == "r09" and sh.start == 4
+    assert sh.explain("bert_f1").endswith("on 1x-tesla-t4")
+    assert case_trends(h, ["llama-wikidoc"], "tiny", {"bert_f1": 0.02}, "1x-nvidia-l4") == {}

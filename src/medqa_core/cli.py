@@ -6,9 +6,11 @@
     medqa-bench history [--profile NAME]              the runs stored in the history
     medqa-bench trend [--profile NAME]                worsening shifts (change points) per case and metric
     medqa-bench params [--profile NAME]               LoRA trainable parameters per model (meta device)
+    medqa-bench merge RUN_DIR... --history PATH       import several machines' run directories as one run group
+                                                      ([--group ID]; docs/multi-runner.md)
 
 RUN is a run directory (.medqa-results/<run id>) or a run in the history: a run id, a unique
-prefix of one, ``latest`` or ``latest~N``. The history is --history, else $MEDQA_HISTORY, else
+prefix of one, ``latest`` or ``latest~N``; a merged run group counts as one run. The history is --history, else $MEDQA_HISTORY, else
 $MEDQA_CACHE_DIR/history.sqlite, else ./.medqa-cache/history.sqlite.
 """
 from __future__ import annotations
@@ -124,6 +126,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         base = None
     run_id = Path(args.run).name if Path(args.run).is_dir() else _history(args).resolve(args.run)
     rep = Report(title=f"medqa-bench report: profile {profile_name}, run {run_id}", records=recs, baseline=base, run_id=run_id)
+    from .gate import aggregates
+    from .specs import GateConfig
+
+    # family / suite verdicts recomputed from the records' checks: one run or a merged group alike
+    rep.aggregates = aggregates(recs, profile.gate if profile is not None else GateConfig())
     hist = _history(args, required=False)
     if hist is not None:
         ids = [r["case_id"] for r in recs]
@@ -165,6 +172,20 @@ def cmd_trend(args: argparse.Namespace) -> int:
     if not found:
         print(f"no worsening shift in {len(hist.runs(args.profile))} stored run(s) of profile {args.profile}")
     return 1 if found else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge
+
+    path = Path(args.history)  # the history written to is always named: no guessing for a write
+    res = merge([Path(d) for d in args.run_dirs], path, args.group)
+    for rid in res.members:
+        n = res.cases_added.get(rid)
+        state = ("new run" if rid in res.runs_added else "already stored") if n is not None else "merged before"
+        print(f"run {rid}: {state}, {n or 0} case(s) added")
+    print(f"group {res.group_id} (profile {res.profile}): {len(res.members)} run(s), {res.total_added} case(s) "
+          f"added to {path}")
+    return 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -211,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--profile", default="tiny")
     t.add_argument("--history")
     t.set_defaults(fn=cmd_trend)
+    mg = sub.add_parser("merge", help="import run directories of several machines into one history as one run group "
+                                      "(docs/multi-runner.md)")
+    mg.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    mg.add_argument("--history", required=True, help="history database to merge into (created when missing)")
+    mg.add_argument("--group", default=os.environ.get("MEDQA_RUN_GROUP") or None,
+                    help="group id shared by the runs of one night (env MEDQA_RUN_GROUP; default derived from the "
+                         "run directories' names)")
+    mg.set_defaults(fn=cmd_merge)
     p = sub.add_parser("params", help="LoRA trainable parameters per model, counted on meta-device skeletons")
     p.add_argument("--profile", default="paper")
     p.set_defaults(fn=cmd_params)

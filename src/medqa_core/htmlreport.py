@@ -30,6 +30,7 @@ class Report:
     history_series: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # case -> metric -> rows
     trends: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # case -> metric -> [Shift]
     run_id: str | None = None
+    aggregates: list[Any] = field(default_factory=list)  # gate.Aggregate: family and suite verdicts
 
 
 def _png(fig: Any) -> bytes:
@@ -116,6 +117,8 @@ def to_markdown(rep: Report, images: dict[str, str]) -> str:
     for name, alt in (("bars", "scores vs baseline"), ("history", "history per case")):
         if name in images:
             out += [f"![{alt}]({images[name]})", ""]
+    if rep.aggregates:
+        out += ["## Family and suite verdicts", ""] + md_fence("\n".join(a.line() for a in rep.aggregates)) + [""]
     trends = _trend_lines(rep)
     out += ["## Trends in the history", ""] + ([f"- {md_cell(t)}" for t in trends] if trends else
                                                 ["No worsening shift found." if rep.history_series else "No history given."]) + [""]
@@ -143,6 +146,8 @@ def to_html(rep: Report, pngs: dict[str, bytes]) -> str:
         if name in pngs:
             b64 = base64.b64encode(pngs[name]).decode()
             parts.append(f"<h2>{e(alt.capitalize())}</h2><img alt='{e(alt)}' src='data:image/png;base64,{b64}'>")
+    if rep.aggregates:
+        parts.append("<h2>Family and suite verdicts</h2><pre>" + e("\n".join(a.line() for a in rep.aggregates)) + "</pre>")
     trends = _trend_lines(rep)
     parts.append("<h2>Trends in the history</h2>" + ("<ul>" + "".join(f"<li>{e(t)}</li>" for t in trends) + "</ul>" if trends
                  else f"<p>{'No worsening shift found.' if rep.history_series else 'No history given.'}</p>"))

@@ -7,8 +7,7 @@ from typing import Any
 
 from .metrics import METRICS
 
-#: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); shown, not gated
-COLUMNS = (*METRICS, "degenerate", "train_s", "mem_mib")
+COLUMNS = (*METRICS, "train_s", "mem_mib")
 
 
 def load_records(paths: list[Path]) -> list[dict[str, Any]]:
@@ -18,6 +17,8 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
             rec = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a case that crashed before writing its record has no row
+        if not isinstance(rec, dict) or "case_id" not in rec:
+            continue  # aggregates.json (family/suite verdicts) sits beside the case records
         rec["_path"] = str(Path(p))
         out.append(rec)
     return sorted(out, key=lambda r: (r["dataset"], r["model"]))
@@ -51,8 +52,6 @@ def _cell(col: str, v: float | None, b: float | None) -> str:
     if col in METRICS:
         s = f"{v:.4f}"
         return s + (f" ({v - b:+.4f})" if b is not None else "")
-    if col == "degenerate":  # a share of answers: two decimals are all a test set of ~100 supports
-        return f"{v:.2f}" + (f" ({v - b:+.2f})" if b is not None else "")
     s = f"{v:.1f}"
     return s + (f" (x{v / b:.2f})" if b else "")
 

@@ -17,7 +17,7 @@ found a 0.02 step at the exact run in 95% of series (docs/regression-gating.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ class Shift:
     after: float  # mean of the last segment of the shift
     kind: str  # step | drift
     breakpoints: tuple[int, ...]
+    hardware_class: str | None = None  # the series' hardware class (case_trends), None for a bare series
 
     @property
     def delta(self) -> float:
@@ -45,7 +46,8 @@ class Shift:
     def explain(self, metric: str) -> str:
         where = f"run {self.start}" + (f" ({self.run_id})" if self.run_id else "")
         return (f"{metric}: {self.kind} {'down' if self.delta < 0 else 'up'} by {self.delta:+.4f} "
-                f"({self.before:.4f} -> {self.after:.4f}) starting at {where}")
+                f"({self.before:.4f} -> {self.after:.4f}) starting at {where}"
+                + (f" on {self.hardware_class}" if self.hardware_class else ""))
 
 
 def noise_sigma(x: np.ndarray) -> float:
@@ -153,15 +155,29 @@ def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tupl
     return [r for r in rows if ident(r[2]) == last]
 
 
-def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances: dict[str, float],
+def by_hardware_class(rows: list[tuple[str, str | None, dict[str, Any]]]) -> dict[str | None, list[tuple[str, str | None, dict[str, Any]]]]:
+    """The rows split into one series per hardware class (in order of each class's first run): a
+    night that ran the case on another GPU model is another series, never a step in this one."""
+    out: dict[str | None, list[tuple[str, str | None, dict[str, Any]]]] = {}
+    for row in rows:
+        out.setdefault(row[1], []).append(row)
+    return out
+
+
+def case_trends(history: Any, case_ids: Sequence[str], profile: str | None, tolerances: dict[str, float],
                 hardware_class: str | None = None, min_runs: int = 2 * MIN_SIZE,
                 penalty: float = DEFAULT_PENALTY, memory_slack_mib: float = 0.0) -> dict[str, dict[str, list[Shift]]]:
     """Worsening shifts per case and metric over the stored history of ``profile``.
 
+    A series is one case on one hardware class (the record's own, see
+    :meth:`History.case_rows`), on the newest run's inputs (:func:`same_inputs`): like is
+    compared with like, so neither a change of data or scorer nor a night on another GPU model
+    is read as a step. With ``hardware_class`` only that class's series are read; otherwise every
+    class's, and each shift names its class.
+
     Scores use half their gate tolerance as minimum effect; training time and memory (higher is
     worse) use 25% of the series' median, memory at least the gate's ``memory_slack_mib`` (on
-    CPU the RSS growth of a small run moves by tens of MiB with what the process did before),
-    and only runs of ``hardware_class``."""
+    CPU the RSS growth of a small run moves by tens of MiB with what the process did before)."""
     from .gate import DEFAULT_MIN_EFFECT
     from .history import series_of
     from .metrics import METRICS
@@ -170,21 +186,24 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str, tolerances:
     for cid in case_ids:
         found: dict[str, list[Shift]] = {}
         case_rows = same_inputs(history.case_rows(cid, profile))  # one read per case, every metric from it
-        for metric in (*METRICS, *RESOURCES):
-            is_res = metric in RESOURCES
-            rows = series_of(case_rows, metric, hardware_class if is_res else None)
-            if len(rows) < min_runs:
+        for hw, hw_rows in by_hardware_class(case_rows).items():
+            if hardware_class is not None and hw != hardware_class:
                 continue
-            ids, vals = [r for r, _ in rows], [v for _, v in rows]
-            if metric == "mem_mib":
-                eff = max(RESOURCE_MIN_EFFECT * float(np.median(vals)), memory_slack_mib)
-            elif is_res:
-                eff = RESOURCE_MIN_EFFECT * float(np.median(vals))
-            else:
-                eff = TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_MIN_EFFECT[metric])
-            hits = regressions(vals, eff, ids, higher_is_better=not is_res, penalty=penalty)
-            if hits:
-                found[metric] = hits
+            for metric in (*METRICS, *RESOURCES):
+                is_res = metric in RESOURCES
+                rows = series_of(hw_rows, metric)
+                if len(rows) < min_runs:
+                    continue
+                ids, vals = [r for r, _ in rows], [v for _, v in rows]
+                if metric == "mem_mib":
+                    eff = max(RESOURCE_MIN_EFFECT * float(np.median(vals)), memory_slack_mib)
+                elif is_res:
+                    eff = RESOURCE_MIN_EFFECT * float(np.median(vals))
+                else:
+                    eff = TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_MIN_EFFECT[metric])
+                hits = regressions(vals, eff, ids, higher_is_better=not is_res, penalty=penalty)
+                if hits:
+                    found.setdefault(metric, []).extend(replace(h, hardware_class=hw) for h in hits)
         if found:
             out[cid] = found
     return out
