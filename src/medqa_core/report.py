@@ -7,7 +7,8 @@ from typing import Any
 
 from .metrics import METRICS
 
-COLUMNS = (*METRICS, "train_s", "mem_mib")
+#: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); shown, not gated
+COLUMNS = (*METRICS, "degenerate", "train_s", "mem_mib")
 
 
 def load_records(paths: list[Path]) -> list[dict[str, Any]]:
@@ -52,6 +53,8 @@ def _cell(col: str, v: float | None, b: float | None) -> str:
     if col in METRICS:
         s = f"{v:.4f}"
         return s + (f" ({v - b:+.4f})" if b is not None else "")
+    if col == "degenerate":  # a share of answers: two decimals are all a test set of ~100 supports
+        return f"{v:.2f}" + (f" ({v - b:+.2f})" if b is not None else "")
     s = f"{v:.1f}"
     return s + (f" (x{v / b:.2f})" if b else "")
 

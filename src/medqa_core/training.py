@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .cache import Cache, code_digest, content_key
 from .datasets import QAExample
 from .errors import TrainingError
 from .models import cuda_precision, free_memory
-from .prompts import training_rows
 from .params import real_param_count
+from .prompts import training_rows
 from .resources import PeakMemory, Timer, library_versions
 from .specs import ModelSpec, TrainConfig
 
@@ -201,6 +202,8 @@ def _fine_tune_sft(
             peft_config=lora_config(spec, cfg),
         )
         trainable_to_fp32(trainer.model)  # trl casts a 4-bit model's LoRA weights to bf16
+        if progress.active():
+            trainer.add_callback(_progress_callback(cfg.steps))
         counter = _PadCounter(trainer.data_collator)
         trainer.data_collator = counter
         peft_model = trainer.model
@@ -214,6 +217,25 @@ def _fine_tune_sft(
         peft_model.save_pretrained(str(out_dir))
     return _stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device,
                   counter.pad / counter.total if counter.total else 0.0, "sft", int(trainer.state.global_step), rows)
+
+
+def _progress_callback(steps: int) -> Any:
+    """A Trainer callback that reports each optimizer step (throttled) and the last logged loss."""
+    from transformers import TrainerCallback
+
+    tracker = progress.Tracker("train", steps, "step")
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        loss: float | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            tracker.update(state.global_step, **({"loss": self.loss} if self.loss is not None else {}))
+
+    return _Progress()
 
 
 def _stats(seconds: float, cpu: float, tokens: int, trainable: int, total: int, mem: PeakMemory, losses: list[float],
@@ -360,6 +382,7 @@ def _fine_tune_lean(
     tokens = pad = fed = 0
     run_loss = torch.zeros((), device=device)
     steps_run = 0
+    tracker = progress.Tracker("train", cfg.steps, "step")  # live progress only; no effect on training
     with PeakMemory(device) as mem, Timer() as t:
         for step, idx in enumerate(batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
             batch = collate([examples[i] for i in idx], tokenizer.pad_token_id, cfg.packing)
@@ -390,6 +413,9 @@ def _fine_tune_lean(
             if step % every == 0 or step == cfg.steps:  # mean loss since the last log, like the Trainer's
                 losses.append(float(run_loss) / (step - (len(losses) * every)))
                 run_loss.zero_()
+            # the loss shown: the last logged mean, or this step's before the first log
+            if tracker.due(step):  # (float() of the loss would sync a GPU: only when shown)
+                tracker.update(step, loss=losses[-1] if losses else float(logged))
     _check_losses(spec, losses)
     peft_model.save_pretrained(str(out_dir))
     return _stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
