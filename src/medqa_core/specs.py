@@ -248,6 +248,8 @@ def _check_keys(table: dict[str, Any], allowed: set[str] | frozenset[str], where
 
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table, got {_toml_type(table)}")
     names = {f.name for f in dataclasses.fields(cls)}
     _check_keys(table, names, where)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
@@ -265,10 +267,23 @@ POSITIVE = {"steps", "num_processes", "batch_size", "max_length", "lora_r", "lor
             "test_size", "learning_rate", "time_factor", "memory_factor", "repetition_penalty"}
 
 
+def _toml_type(value: Any) -> str:
+    """The TOML name of a parsed value's type, for messages (a value's repr can be huge)."""
+    for t, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+                    (dict, "a table"), (list, "an array"), (tuple, "an array")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
 def _check_type(value: Any, declared: Any, where: str) -> None:
     """Values must match the field's declared type (annotations are strings here)."""
     kind = str(declared)
     name = where.rsplit(" ", 1)[-1]
+    if kind.endswith(" | None"):
+        if value is None:
+            return
+        kind = kind.removesuffix(" | None")
     if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
         raise ConfigError(f"{where} = {value!r}: must be an integer")
     if kind == "float":
@@ -276,8 +291,8 @@ def _check_type(value: Any, declared: Any, where: str) -> None:
             raise ConfigError(f"{where} = {value!r}: must be a finite number")
     if kind in ("str", "str | None") and not (isinstance(value, str) or (value is None and "None" in kind)):
         raise ConfigError(f"{where} = {value!r}: must be a string")
-    if kind.startswith("tuple[str") and not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} = {list(value)!r}: must be a list of strings")
+    if kind.startswith("tuple[str") and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"{where} = {value!r}: must be a list of strings")
     if kind == "bool" and not isinstance(value, bool):
         raise ConfigError(f"{where} = {value!r}: must be true or false")
     if kind.startswith("dict") and not isinstance(value, dict):
@@ -287,8 +302,10 @@ def _check_type(value: Any, declared: Any, where: str) -> None:
 
 
 def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table, got {_toml_type(table)}")
     family = table.get("family", name)
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ConfigError(f"{where}: unknown family {family!r}; known: {sorted(FAMILIES)}")
     facts = FAMILIES[family]
     sources = [k for k in ("hub_id", "tiny_config", "gguf") if k in table]
@@ -314,6 +331,8 @@ def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
 
 
 def _dataset_spec(name: str, table: dict[str, Any], where: str) -> DatasetSpec:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table, got {_toml_type(table)}")
     table = dict(table)
     q = table.pop("question", None)
     if q is None or "answer" not in table:
@@ -336,11 +355,19 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         raise ConfigError(f"--profile {name_or_path!r}: no file {path}; known profiles: {known} or a .toml path")
     path = path.absolute()
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     where = str(path)
     _check_keys(raw, TOP_LEVEL_KEYS, where)
+    for key in ("name", "description", "data_dir", "baseline"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key} is {_toml_type(raw[key])}; it must be a string")
+    for key in ("models", "datasets"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise ConfigError(f"{where}: {key} is {_toml_type(raw[key])}; it must be tables [{key}.<name>]")
     try:
         pname = raw.get("name", path.stem)
         models = {n: _model_spec(n, t, f"{where} [models.{n}]") for n, t in raw["models"].items()}
@@ -349,7 +376,7 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         raise ConfigError(f"{where}: missing table [{exc.args[0]}]") from exc
     if not models or not datasets:
         raise ConfigError(f"{where}: needs at least one [models.*] and one [datasets.*] table")
-    gate_raw = dict(raw.get("gate", {}))
+    gate_raw = raw.get("gate", {})  # _build checks it is a table
     pre = raw.get("pretrain")
     # --data-dir / MEDQA_DATA_DIR is relative to the working directory; data_dir in the file is
     # relative to the file (the default: a `data` folder beside it).
@@ -367,7 +394,7 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         pretrain=_build(PretrainConfig, pre, f"{where} [pretrain]") if pre is not None else None,
         data_dir=ddir if ddir.is_absolute() else path.parent / ddir,
         baseline=Path(raw.get("baseline", f"baselines/{pname}.json")),
-        baseline_readonly=bool(raw.get("baseline_readonly", False)),
+        baseline_readonly=_flag(raw, "baseline_readonly", where),
         slow=_flag(raw, "slow", where),
         scorer=_build(ScorerConfig, raw.get("scorer", {}), f"{where} [scorer]"),
     )
