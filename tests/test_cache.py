@@ -132,6 +132,7 @@ def test_builds_once_then_hits(tmp_path):
     assert e1.meta["seconds"] == 1.5 and e1.meta["n"] == 3
     assert e1.meta["kind"] == "adapter" and e1.meta["key"] == e1.key and e1.meta["inputs"] == payload
     on_disk = json.loads((e1.path / "meta.json").read_text())
+    assert on_disk.pop("meta_sha256") == content_key(e1.meta)  # meta.json is sealed with its own digest
     assert on_disk == e1.meta
     assert not b.tmp_dirs[0].exists()  # renamed into place
 
@@ -194,18 +195,24 @@ def test_non_finite_meta_raises_and_leaves_nothing(tmp_path, meta):
     assert cache.get_or_build("adapter", {"p": 2}, Builder(meta={"loss": 0.5})).built
 
 
-@pytest.mark.parametrize("garbage", ["{not json", "", '{"kind": "adapter", "key": '])
-def test_corrupt_meta_names_path(tmp_path, garbage):
+@pytest.mark.parametrize("garbage", ["{not json", "", '{"kind": "adapter", "key": ', "[1]", "flip"])
+def test_corrupt_meta_is_rebuilt_with_a_warning_naming_it(tmp_path, garbage, caplog):
+    """An unreadable or altered meta.json (sealed with its own sha256) makes the entry damaged:
+    never served, rebuilt with one warning naming the entry."""
     cache = Cache(tmp_path)
-    e = cache.get_or_build("adapter", {"p": 3}, Builder())
-    (e.path / "meta.json").write_text(garbage)
-    for call in (lambda: cache.get_or_build("adapter", {"p": 3}, Builder()),
-                 lambda: cache.lookup("adapter", {"p": 3})):
-        with pytest.raises(MedQAError) as info:
-            call()
-        assert isinstance(info.value, CacheError)
-        assert str(e.path / "meta.json") in str(info.value)
-        assert "delete" in str(info.value)
+    e = cache.get_or_build("adapter", {"p": 3}, Builder(meta={"n": 12}))
+    meta = e.path / "meta.json"
+    if garbage == "flip":  # still valid JSON, one value changed
+        garbage = meta.read_text().replace('"n": 12', '"n": 13')
+        assert garbage != meta.read_text()
+    meta.write_text(garbage)
+    assert cache.lookup("adapter", {"p": 3}) is None
+    b = Builder(meta={"n": 12})
+    with caplog.at_level("WARNING", logger="medqa_core.cache"):
+        e2 = cache.get_or_build("adapter", {"p": 3}, b)
+    assert b.calls == 1 and e2.built and e2.meta["n"] == 12
+    assert any("damaged" in r.message and e.key[:12] in r.message and "meta.json" in r.message for r in caplog.records)
+    assert cache.lookup("adapter", {"p": 3}) is not None
 
 
 def test_leftover_entry_without_meta_is_rebuilt(tmp_path):

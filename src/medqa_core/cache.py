@@ -28,6 +28,7 @@ from .errors import CacheError
 log = logging.getLogger(__name__)
 
 META = "meta.json"
+META_DIGEST = "meta_sha256"  # content_key of the rest of meta.json, written with it
 
 
 def canonical_json(payload: Any) -> str:
@@ -101,10 +102,11 @@ class Cache:
         return self.root / kind / key[:2] / key
 
     def lookup(self, kind: str, payload: Any) -> Entry | None:
+        """The entry if it is there and sound (meta.json and every file as recorded), else None."""
         key = content_key(payload)
         path = self.path_for(kind, key)
-        meta = self._read_meta(path)
-        return None if meta is None else Entry(key, path, meta, built=False)
+        meta, bad = _read_meta(path)
+        return None if meta is None or bad or _damage(path, meta) else Entry(key, path, meta, built=False)
 
     def get_or_build(
         self,
@@ -119,15 +121,15 @@ class Cache:
         """
         key = content_key(payload)
         path = self.path_for(kind, key)
-        meta = self._read_meta(path)
-        if meta is not None and not _damage(path, meta):
+        meta, bad = _read_meta(path)
+        if meta is not None and not bad and not _damage(path, meta):
             return Entry(key, path, meta, built=False)
         with FileLock(str(self.root / "locks" / f"{kind}-{key}.lock")):
-            meta = self._read_meta(path)  # another worker may have built it while we waited
-            if meta is not None:
-                damage = _damage(path, meta)
+            meta, damage = _read_meta(path)  # another worker may have built it while we waited
+            if meta is not None or damage:
+                damage = damage or _damage(path, meta or {})
                 if not damage:
-                    return Entry(key, path, meta, built=False)
+                    return Entry(key, path, meta or {}, built=False)
                 log.warning("cache: entry %s/%s is damaged (%s); rebuilding it", kind, key[:12], damage)
                 shutil.rmtree(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,8 @@ class Cache:
                 extra = build(tmp) or {}
                 meta = {"kind": kind, "key": key, "inputs": payload, **extra, "files": _manifest(tmp)}
                 _check_finite(meta, f"cache entry {kind}/{key}")
-                (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=False))
+                sealed = {**meta, META_DIGEST: content_key(meta)}  # meta.json checks itself too
+                (tmp / META).write_text(json.dumps(sealed, indent=1, sort_keys=True, allow_nan=False))
                 tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
                 if path.exists():  # a corrupt leftover without meta.json: replace it
                     shutil.rmtree(path)
@@ -149,17 +152,24 @@ class Cache:
             log.info("cache: built %s/%s", kind, key[:12])
             return Entry(key, path, meta, built=True)
 
-    @staticmethod
-    def _read_meta(path: Path) -> dict[str, Any] | None:
-        f = path / META
-        if not f.is_file():
-            return None
-        try:
-            return json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CacheError(
-                f"{f}: unreadable cache metadata ({exc}); delete {path} and rerun to rebuild it"
-            ) from exc
+
+def _read_meta(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(meta, '') for a sound meta.json, (None, '') when there is none, (None, what is wrong) when
+    it cannot be read or no longer matches the digest it was sealed with (the entry is damaged).
+    Entries from before the seal are trusted as they read."""
+    f = path / META
+    if not f.is_file():
+        return None, ""
+    try:
+        meta = json.loads(f.read_bytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            return None, f"{META} is not a JSON object"
+        claimed = meta.pop(META_DIGEST, None)
+        if claimed is not None and claimed != content_key(meta):
+            return None, f"{META} does not match its recorded sha256"
+        return meta, ""
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON, NaN
+        return None, f"{META} is unreadable ({type(exc).__name__})"
 
 
 def _manifest(root: Path) -> dict[str, list[Any]]:
