@@ -8,6 +8,7 @@
     medqa-bench params [--profile NAME]               LoRA trainable parameters per model (meta device)
     medqa-bench merge RUN_DIR... --history PATH       import several machines' run directories as one run group
                                                       ([--group ID]; docs/multi-runner.md)
+    medqa-bench init DATA --question COL --answer COL --model M   a profile for your own data, next to it
 
 RUN is a run directory (.medqa-results/<run id>) or a run in the history: a run id, a unique
 prefix of one, ``latest`` or ``latest~N``; a merged run group counts as one run. The history is --history, else $MEDQA_HISTORY, else
@@ -25,20 +26,65 @@ from .errors import MedQAError
 
 
 def _history_path(args: argparse.Namespace) -> Path:
+    """The history to use: the first that exists of :func:`_history_candidates` (else the first one)."""
+    cands = _history_candidates(args)
+    return next((p for p, _ in cands if p.is_file()), cands[0][0])
+
+
+def _results_roots() -> list[Path]:
+    roots = [Path(os.environ["MEDQA_RESULTS_DIR"])] if os.environ.get("MEDQA_RESULTS_DIR") else []
+    return [*roots, Path(".medqa-results")]
+
+
+def _run_dir(ref: str | None, run_id: str | None = None) -> Path | None:
+    """The run directory of RUN: RUN itself when it is one, else ``<results dir>/<run id>``."""
+    if ref and Path(ref).is_dir():
+        return Path(ref)
+    for root in _results_roots():
+        if run_id and (root / run_id).is_dir():
+            return root / run_id
+    return None
+
+
+def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """Where a history may be, in order: --history (alone when given), the history the run wrote to
+    (its run.toml), $MEDQA_HISTORY, $MEDQA_CACHE_DIR, ./.medqa-cache, then the histories recorded by
+    the newest run directories under the results directory."""
+    from .report import read_run_info
+
     if getattr(args, "history", None):
-        return Path(args.history)
+        return [(Path(args.history), "--history")]
+    out: list[tuple[Path, str]] = []
+    d = _run_dir(getattr(args, "run", None))
+    if d is not None and read_run_info(d).get("history"):
+        out.append((Path(read_run_info(d)["history"]), f"{d}/run.toml"))
     if os.environ.get("MEDQA_HISTORY"):
-        return Path(os.environ["MEDQA_HISTORY"])
-    return Path(os.environ.get("MEDQA_CACHE_DIR") or ".medqa-cache") / "history.sqlite"
+        out.append((Path(os.environ["MEDQA_HISTORY"]), "$MEDQA_HISTORY"))
+    if os.environ.get("MEDQA_CACHE_DIR"):
+        out.append((Path(os.environ["MEDQA_CACHE_DIR"]) / "history.sqlite", "$MEDQA_CACHE_DIR"))
+    out.append((Path(".medqa-cache") / "history.sqlite", "default"))
+    for root in _results_roots():
+        try:
+            infos = sorted(root.glob("*/run.toml"), key=lambda p: p.stat().st_mtime, reverse=True)[:50]
+        except OSError:
+            continue
+        for info in infos:
+            h = read_run_info(info.parent).get("history")
+            if h and all(Path(h) != p for p, _ in out):
+                out.append((Path(h), f"{info}"))
+    return out
 
 
 def _history(args: argparse.Namespace, required: bool = True) -> Any:
     from .history import History
 
-    path = _history_path(args)
-    if not path.is_file():
+    cands = _history_candidates(args)
+    path = next((p for p, _ in cands if p.is_file()), None)
+    if path is None:
         if required:
-            raise MedQAError(f"{path}: no run history here (pytest writes it; or pass --history PATH)")
+            looked = ", ".join(f"{p.expanduser().absolute()} ({why})" for p, why in cands[:6])
+            raise MedQAError(f"no run history found; looked in: {looked}; pytest writes one per cache dir "
+                             "(or pass --history PATH, or a run directory)")
         return None
     return History(path)
 
@@ -55,17 +101,58 @@ def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
         return recs
     hist = _history(args, required=False) if args is not None else None
     if hist is None:
-        raise MedQAError(f"{d}: not a run directory (look under .medqa-results/) and no history to look it up in")
+        looked = ", ".join(f"{p.expanduser().absolute()} ({why})" for p, why in _history_candidates(args)[:6]) if args is not None else "-"
+        raise MedQAError(f"{d}: not a run directory (look under .medqa-results/) and no history to look it up in "
+                         f"(looked in: {looked})")
     recs = hist.records(hist.resolve(ref))
     return sorted(recs, key=lambda r: (r["dataset"], r["model"]))
 
 
+def _run_info(args: argparse.Namespace, recs: list[dict] | None = None) -> dict[str, Any]:
+    """run.toml of RUN (a run directory, or the directory of a history run under the results dir)."""
+    from .report import read_run_info
+
+    ref = getattr(args, "run", None)
+    run_id = None
+    if ref and not Path(ref).is_dir() and recs:
+        run_id = (recs[0].get("provenance") or {}).get("run_id") or None
+        if run_id is None:
+            hist = _history(args, required=False)
+            run_id = hist.resolve(ref) if hist is not None else None
+    d = _run_dir(ref, run_id)
+    return read_run_info(d) if d is not None else {}
+
+
+def _run_profile(args: argparse.Namespace, recs: list[dict] | None) -> tuple[Any, str | None]:
+    """(profile or None, the profile name the history files runs under): --profile (a name or a
+    .toml path; must load), else the profile the run recorded in run.toml, else the records' name."""
+    info = _run_info(args, recs)
+    if getattr(args, "profile", None):
+        prof = _profile_or_none(args.profile, explicit=True)
+        return prof, prof.name
+    for ref in (info.get("profile"), info.get("profile_file")):
+        prof = _profile_or_none(ref, explicit=False)
+        if prof is not None:
+            return prof, prof.name
+    name = info.get("profile_name") or ((recs or [{}])[0].get("profile"))
+    return _profile_or_none(name, explicit=False), name
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from . import baselines
-    from .report import plain_table
+    from .report import details_text, plain_table
 
-    base = baselines.load(Path(args.baseline)) if args.baseline else None
-    print(plain_table(_records(args.run, args), base))
+    recs = _records(args.run, args)
+    if args.baseline:
+        base = baselines.load(Path(args.baseline))
+    else:  # the baseline the run was judged against (run.toml), when it is still there
+        path = _run_info(args, recs).get("baseline")
+        base = baselines.load(Path(path)) if path and Path(path).is_file() else None
+    print(plain_table(recs, base))
+    details = details_text(recs)
+    if details:
+        print()
+        print(details)
     return 0
 
 
@@ -116,10 +203,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .trend import case_trends
 
     recs = _records(args.run, args)
-    profile_name = args.profile or recs[0].get("profile")
-    profile = _profile_or_none(profile_name, explicit=bool(args.profile))
+    profile, profile_name = _run_profile(args, recs)
+    recorded = None if args.profile else _run_info(args, recs).get("baseline")  # what the run was judged against
     if args.baseline:
         base = baselines.load(Path(args.baseline))
+    elif recorded and Path(recorded).is_file():
+        base = baselines.load(Path(recorded))
     elif profile is not None and profile.resolve(str(profile.baseline)).is_file():
         base = baselines.load(profile.resolve(str(profile.baseline)))
     else:
@@ -147,11 +236,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing_scope(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """history/trend: (profile or None, profile name to filter by), from --profile or from RUN."""
+    if getattr(args, "run", None):
+        recs = _records(args.run, args)
+        return _run_profile(args, recs)
+    if args.profile:
+        prof = _profile_or_none(args.profile, explicit=True)
+        return prof, prof.name
+    return None, None
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     import time
 
     hist = _history(args)
-    for r in hist.runs(args.profile):
+    _, name = _listing_scope(args)
+    for r in hist.runs(name):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
         print(f"#{r.seq:<4d} {r.run_id:26s} {when}  {r.profile:8s} {r.hardware_class or '-':20s} {(r.git_sha or '-')[:10]}")
     return 0
@@ -161,16 +262,18 @@ def cmd_trend(args: argparse.Namespace) -> int:
     from .trend import case_trends
 
     hist = _history(args)
-    profile = _profile_or_none(args.profile, explicit=True)
+    if not args.run and not args.profile:
+        args.profile = "tiny"
+    profile, name = _listing_scope(args)
     tols = profile.gate.metric_tolerance if profile is not None else {}
     slack = profile.gate.memory_slack_mib if profile is not None else 0.0
-    found = case_trends(hist, hist.case_ids(args.profile), args.profile, tols, memory_slack_mib=slack)
+    found = case_trends(hist, hist.case_ids(name), name, tols, memory_slack_mib=slack)
     for cid in sorted(found):
         for metric, shifts in found[cid].items():
             for sh in shifts:
                 print(f"{cid}: {sh.explain(metric)}")
     if not found:
-        print(f"no worsening shift in {len(hist.runs(args.profile))} stored run(s) of profile {args.profile}")
+        print(f"no worsening shift in {len(hist.runs(name))} stored run(s) of profile {name} in {hist.path}")
     return 1 if found else 0
 
 
@@ -185,6 +288,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"run {rid}: {state}, {n or 0} case(s) added")
     print(f"group {res.group_id} (profile {res.profile}): {len(res.members)} run(s), {res.total_added} case(s) "
           f"added to {path}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .scaffold import init_profile
+
+    res = init_profile(args.data, args.question, args.answer, args.model, name=args.name, out=args.out,
+                       force=args.force, sets=args.sets)
+    print(res.text())
     return 0
 
 
@@ -220,16 +332,20 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="write report.md and a self-contained report.html with plots for a run")
     r.add_argument("run")
     r.add_argument("--baseline", help="baseline JSON (default: the run's profile baseline)")
-    r.add_argument("--profile", help="profile for tolerances and baseline (default: the one in the records)")
+    r.add_argument("--profile", help="profile (name or .toml path) for tolerances and baseline (default: the one the "
+                                     "run used, from its run.toml, else the records' profile name)")
     r.add_argument("--history", help="history database for history plots and trends (see above)")
     r.add_argument("--out", help="output directory (default: the run directory, or ./medqa-report-<run>)")
     r.set_defaults(fn=cmd_report)
     h = sub.add_parser("history", help="list the runs stored in the history")
-    h.add_argument("--profile")
+    h.add_argument("run", nargs="?", help="a run directory (or run reference): list that run's profile, from the "
+                                          "history it wrote to")
+    h.add_argument("--profile", help="only runs of this profile (a name or a .toml path)")
     h.add_argument("--history")
     h.set_defaults(fn=cmd_history)
     t = sub.add_parser("trend", help="worsening shifts (change points) per case and metric; exit 1 when any")
-    t.add_argument("--profile", default="tiny")
+    t.add_argument("run", nargs="?", help="a run directory (or run reference): its profile and the history it wrote to")
+    t.add_argument("--profile", help="a profile name or .toml path (default: RUN's profile, else tiny)")
     t.add_argument("--history")
     t.set_defaults(fn=cmd_trend)
     mg = sub.add_parser("merge", help="import run directories of several machines into one history as one run group "
@@ -240,6 +356,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="group id shared by the runs of one night (env MEDQA_RUN_GROUP; default derived from the "
                          "run directories' names)")
     mg.set_defaults(fn=cmd_merge)
+    i = sub.add_parser("init", help="write a profile for your own data file and model next to the data "
+                                    "(docs/own-data.md)")
+    i.add_argument("data", metavar="DATA_FILE", help="a .csv, .json, .jsonl or .parquet file of question/answer rows")
+    i.add_argument("--question", action="append", required=True, metavar="COL",
+                   help="the question column (repeat for several, joined with a newline)")
+    i.add_argument("--answer", required=True, metavar="COL", help="the answer column")
+    i.add_argument("--model", required=True, metavar="HUB_ID_OR_DIR",
+                   help="a local checkpoint directory, a .gguf file or a hub id (org/name)")
+    i.add_argument("--name", help="profile and dataset name (default: from the data file's name)")
+    i.add_argument("--out", metavar="PROFILE.toml", help="where to write the profile (default: <data dir>/<name>.toml)")
+    i.add_argument("--force", action="store_true", help="overwrite an existing profile file")
+    i.add_argument("--set", action="append", default=[], dest="sets", metavar="SECTION.KEY=VALUE",
+                   help="write this value into the profile (TOML syntax, e.g. --set train.steps=40); repeatable")
+    i.set_defaults(fn=cmd_init)
     p = sub.add_parser("params", help="LoRA trainable parameters per model, counted on meta-device skeletons")
     p.add_argument("--profile", default="paper")
     p.set_defaults(fn=cmd_params)

@@ -234,6 +234,31 @@ def history_path(config: pytest.Config) -> Path | None:
     return Path(opt) if opt else _cache_dir(config) / "history.sqlite"
 
 
+def _write_run_info(config: pytest.Config) -> None:
+    """``run.toml`` in the run directory: the profile as given (a name, or a file's absolute path),
+    its overrides, the baseline, history and cache this run used, so the ``medqa-bench`` commands
+    find them from the run directory without the options repeated."""
+    from .report import write_run_info
+
+    opt = str(config.getoption("--profile"))
+    ref = str(Path(opt).expanduser().resolve()) if Path(opt).suffix == ".toml" else opt
+    try:
+        profile = _profile(config)
+    except MedQAError:
+        return
+    hist = history_path(config)
+    run_dir = config.stash[_run_dir_key]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(run_dir, {
+        "run_id": config._medqa_run_id, "profile": ref, "profile_name": profile.name,
+        "profile_file": str(Path(profile.path).resolve()), "set": list(config.getoption("medqa_set")),
+        "data_dir": str(profile.data_dir), "baseline": str(profile.resolve(str(profile.baseline)).resolve()),
+        "history": str(hist.expanduser().resolve()) if hist is not None else None,
+        "cache_dir": str(_cache_dir(config).expanduser().resolve()),
+        "update_baselines": bool(config.getoption("--update-baselines")),
+    })
+
+
 def _profile(config: pytest.Config) -> Any:
     cached = getattr(config, "_medqa_profile", None)
     if cached is None:
@@ -400,6 +425,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     records = _collected(config)
     lines: list[str] = []
     config._medqa_finish_lines = lines  # type: ignore[attr-defined]  # printed by the terminal summary
+    _write_run_info(config)
     if config.getoption("--update-baselines"):
         if int(exitstatus) == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: a partial run never rewrites a baseline
             lines.append("medqa-bench: interrupted; the baseline file was not changed")

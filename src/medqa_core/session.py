@@ -69,6 +69,26 @@ def identity(profile: Profile, result: pipeline.CaseResult) -> dict[str, Any]:
     }
 
 
+def data_source(profile: Profile, dataset: str) -> dict[str, Any]:
+    """Where a case's rows were read from, in the loader's order (datasets.load_examples): the file
+    named by ``MEDQA_DATA_<NAME>``, else ``<data dir>/<file>``, else the hub id. Information for the
+    reader of a record (which file was this?); the data's identity stays its fingerprint, so the
+    same rows read from another path still compare with their baseline."""
+    import os
+
+    spec = profile.datasets.get(dataset)
+    if spec is None:
+        return {}
+    env = os.environ.get(spec.env_var)
+    if env:
+        return {"kind": "file", "path": str(Path(env).expanduser().resolve()), "via": spec.env_var}
+    if spec.file is not None and (profile.data_dir / spec.file).is_file():
+        return {"kind": "file", "path": str((profile.data_dir / spec.file).resolve()), "via": "profile"}
+    if spec.hub_id is not None:
+        return {"kind": "hub", "hub_id": spec.hub_id, "revision": getattr(spec, "revision", None)}
+    return {"kind": "missing", "path": str(profile.data_dir / spec.file) if spec.file else None}
+
+
 def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeline.CaseResult]) -> dict[str, Any]:
     """The case's record: the first run's fields, metrics averaged over the runs, every run kept."""
     runs = [r.to_json() for r in results]
@@ -82,6 +102,7 @@ def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeli
         r["margins"] = gate.margins(r, profile.gate.require_beats_base)
     rec["seeds"] = [r.seed for r in results]
     rec["identity"] = identity(profile, results[0])
+    rec["data_source"] = data_source(profile, results[0].dataset)  # beside data.fingerprint; not in the identity
     rec["provenance"] = pipeline.provenance(profile, ctx)
     for r in rec["runs"]:
         r["provenance"] = rec["provenance"]
@@ -126,7 +147,8 @@ def error_record(profile: Profile, model: str, dataset: str, run_dir: Path, reas
            "base_metrics": {}, "resources": {}, "cached": {}, "runs": [],
            "provenance": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware(),
                           "profile": profile.name},
-           "verdict": {"status": "error", "note": line, "explain": f"{cid}: error ({line})", "checks": []}}
+           "verdict": {"status": "error", "note": line, "explain": f"{cid}: error ({line})", "checks": []},
+           "data_source": data_source(profile, dataset)}
     path = run_dir / f"{cid}.json"
     path.write_text(json.dumps(rec, indent=1, allow_nan=False))
     rec["_path"] = str(path)

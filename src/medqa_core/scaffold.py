@@ -1,0 +1,361 @@
+"""``medqa-bench init``: a profile for one's own data file and model, written next to the data.
+
+The user names a data file (JSON, JSON Lines, CSV or parquet, read by the same loader the
+benchmark uses), the column(s) holding the question and the one holding the answer, and a model:
+a local checkpoint directory (a ``config.json`` beside the weights), a ``.gguf`` file, or a hub
+id. :func:`init_profile` checks the columns against the file, picks a recipe for the model's
+size, writes ``<name>.toml`` beside the data (absolute paths, so it runs from any directory and
+never touches the repository), loads it back with :func:`specs.load_profile` and runs the data
+through the loader, cleaning and split before reporting success. The baseline lives next to
+the data too (``<name>.baseline.json``), so ``--update-baselines`` never writes into
+``baselines/``.
+
+Recipes (a starting point; every value can be changed in the file or with ``--set``):
+
+* a small local model (under :data:`TINY_PARAMS` parameters, e.g. the shipped tiny bases in
+  ``fixtures/models/``): the ``tiny`` profile's recipe (200 steps, lean loop), seconds per case;
+* anything larger (a local checkpoint, a GGUF file, a hub id): the ``small`` profile's recipe
+  (60 steps, batch 4, max length 256) and ``slow = true``, so its cases need ``-m slow``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DatasetError, MedQAError
+from .specs import REPO_ROOT
+
+#: local checkpoints with fewer parameters than this get the fast (tiny) recipe
+TINY_PARAMS = 20_000_000
+#: test questions aimed for: enough for the gate's power, capped at 5-20% of the rows
+TARGET_TEST_ROWS = 40
+#: transformers ``model_type`` -> family (others train as "llama": the same projection names)
+MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "gemma2": "gemma", "gemma": "gemma", "phi3": "phi"}
+SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+BENCHMARK = REPO_ROOT / "benchmarks" / "test_medqa.py"
+
+_TINY_RECIPE = {
+    "train": {"steps": 200, "learning_rate": 2e-3, "batch_size": 8, "max_length": 128, "lora_r": 16, "lora_alpha": 32,
+              "lora_dropout": 0.0, "optimizer": "adamw_torch", "quantization": "none", "warmup_ratio": 0.05, "seed": 0,
+              "trainer": "lean"},
+    "gate": {"memory_slack_mib": 256},
+}
+_REAL_RECIPE = {
+    "train": {"steps": 60, "learning_rate": 5e-4, "batch_size": 4, "max_length": 256, "lora_r": 16, "lora_alpha": 32,
+              "lora_dropout": 0.0, "optimizer": "adamw_torch", "quantization": "none", "warmup_ratio": 0.1, "seed": 0},
+    "gate": {"memory_slack_mib": 2048},
+}
+_GATE = {
+    "metric_tolerance": {"bert_p": 0.02, "bert_r": 0.02, "bert_f1": 0.02, "cosine": 0.03, "use_p": 0.03, "use_r": 0.03,
+                         "use_f1": 0.03, "answer_words": 3.0},
+    "baseline_seeds": 5,
+    "controls": ["base", "no_question", "shuffled"],
+    "require_controls": ["base"],
+    "require_beats_base": ["bert_f1", "use_f1"],
+    "time_factor": 3.0,
+    "memory_factor": 1.5,
+}
+#: sections ``--set`` may write into (the profile's own tables)
+SETTABLE = ("train", "generation", "split", "gate")
+
+
+class InitError(MedQAError):
+    """``medqa-bench init`` cannot write a profile from what it was given."""
+
+
+@dataclass
+class ModelChoice:
+    name: str  # the [models.<name>] table, first half of the case id
+    table: dict[str, Any]
+    params: int | None  # estimated from config.json; None = unknown (hub id, GGUF)
+    slow: bool
+    note: str = ""
+
+
+@dataclass
+class InitResult:
+    profile: Path
+    baseline: Path
+    name: str
+    case_id: str
+    slow: bool
+    rows: int  # rows in the file
+    train_rows: int
+    test_rows: int
+    commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [f"wrote {self.profile}",
+                 f"  case {self.case_id}: {self.rows} rows read, {self.train_rows} train / {self.test_rows} test after "
+                 f"cleaning and split" + ("; slow (its cases need -m slow)" if self.slow else ""),
+                 *(f"  note: {n}" for n in self.notes),
+                 "record a baseline (written next to the data, never into the repository):",
+                 f"  {self.commands[0]}",
+                 "then gate every later run against it:",
+                 f"  {self.commands[1]}"]
+        return "\n".join(lines)
+
+
+def slug(text: str) -> str:
+    """A profile / table name from a file stem or model name: lower case, [a-z0-9_], starts with a letter."""
+    s = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    if not s or not s[0].isalpha():
+        s = "d_" + s
+    return s
+
+
+def read_columns(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a data file as the benchmark's loader reads them, and every column seen."""
+    from .datasets import _read_rows
+
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InitError(f"{path}: cannot tell the format from suffix {path.suffix!r}; "
+                        f"use one of {sorted(SUFFIX_FORMATS)}")
+    try:
+        rows = _read_rows(path, fmt)
+    except DatasetError as exc:
+        raise InitError(str(exc)) from None
+    except OSError as exc:
+        raise InitError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    objects = [r for _, r in rows if isinstance(r, dict)]
+    if not objects:
+        raise InitError(f"{path}: no rows with named columns (expected objects / a header row)")
+    columns: list[str] = []
+    for r in objects:
+        columns.extend(str(k) for k in r if str(k) not in columns)
+    return objects, columns
+
+
+def check_columns(path: Path, columns: list[str], wanted: list[str], option: str) -> None:
+    import difflib
+
+    for col in wanted:
+        if col not in columns:
+            close = difflib.get_close_matches(col, columns, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InitError(f"{path}: no column {col!r} for {option}{hint}; columns found: {columns}")
+
+
+def _estimate_params(cfg: dict[str, Any]) -> int | None:
+    """Decoder parameters from the architecture numbers (embeddings + per-layer attention and MLP)."""
+    try:
+        h = int(cfg["hidden_size"])
+        layers = int(cfg["num_hidden_layers"])
+        vocab = int(cfg.get("vocab_size", 0))
+        inter = int(cfg.get("intermediate_size", 4 * h))
+        heads = int(cfg.get("num_attention_heads", 1))
+        kv = int(cfg.get("num_key_value_heads", heads))
+        head_dim = int(cfg.get("head_dim") or h // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    attn = h * head_dim * heads * 2 + h * head_dim * kv * 2
+    return vocab * h * (1 if cfg.get("tie_word_embeddings", True) else 2) + layers * (attn + 3 * h * inter)
+
+
+def choose_model(model: str) -> ModelChoice:
+    """The [models.*] table for a local checkpoint directory, a GGUF file or a hub id."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        p = p.resolve()
+        cfg_file = p / "config.json"
+        if not cfg_file.is_file():
+            raise InitError(f"--model {model}: a directory without config.json; give a transformers checkpoint "
+                            "directory, a .gguf file or a hub id")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InitError(f"{cfg_file}: not readable as JSON ({exc})") from None
+        mtype = str(cfg.get("model_type", ""))
+        family = MODEL_TYPES.get(mtype, "llama")
+        params = _estimate_params(cfg)
+        note = "" if mtype in MODEL_TYPES else (f"model_type {mtype!r} is not one of {sorted(MODEL_TYPES)}: "
+                                                 "trained as family 'llama' (same projection names); check target_modules")
+        table: dict[str, Any] = {"hub_id": str(p), "family": family}
+        return ModelChoice(slug(p.name), table, params, params is None or params >= TINY_PARAMS, note)
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise InitError(f"--model {model}: no such GGUF file")
+        p = p.resolve()
+        return ModelChoice(slug(p.stem.split(".")[0]), {"gguf": str(p), "family": _family_from_name(p.name)}, None, True)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise InitError(f"--model {model}: no such directory (a hub id looks like 'org/name')")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", model):
+        raise InitError(f"--model {model!r}: not a local directory, a .gguf file or a hub id ('org/name')")
+    note = ("a hub model is downloaded on first use (needs network) and its cases run on a CUDA GPU only "
+            "(they skip elsewhere); pin a commit with revision = \"...\" in the profile")
+    return ModelChoice(slug(model.rsplit("/", 1)[-1]), {"hub_id": model, "family": _family_from_name(model)}, None, True, note)
+
+
+def _family_from_name(name: str) -> str:
+    low = name.lower()
+    for key, fam in (("gemma", "gemma"), ("phi", "phi"), ("mistral", "mistral")):
+        if key in low:
+            return fam
+    return "llama"
+
+
+def _max_new_tokens(answers: list[str]) -> int:
+    """Room for the 90th-percentile reference answer (~1.3 tokens a word, +50%), 32-256."""
+    words = sorted(len(a.split()) for a in answers if a.strip())
+    if not words:
+        return 64
+    p90 = words[min(len(words) - 1, int(0.9 * len(words)))]
+    return int(min(256, max(32, math.ceil(1.5 * 1.3 * p90 / 8) * 8)))
+
+
+def _test_fraction(n: int) -> float:
+    return round(min(0.2, max(0.05, TARGET_TEST_ROWS / max(n, 1))), 2)
+
+
+def _apply_sets(sections: dict[str, dict[str, Any]], assignments: list[str]) -> None:
+    """``SECTION.KEY=VALUE`` (TOML value), as pytest's ``--set``, written into the profile."""
+    for text in assignments:
+        lhs, sep, value = text.partition("=")
+        section, dot, key = lhs.strip().partition(".")
+        if not sep or not dot or section not in SETTABLE or not key.strip():
+            raise InitError(f"--set {text!r}: expected SECTION.KEY=VALUE with SECTION one of {list(SETTABLE)}")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise InitError(f"--set {text!r}: value is not TOML ({exc})") from None
+        sections.setdefault(section, {})[key.strip()] = parsed
+
+
+# ---- TOML writing (scalars, lists and inline tables are all a profile needs) -------------------
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k, ensure_ascii=False)
+
+
+def _table(header: str, values: dict[str, Any]) -> list[str]:
+    return [f"[{header}]", *(f"{toml_key(k)} = {toml_value(v)}" for k, v in values.items()), ""]
+
+
+def render(name: str, data: Path, model: ModelChoice, dataset: dict[str, Any], sections: dict[str, dict[str, Any]],
+           baseline: Path, slow: bool, source: str) -> str:
+    top = {"name": name, "description": f"{model.name} on {data.name} (written by medqa-bench init)",
+           "data_dir": str(data.parent), "baseline": str(baseline), "slow": slow}
+    lines = [f"# Written by `medqa-bench init` from {source}.",
+             "# Edit freely: the recipe is a starting point (README 'Profiles' lists every key). Paths are absolute,",
+             "# so the benchmark runs from any directory and writes nothing into the repository.",
+             *(f"{k} = {toml_value(v)}" for k, v in top.items()), ""]
+    for sec in ("train", "generation", "split", "gate"):
+        lines += _table(sec, sections.get(sec, {}))
+    lines += _table(f"models.{toml_key(model.name)}", model.table)
+    lines += _table(f"datasets.{toml_key(name)}", dataset)
+    return "\n".join(lines)
+
+
+def commands(profile: Path, baseline: Path, slow: bool, python: str | None = None) -> list[str]:
+    """The two commands: record the baseline (K seeds), then gate a run against it."""
+    py = python or sys.executable
+    base = [py, "-m", "pytest", str(BENCHMARK), "--profile", str(profile), "--baseline", str(baseline)]
+    if slow:
+        base += ["-m", "slow"]
+    return [shlex.join([*base, "--update-baselines"]), shlex.join(base)]
+
+
+def init_profile(data_file: str | Path, question: list[str] | str, answer: str, model: str, name: str | None = None,
+                 out: str | Path | None = None, force: bool = False, sets: list[str] | None = None) -> InitResult:
+    """Write a profile for ``data_file`` x ``model`` and check that it loads and its data splits."""
+    from .datasets import load_split
+    from .specs import load_profile
+
+    questions = [question] if isinstance(question, str) else list(question)
+    if not questions or not all(q for q in questions) or not answer:
+        raise InitError("--question and --answer need column names")
+    data = Path(data_file).expanduser()
+    if not data.is_file():
+        raise InitError(f"{data}: no such file" + (" (a directory; give the data file)" if data.is_dir() else ""))
+    data = data.resolve()
+    rows, columns = read_columns(data)
+    check_columns(data, columns, questions, "--question")
+    check_columns(data, columns, [answer], "--answer")
+    if answer in questions:
+        raise InitError(f"--answer {answer!r} is also a --question column; the answer must be its own column")
+    name = slug(name or data.stem)
+    target = Path(out).expanduser() if out else data.parent / f"{name}.toml"
+    if target.suffix != ".toml":
+        raise InitError(f"--out {target}: a profile file must end in .toml")
+    target = target.resolve()
+    if target.exists() and not force:
+        raise InitError(f"{target}: already exists; pass --force to overwrite it (or --out another path)")
+    if target.is_dir():
+        raise InitError(f"{target}: is a directory")
+    baseline = data.parent / f"{name}.baseline.json"
+    choice = choose_model(model)
+    recipe = _REAL_RECIPE if choice.slow else _TINY_RECIPE
+    answers = [str(r.get(answer) or "") for r in rows]
+    sections: dict[str, dict[str, Any]] = {
+        "train": dict(recipe["train"]),
+        "generation": {"max_new_tokens": _max_new_tokens(answers), "batch_size": 16, "repetition_penalty": 1.0},
+        "split": {"test_fraction": _test_fraction(len(rows)), "seed": 0},
+        "gate": {**_GATE, **recipe["gate"]},
+    }
+    _apply_sets(sections, list(sets or []))
+    set_keys = {s.partition("=")[0].strip() for s in sets or []}
+    if "split.test_size" in set_keys and "split.test_fraction" not in set_keys:
+        sections["split"].pop("test_fraction", None)  # a test size replaces the default fraction
+    dataset: dict[str, Any] = {"file": data.name, "question": questions[0] if len(questions) == 1 else questions,
+                               "answer": answer}
+    slow = bool(choice.slow)
+    src = f"{data.name} ({len(rows)} rows), model {model}"
+    text = render(name, data, choice, dataset, sections, baseline, slow, src)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.toml")  # the loader wants a .toml suffix
+    tmp.write_text(text)
+    try:  # the file must load with the project's loader and its data must split before it counts
+        prof = load_profile(tmp)
+        if prof.data_dir != data.parent or prof.resolve(str(prof.baseline)) != baseline:
+            raise InitError(f"{target}: the written paths do not resolve to {data.parent} and {baseline}")
+        spec = prof.datasets[name]
+        if spec.env_var in os.environ:
+            raise InitError(f"environment {spec.env_var} is set and would replace {data.name}; unset it first")
+        split = load_split(spec, prof.data_dir, prof.split)
+    except MedQAError as exc:
+        tmp.unlink(missing_ok=True)
+        msg = str(exc).replace(str(tmp), str(target))
+        raise (exc if isinstance(exc, InitError) else InitError(f"profile not written: {msg}")) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(target)
+    notes = [n for n in (choice.note,) if n]
+    if choice.params is not None:
+        notes.insert(0, f"model ~{choice.params / 1e6:.1f}M parameters: {'real-model' if slow else 'fast (tiny)'} recipe")
+    if len(split.test) < 20:
+        notes.append(f"only {len(split.test)} test questions: the gate has little power; more rows (or "
+                     "--set split.test_fraction=...) give a smaller minimum detectable effect")
+    from .specs import case_name
+
+    return InitResult(profile=target, baseline=baseline, name=name, case_id=case_name(choice.name, name), slow=slow,
+                      rows=len(rows), train_rows=len(split.train), test_rows=len(split.test),
+                      commands=commands(target, baseline, slow), notes=notes)
+
+
+__all__ = ["InitError", "InitResult", "choose_model", "commands", "init_profile", "read_columns", "render", "slug",
+           "toml_value"]
