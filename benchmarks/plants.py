@@ -38,23 +38,23 @@ class Plant:
 
 PLANTS: tuple[Plant, ...] = (
     Plant("gen_half_tokens", "answers cut to half their tokens in generation.py", ("generation", "answer_words"),
-          "generation.py", '"max_new_tokens": cfg.max_new_tokens,', '"max_new_tokens": cfg.max_new_tokens // 2,'),
+          "model/generation.py", '"max_new_tokens": cfg.max_new_tokens,', '"max_new_tokens": cfg.max_new_tokens // 2,'),
     Plant("answers_half_pipeline", "answers cut to half their words in pipeline.py", ("answer_words", "noise"),
           "pipeline.py", "return [by_q[q] for q in questions], {**entry.meta",
           'return [" ".join(by_q[q].split()[: len(by_q[q].split()) // 2]) for q in questions], {**entry.meta'),
     Plant("max_new_tokens_8", "answers cut to 8 new tokens (profile)", ("generation", "answer_words"),
           overrides=("generation.max_new_tokens=8",), cheap=True),
     Plant("steps_div4_code", "the lean loop runs a quarter of the steps, same schedule", ("train_steps",),
-          "training.py", "batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed)",
+          "train/finetune.py", "batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed)",
           "batch_order(len(examples), cfg.batch_size, cfg.steps // 4, cfg.seed)"),
     Plant("steps_div4", "training steps / 4 (profile)", ("train_steps",), overrides=("train.steps=50",), cheap=True),
     Plant("quarter_rows", "training on a quarter of the rows", ("train_rows", "train_rows_digest"),
-          "pipeline.py", "spec, data.train, cfg,\n            ctx.device, job,",
-          "spec, data.train[: len(data.train) // 4], cfg,\n            ctx.device, job,"),
+          "pipeline.py", "spec, data.train, cfg,\n            ctx.device, distributed,",
+          "spec, data.train[: len(data.train) // 4], cfg,\n            ctx.device, distributed,"),
     Plant("lora_r4", "LoRA r=4 in the trainer (profile says 16)", ("trainable_params_closed_form", "trainable_params"),
-          "training.py", "r=cfg.lora_r,", "r=4,"),
+          "model/params.py", "r=cfg.lora_r,", "r=4,"),
     Plant("lora_q_only_r2", "LoRA on q_proj only with r=2", ("trainable_params_closed_form", "trainable_params"),
-          "training.py", "r=cfg.lora_r,\n        lora_alpha=cfg.lora_alpha,\n        lora_dropout=cfg.lora_dropout,\n"
+          "model/params.py", "r=cfg.lora_r,\n        lora_alpha=cfg.lora_alpha,\n        lora_dropout=cfg.lora_dropout,\n"
           "        target_modules=list(spec.target_modules),",
           "r=2,\n        lora_alpha=cfg.lora_alpha,\n        lora_dropout=cfg.lora_dropout,\n        target_modules=['q_proj'],"),
     Plant("bertscore_layer", "BERTScore computed on layer 5 instead of 6", ("scorer_canary",),
@@ -63,7 +63,7 @@ PLANTS: tuple[Plant, ...] = (
           "metrics/bertscore.py", "idf = defaultdict(lambda: 1.0)",
           'idf = defaultdict(float, {t: __import__("math").log(2.0 + t) for t in range(40000)})'),
     Plant("prompt_no_question", "the prompt template without the question", ("prompt_digest",),
-          "prompts.py", 'PLAIN_TEMPLATE = "Question: {question}\\nAnswer:"', 'PLAIN_TEMPLATE = "Question:\\nAnswer:"',
+          "model/prompts.py", 'PLAIN_TEMPLATE = "Question: {question}\\nAnswer:"', 'PLAIN_TEMPLATE = "Question:\\nAnswer:"',
           cheap=True),
     Plant("leak_after_check", "10% of the test rows leaked into training after the leak check",
           ("train_test_overlap", "train_rows"), "pipeline.py",
@@ -71,12 +71,12 @@ PLANTS: tuple[Plant, ...] = (
           "data = load_split(dspec, profile.data_dir, profile.split)\n"
           "        data.train.extend(data.test[: len(data.test) // 10])\n"),
     Plant("train_3x_slower", "training loop ~3x slower (each step's forward/backward done three times)",
-          ("train_work",), "training.py", "            loss.backward()\n            torch.nn.utils.clip_grad_norm_",
+          ("train_work",), "train/finetune.py", "            loss.backward()\n            torch.nn.utils.clip_grad_norm_",
           "            loss.backward()\n            for _ in range(2):\n                opt.zero_grad(set_to_none=True)\n"
           "                loss = peft_model(**batch, use_cache=False).loss\n                loss.backward()\n"
           "            torch.nn.utils.clip_grad_norm_"),
     Plant("gen_5x_slower", "generation 5x slower (every batch generated five times)", ("generate_work",),
-          "generation.py", "out = model.generate(**enc, **kwargs, use_cache=True)",
+          "model/generation.py", "out = model.generate(**enc, **kwargs, use_cache=True)",
           "out = [model.generate(**enc, **kwargs, use_cache=True) for _ in range(5)][-1]"),
     Plant("lr_div10", "learning rate / 10 (profile)", ("noise",), overrides=("train.learning_rate=2e-4",)),
 )

@@ -28,9 +28,9 @@ import pytest
 
 from benchmarks import plain
 from benchmarks.plain import generate_one_by_one, plain_lora_loop, score_pair_by_pair
-from medqa_core.datasets import load_split
-from medqa_core.models import base_model_dir, load_base, load_tokenizer
-from medqa_core.training import fine_tune
+from medqa_core.data.datasets import load_split
+from medqa_core.model.bases import base_model_dir, load_base, load_tokenizer
+from medqa_core.train.finetune import fine_tune
 
 pytestmark = pytest.mark.perf
 MODEL, DATASET, STEPS, ROUNDS = "llama", "wikidoc", 100, 3
@@ -126,7 +126,7 @@ def adapter(setup, medqa_context, tmp_path_factory):
 def test_generate_ours(benchmark, setup, adapter, medqa_profile, medqa_context):
     from peft import PeftModel
 
-    from medqa_core.generation import generate_answers
+    from medqa_core.model.generation import generate_answers
 
     spec, src, _, _ = setup
     path, questions = adapter

@@ -96,7 +96,7 @@ def section_tiny(args: argparse.Namespace, work: Path) -> list[Row]:
 # ---------------------------------------------------------------- 2. 7B-shaped bf16 LoRA vs NF4 QLoRA
 
 def _long_rows(tok: Any, n: int, prompt_tokens: int, answer_tokens: int) -> list[Any]:
-    from medqa_core.datasets import QAExample
+    from medqa_core.data.datasets import QAExample
 
     words = ("patient fever treatment dose symptom chronic acute pain therapy clinical infection heart blood "
              "pressure kidney liver lung cough rest fluids doctor").split()
@@ -135,9 +135,9 @@ def _shaped_checkpoint(shape: dict[str, Any], layers: int, tok: Any, out: Path, 
 def section_bench(args: argparse.Namespace, work: Path, device: str) -> list[Row]:
     import torch
 
-    from medqa_core.models import free_memory, load_base, load_tokenizer
+    from medqa_core.model.bases import free_memory, load_base, load_tokenizer
     from medqa_core.specs import ModelSpec, TrainConfig
-    from medqa_core.training import fine_tune
+    from medqa_core.train.finetune import fine_tune
 
     shape = DRY_SHAPE if args.dry_run else MISTRAL_7B
     batch, length = (2, 64) if args.dry_run else (8, 2048)

@@ -78,7 +78,7 @@ bench report "$group" --history "$hist" --out "$out" || failed="$failed report"
 bench trend --history "$hist" --profile "$profile" > "$out/trend.txt" 2>&1
 rc=$?
 if [ "$rc" -gt 1 ]; then failed="$failed trend"; fi  # 1 = worsening shifts found, not a failure here
-status=$("$py" -m medqa_core.merge issue --history "$hist" --group "$group" --out "$out") || failed="$failed issue"
+status=$("$py" -m medqa_core.results.merge issue --history "$hist" --group "$group" --out "$out") || failed="$failed issue"
 if [ -n "$failed" ]; then
     if [ -s "$out/issue.md" ]; then
         { echo; echo "Could not write:$failed (see the job log)."; } >> "$out/issue.md"

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from medqa_core.trend import regressions
+from medqa_core.results.trend import regressions
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from medqa_core.alerts import check_url, post
+from medqa_core.results.alerts import check_url, post
 
 
 class _Server:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from medqa_core.history import History
+from medqa_core.results.history import History
 
 pytestmark = pytest.mark.slow  # minutes: the nightly CPU job runs it (MEDQA_CHAOS_KILLS=20)
 

@@ -1,4 +1,4 @@
-"""Cleaning rules (medqa_core.cleaning): one test per rule, on the rule alone and through the
+"""Cleaning rules (medqa_core.data.cleaning): one test per rule, on the rule alone and through the
 loader, where the per-rule counts land in the load stats."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medqa_core.cleaning import RULES, clean_row
-from medqa_core.datasets import load_examples
+from medqa_core.data.cleaning import RULES, clean_row
+from medqa_core.data.datasets import load_examples
 from medqa_core.specs import DatasetSpec
 
 

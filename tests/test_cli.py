@@ -77,7 +77,7 @@ def test_bad_run_dir_is_a_one_line_error(tmp_path, capsys):
 
 
 def _history_with_runs(tmp_path: Path, values: list[float]) -> Path:
-    from medqa_core.history import History
+    from medqa_core.results.history import History
 
     db = tmp_path / "h.sqlite"
     h = History(db)

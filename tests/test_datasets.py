@@ -17,7 +17,7 @@ from helpers import write_rows
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from medqa_core.datasets import QAExample, Split, load_examples, load_split, normalize, split
+from medqa_core.data.datasets import QAExample, Split, load_examples, load_split, normalize, split
 from medqa_core.errors import DatasetError, MedQAError
 from medqa_core.specs import DatasetSpec, SplitConfig, load_profile
 
@@ -588,7 +588,7 @@ def test_deeply_nested_json_names_file(tmp_path, fmt, body, fragments):
 # ---------------------------------------------------------------- length caps and cleaning
 
 def test_row_far_over_the_cap_is_dropped_before_cleaning(tmp_path):
-    from medqa_core.datasets import CLEANING_SLACK
+    from medqa_core.data.datasets import CLEANING_SLACK
     cap = 100
     rows = [{"q": "Hi doctor, one?", "a": "Hi. " + "x " * (cap + CLEANING_SLACK) + "Take care."},  # far over: not cleaned
             {"q": "Hi doctor, two?", "a": "Hi. " + "y" * (cap - 10) + ". Take care. Hope this helps."},  # cleaned under the cap

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from medqa_core import gate
 from medqa_core.metrics import degeneration
-from medqa_core.report import HEADER, plain_table, table_rows
+from medqa_core.results.summary import HEADER, plain_table, table_rows
 
 
 def naive_tokens(text: str) -> list[str]:

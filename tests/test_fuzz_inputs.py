@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqa_core.cleaning import RULES
-from medqa_core.datasets import FORMATS, check_leakage, load_examples, split
+from medqa_core.data.cleaning import RULES
+from medqa_core.data.datasets import FORMATS, check_leakage, load_examples, split
 from medqa_core.errors import MedQAError
 from medqa_core.specs import PROFILES_DIR, DatasetSpec, SplitConfig, load_profile
 

@@ -12,12 +12,12 @@ import pytest
 
 from benchmarks import plain
 from benchmarks.plain import generate_one_by_one
-from medqa_core.datasets import load_split
-from medqa_core.generation import generate_answers
-from medqa_core.models import build_tiny, load_tokenizer
-from medqa_core.prompts import add_special_tokens, build_prompt, training_rows
+from medqa_core.data.datasets import load_split
+from medqa_core.model.bases import build_tiny, load_tokenizer
+from medqa_core.model.generation import generate_answers
+from medqa_core.model.prompts import add_special_tokens, build_prompt, training_rows
 from medqa_core.specs import REPO_ROOT, load_profile
-from medqa_core.training import batch_order, collate, encode_rows, lora_config
+from medqa_core.train.finetune import batch_order, collate, encode_rows, lora_config
 
 torch = pytest.importorskip("torch")
 

@@ -19,13 +19,15 @@ import transformers  # noqa: E402
 from peft import PeftModel, get_peft_model  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 
-from medqa_core import generation, models, training  # noqa: E402
 from medqa_core.cache import Cache  # noqa: E402
-from medqa_core.datasets import QAExample  # noqa: E402
-from medqa_core.generation import generate_answers  # noqa: E402
-from medqa_core.models import load_base, load_tokenizer  # noqa: E402
+from medqa_core.data.datasets import QAExample  # noqa: E402
+from medqa_core.model import bases as models  # noqa: E402
+from medqa_core.model import generation  # noqa: E402
+from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
+from medqa_core.model.generation import generate_answers  # noqa: E402
 from medqa_core.pipeline import RunContext, _answers  # noqa: E402
 from medqa_core.specs import REPO_ROOT, GenerationConfig, ModelSpec, TrainConfig, load_profile  # noqa: E402
+from medqa_core.train import finetune as training  # noqa: E402
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"

@@ -5,10 +5,10 @@ import sqlite3
 
 import pytest
 
-from medqa_core.alerts import payload
 from medqa_core.errors import MedQAError
-from medqa_core.history import History, HistoryError, metric_value
 from medqa_core.metrics import METRICS
+from medqa_core.results.alerts import payload
+from medqa_core.results.history import History, HistoryError, metric_value
 
 
 def rec(case_id: str, bert_f1: float, status: str = "pass", outcome: str = "passed", gpu: str | None = None,
@@ -87,7 +87,7 @@ def test_metric_value_reads_scores_and_resources():
 
 
 def test_alert_payload_names_failures_and_trends():
-    from medqa_core.trend import Shift
+    from medqa_core.results.trend import Shift
 
     bad = rec("llama-wikidoc", 0.45, "regression", "failed")
     bad["verdict"]["checks"] = [
@@ -123,7 +123,7 @@ def test_recorded_hardware_class_never_probes_this_machine(monkeypatch):
 def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path):
     import sqlite3
 
-    from medqa_core.history import History, HistoryError
+    from medqa_core.results.history import History, HistoryError
 
     other = tmp_path / "app.db"
     con = sqlite3.connect(other)
@@ -138,7 +138,7 @@ def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path):
 
 @pytest.mark.parametrize("kind", ["directory", "inside_a_file", "not_sqlite"])
 def test_unusable_history_paths_are_one_line_errors(tmp_path, kind):
-    from medqa_core.history import History, HistoryError
+    from medqa_core.results.history import History, HistoryError
 
     if kind == "directory":
         path = tmp_path / "d"
@@ -156,7 +156,7 @@ def test_unusable_history_paths_are_one_line_errors(tmp_path, kind):
 def test_own_history_is_stamped_and_reopened(tmp_path):
     import sqlite3
 
-    from medqa_core.history import APPLICATION_ID, History
+    from medqa_core.results.history import APPLICATION_ID, History
 
     h = History(tmp_path / "h.sqlite")
     assert h.runs() == []
@@ -165,7 +165,7 @@ def test_own_history_is_stamped_and_reopened(tmp_path):
 
 
 def test_a_run_group_is_listed_resolved_and_read_as_one_run(tmp_path):
-    from medqa_core.history import ImportRun
+    from medqa_core.results.history import ImportRun
 
     h = History(tmp_path / "h.sqlite")
     h.add_run("20261101-020000-aaaaaa", "tiny", [rec("llama-wikidoc", 0.5)])
@@ -190,7 +190,7 @@ def test_a_run_group_is_listed_resolved_and_read_as_one_run(tmp_path):
 
 
 def test_a_history_written_before_run_groups_still_opens_and_takes_a_merge(tmp_path):
-    from medqa_core.history import ImportRun
+    from medqa_core.results.history import ImportRun
 
     path = tmp_path / "old.sqlite"
     History(path).add_run("r1", "tiny", [rec("llama-wikidoc", 0.5)])

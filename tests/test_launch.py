@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from medqa_core.cache import Cache
-from medqa_core.datasets import load_split
+from medqa_core.data.datasets import load_split
 from medqa_core.errors import ConfigError
-from medqa_core.models import base_model_dir, load_base, load_tokenizer
-from medqa_core.specs import as_dict, load_profile
-from medqa_core.training import adapter_payload, cached_adapter
+from medqa_core.model.bases import base_model_dir, load_base, load_tokenizer
+from medqa_core.specs import load_profile
+from medqa_core.train.finetune import adapter_payload, cached_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,11 +40,13 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
     data = load_split(dspec, prof.data_dir, prof.split)
     base_src, meta = base_model_dir(prof, spec, cache)
     payload = adapter_payload(meta["key"], spec, data.train, prof.train, "cpu")
-    job = {"profile": str(prof.path), "data_dir": str(prof.data_dir), "cache": str(cache.root),
-           "model": "llama", "dataset": "wikidoc", "device": "cpu", "seed": prof.train.seed}
+    from medqa_core.train import launch
+
+    job = launch.job_for(data.train, spec, prof.train, base_src, "cpu", "llama-wikidoc")
+    distributed = partial(launch.run_distributed, job, prof.train.num_processes)
     adapter, stats, built, key = cached_adapter(
         cache, payload, lambda: pytest.fail("the launching process must not load the model"),
-        lambda: load_tokenizer(base_src), spec, data.train, prof.train, "cpu", job)
+        lambda: load_tokenizer(base_src), spec, data.train, prof.train, "cpu", distributed)
     assert built
     entry_meta = json.loads((adapter.parent / "meta.json").read_text())
     assert entry_meta["world_size"] == 2
@@ -55,7 +59,7 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
 
     PeftModel.from_pretrained(load_base(base_src, spec), str(adapter))
     # a second call is a cache hit, no launch
-    again = cached_adapter(cache, payload, None, None, spec, data.train, prof.train, "cpu", job)
+    again = cached_adapter(cache, payload, None, None, spec, data.train, prof.train, "cpu", distributed)
     assert again[2] is False and again[3] == key
 
 
@@ -81,7 +85,7 @@ def test_adapter_key_covers_rows_code_and_numerics(tmp_path, monkeypatch):
     assert content_key(adapter_payload("other-base", spec, data.train, prof.train, "cpu")) != key
     seeded = dataclasses.replace(prof.train, seed=prof.train.seed + 1)
     assert content_key(adapter_payload("base-key", spec, data.train, seeded, "cpu")) != key
-    from medqa_core import training
+    from medqa_core.train import finetune as training
 
     monkeypatch.setattr(training, "code_digest", lambda: "other-code")
     assert content_key(adapter_payload("base-key", spec, data.train, prof.train, "cpu")) != key
@@ -91,37 +95,49 @@ def test_adapter_key_covers_rows_code_and_numerics(tmp_path, monkeypatch):
 
 
 def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
-    """The launching process passes its run seed (--seeds) in the job; each torchrun process must
-    train with it, or the adapter cached under the seed-N key was trained with the profile's seed."""
-    from medqa_core import launch, models, resources, training
+    """The launching process passes the recipe as it runs (run seed from --seeds, --set values)
+    and the rows in the job; each torchrun process trains with exactly those, without reading
+    the profile or re-splitting the data."""
+    from medqa_core import resources, specs
+    from medqa_core.data import datasets
+    from medqa_core.model import bases as models
+    from medqa_core.train import finetune as training
+    from medqa_core.train import launch
 
     prof = load_profile(small_profile(tmp_path, 2))
+    spec = prof.models["llama"]
+    rows = load_split(prof.datasets["wikidoc"], prof.data_dir, prof.split).train[:10]
     seen = {}
 
     class Stop(Exception):
         pass
 
     def fake_fine_tune(model, tok, spec, rows, cfg, out, device):
-        seen["cfg"] = cfg
+        seen.update(cfg=cfg, rows=rows, spec=spec)
         raise Stop
 
+    def boom(*a, **k):
+        raise AssertionError("a torchrun process must not reload the profile or the data")
+
     monkeypatch.setattr(training, "fine_tune", fake_fine_tune)
-    monkeypatch.setattr(models, "base_model_dir", lambda profile, spec, cache: ("base-dir", {"key": "k"}))
     monkeypatch.setattr(models, "load_base", lambda *a, **k: object())
     monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: object())
     monkeypatch.setattr(resources, "configure_threads", lambda n: n)
+    monkeypatch.setattr(specs, "load_profile", boom)
+    monkeypatch.setattr(datasets, "load_split", boom)
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(k, v)
-    job = {"profile": str(prof.path), "data_dir": str(prof.data_dir), "cache": str(tmp_path / "cache"),
-           "model": "llama", "dataset": "wikidoc", "device": "cpu",
-           "train": {**as_dict(prof.train), "seed": prof.train.seed + 7, "learning_rate": 1e-4},  # --seeds, --set
-           "out": str(tmp_path / "out")}
+    run_cfg = replace(prof.train, seed=prof.train.seed + 7, learning_rate=1e-4)  # --seeds, --set
+    job = {**launch.job_for(rows, spec, run_cfg, "base-dir", "cpu", "llama-wikidoc"), "out": str(tmp_path / "out")}
+    job = json.loads(json.dumps(job))  # as the worker reads it from the job file
     with pytest.raises(Stop):
         launch._worker(job)
     cfg = seen["cfg"]
     assert cfg.batch_size == prof.train.batch_size // 2  # the global batch split over the processes
     assert cfg.seed == prof.train.seed + 7
     assert cfg.learning_rate == 1e-4
+    assert seen["rows"] == rows
+    assert seen["spec"] == spec
 
 
 def test_num_processes_must_be_positive_and_use_the_trainer(tmp_path):

@@ -1,4 +1,4 @@
-"""Train/test leakage (medqa_core.leakage, datasets.check_leakage): planted exact and near
+"""Train/test leakage (medqa_core.data.leakage, datasets.check_leakage): planted exact and near
 duplicates are found by both methods, disjoint sets report 0, and a split that leaks beyond
 [split] max_leak_fraction fails with one line naming the dataset and the count."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medqa_core.datasets import QAExample, Split, check_leakage, load_split
+from medqa_core.data.datasets import QAExample, Split, check_leakage, load_split
+from medqa_core.data.leakage import jaccard, leakage, minhash_signature, normalize_for_leak, shingles
 from medqa_core.errors import DatasetError, LeakageError
-from medqa_core.leakage import jaccard, leakage, minhash_signature, normalize_for_leak, shingles
 from medqa_core.specs import DatasetSpec, SplitConfig
 
 METHODS = ["pairwise", "minhash-lsh"]

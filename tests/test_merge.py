@@ -23,9 +23,9 @@ import ruptures  # noqa: F401
 import medqa_core.session  # noqa: F401
 from medqa_core.cli import main
 from medqa_core.errors import MedQAError
-from medqa_core.history import History
-from medqa_core.merge import MergeError, default_group, merge, read_run_dir
 from medqa_core.metrics import METRICS
+from medqa_core.results.history import History
+from medqa_core.results.merge import MergeError, default_group, merge, read_run_dir
 
 pytest_plugins = ["pytester"]
 
@@ -208,7 +208,7 @@ def _nights(tmp_path: Path, hist: Path, levels: list[tuple[str | None, float]]) 
 
 
 def test_trend_sees_one_point_per_night_and_a_hardware_change_is_no_step(tmp_path, capsys):
-    from medqa_core.trend import case_trends
+    from medqa_core.results.trend import case_trends
 
     # llama moves from the A100 runner (0.50) to the H100 runner (0.40) at night 7; each class is flat
     moved = tmp_path / "moved.sqlite"

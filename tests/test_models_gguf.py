@@ -10,7 +10,7 @@ import pytest
 
 from medqa_core.cache import Cache
 from medqa_core.errors import ConfigError
-from medqa_core.models import base_model_dir, resolve_gguf
+from medqa_core.model.bases import base_model_dir, resolve_gguf
 from medqa_core.specs import ModelSpec, load_profile
 
 PROFILE = load_profile("small")
@@ -54,7 +54,7 @@ def test_unavailable_family_refuses_to_build(tmp_path):
 
 def test_conversion_is_keyed_by_the_gguf_file_content(tmp_path, monkeypatch):
     """Two files with the same bytes share one cache entry; other bytes get another key."""
-    from medqa_core import models
+    from medqa_core.model import bases as models
 
     built: list[Path] = []
 

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqa_core import datasets
-from medqa_core.cleaning import normalise_question
-from medqa_core.datasets import load_examples, load_split, split
-from medqa_core.leakage import content_words, jaccard, leakage, near_duplicate, same_content, same_word, shingles
+from medqa_core.data import datasets
+from medqa_core.data.cleaning import normalise_question
+from medqa_core.data.datasets import load_examples, load_split, split
+from medqa_core.data.leakage import content_words, jaccard, leakage, near_duplicate, same_content, same_word, shingles
 from medqa_core.specs import DatasetSpec, SplitConfig, load_profile
 
 METHODS = ["pairwise", "minhash-lsh"]

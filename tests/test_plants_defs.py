@@ -32,7 +32,7 @@ def test_every_source_plant_applies_once_and_changes_the_code(tmp_path):
 
 
 def test_a_patch_that_no_longer_matches_is_an_error(tmp_path):
-    stale = Plant("stale", "text gone", ("x",), "prompts.py", "this text is not in prompts.py", "y")
+    stale = Plant("stale", "text gone", ("x",), "model/prompts.py", "this text is not in model/prompts.py", "y")
     with pytest.raises(RuntimeError, match="occurs 0 times"):
         materialize(stale, tmp_path / "t")
 

@@ -26,7 +26,7 @@ FAKE_CONFTEST = '''
 import json, os
 import pytest
 from medqa_core import session
-from medqa_core.training import TrainStats
+from medqa_core.train.finetune import TrainStats
 
 pipeline = session.pipeline  # the module whose run_case the benchmark's session calls
 
@@ -304,7 +304,7 @@ def _serve(codes: list[int]):
 
 
 def test_history_trend_and_webhook_alert(env, tmp_path):
-    from medqa_core.history import History
+    from medqa_core.results.history import History
 
     baseline, write_scores, run = env
     write_scores(GOOD)
@@ -377,7 +377,7 @@ def test_small_profile_cases_are_slow_and_missing_families_skip_with_reason(pyte
 def test_alert_payload_formats_every_kind_of_failing_check():
     """A failing control (no limit) or invariant (values that are not numbers) must not crash the alert."""
     from medqa_core import gate
-    from medqa_core.alerts import payload
+    from medqa_core.results.alerts import payload
 
     checks = [gate.judge_control("bert_f1", "base", [0.3, 0.31], [0.5, 0.52], 0.01),
               gate.Check("train_steps", 150, 200, False, "invariant", "(must be identical)"),
@@ -425,7 +425,7 @@ def test_a_case_that_errors_before_judging_still_ends_as_a_record(env, tmp_path)
     rec = json.loads((run_dir / "llama-mental_health.json").read_text())
     assert "KeyError" in rec["verdict"]["note"]
     assert "error" in (run_dir / "summary.md").read_text()
-    from medqa_core.history import History
+    from medqa_core.results.history import History
 
     rows = History(tmp_path / "h.sqlite").case_rows("llama-mental_health")
     assert rows and rows[-1][2]["verdict"]["status"] == "error"

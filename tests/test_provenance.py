@@ -11,7 +11,7 @@ import pytest
 
 from medqa_core import resources
 from medqa_core.cache import content_key
-from medqa_core.datasets import QAExample
+from medqa_core.data.datasets import QAExample
 from medqa_core.errors import ConfigError
 from medqa_core.specs import ModelSpec, TrainConfig, load_profile
 
@@ -45,7 +45,7 @@ def test_cuda_numeric_env_names_gpu_driver_cuda_and_bitsandbytes(fake_gpu):
 
 @pytest.mark.parametrize("change", ["driver", "bnb"])
 def test_adapter_key_changes_with_driver_and_bitsandbytes(fake_gpu, change):
-    from medqa_core.training import adapter_payload
+    from medqa_core.train.finetune import adapter_payload
 
     spec = load_profile("tiny").models["llama"]
     rows = [QAExample("a", "q?", "answer.")]
@@ -108,7 +108,7 @@ def _hub_spec(revision=None):
 
 def test_hub_base_is_keyed_on_the_resolved_commit(hub_cache, tmp_path):
     from medqa_core.cache import Cache
-    from medqa_core.models import base_model_dir
+    from medqa_core.model.bases import base_model_dir
 
     prof, cache = load_profile("paper"), Cache(tmp_path / "cache")
     src, meta = base_model_dir(prof, _hub_spec(), cache)
@@ -122,7 +122,7 @@ def test_hub_base_is_keyed_on_the_resolved_commit(hub_cache, tmp_path):
 
 def test_unresolvable_revision_is_one_line(hub_cache, tmp_path):
     from medqa_core.cache import Cache
-    from medqa_core.models import base_model_dir
+    from medqa_core.model.bases import base_model_dir
 
     with pytest.raises(ConfigError) as info:
         base_model_dir(load_profile("paper"), _hub_spec(revision="v9"), Cache(tmp_path / "c"))
@@ -131,7 +131,7 @@ def test_unresolvable_revision_is_one_line(hub_cache, tmp_path):
 
 def test_local_checkpoint_dir_needs_no_hub(tmp_path):
     from medqa_core.cache import Cache
-    from medqa_core.models import base_model_dir
+    from medqa_core.model.bases import base_model_dir
 
     spec = dataclasses.replace(_hub_spec(), hub_id=str(tmp_path))
     src, meta = base_model_dir(load_profile("paper"), spec, Cache(tmp_path / "c"))
@@ -145,7 +145,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from medqa_core.models import build_tiny, load_tokenizer
+    from medqa_core.model.bases import build_tiny, load_tokenizer
 
     prof = load_profile("tiny")
     spec = prof.models["llama"]
@@ -160,8 +160,8 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_nf4_model_counts_real_parameters(tiny_dir):
-    from medqa_core.models import load_base
-    from medqa_core.params import real_param_count
+    from medqa_core.model.bases import load_base
+    from medqa_core.model.params import real_param_count
 
     src, spec, n_float = tiny_dir
     model = load_base(src, spec, quantization="nf4", device="cpu")
@@ -172,8 +172,8 @@ def test_nf4_model_counts_real_parameters(tiny_dir):
 
 
 def test_qlora_stats_total_params_is_the_real_count(tiny_dir, tmp_path):
-    from medqa_core.models import load_base, load_tokenizer
-    from medqa_core.training import fine_tune
+    from medqa_core.model.bases import load_base, load_tokenizer
+    from medqa_core.train.finetune import fine_tune
 
     src, spec, n_float = tiny_dir
     rows = [QAExample(f"id{i}", f"What helps condition {i}?", f"Rest helps condition {i}.") for i in range(8)]

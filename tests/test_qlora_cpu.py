@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from medqa_core.datasets import QAExample
+from medqa_core.data.datasets import QAExample
 from medqa_core.specs import TrainConfig, load_profile
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -15,7 +15,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from medqa_core.models import build_tiny, load_tokenizer
+    from medqa_core.model.bases import build_tiny, load_tokenizer
 
     prof = load_profile("tiny")
     spec = prof.models["llama"]
@@ -30,7 +30,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_nf4_load_quantizes_linear_layers(tiny_dir):
-    from medqa_core.models import load_base
+    from medqa_core.model.bases import load_base
 
     src, spec = tiny_dir
     model = load_base(src, spec, quantization="nf4", device="cpu")
@@ -40,8 +40,8 @@ def test_nf4_load_quantizes_linear_layers(tiny_dir):
 
 
 def test_qlora_fine_tune_trains_only_lora_weights(tiny_dir, tmp_path):
-    from medqa_core.models import load_base, load_tokenizer
-    from medqa_core.training import fine_tune
+    from medqa_core.model.bases import load_base, load_tokenizer
+    from medqa_core.train.finetune import fine_tune
 
     src, spec = tiny_dir
     rows = [QAExample(f"id{i}", f"What helps condition {i}?", f"Rest and fluids help condition {i}.") for i in range(16)]
@@ -77,7 +77,7 @@ def test_peak_memory_cuda_accounting(monkeypatch):
 
 
 def test_paper_recipe_maps_to_trainer_options():
-    from medqa_core.training import sft_config
+    from medqa_core.train.finetune import sft_config
 
     paper = load_profile("paper").train
     cfg = sft_config(paper, "/tmp/unused", "cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import write_rows
 
-from medqa_core.datasets import load_examples, load_split
+from medqa_core.data.datasets import load_examples, load_split
 from medqa_core.errors import DatasetError
 from medqa_core.specs import SplitConfig, load_profile
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medqa_core.metrics import METRICS
-from medqa_core.report import COLUMNS, HEADER, load_records, markdown_table, plain_table, table_rows
+from medqa_core.results.summary import COLUMNS, HEADER, load_records, markdown_table, plain_table, table_rows
 
 
 def rec(model, dataset, metrics, train_s=10.0, mem=200.0, status="pass"):
@@ -118,7 +118,7 @@ def test_load_records_skips_broken_and_sorts(tmp_path):
 
 def test_markdown_cells_and_fences_cannot_break_out():
     """Names and verdict texts come from users' profiles and data: in report.md they stay text."""
-    from medqa_core.report import md_cell, md_fence
+    from medqa_core.results.summary import md_cell, md_fence
 
     cell = md_cell("<script>x</script>|y\nz")
     assert "<" not in cell and "\n" not in cell and "\\|" in cell and cell.count("|") == 1

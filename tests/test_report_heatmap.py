@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 import numpy as np
 
 from medqa_core import gate
-from medqa_core.htmlreport import HEAT_METRICS, Report, to_html
 from medqa_core.metrics import METRICS
-from medqa_core.report import details_text, failure_reasons
+from medqa_core.results.html import HEAT_METRICS, Report, to_html
+from medqa_core.results.summary import details_text, failure_reasons
 from medqa_core.specs import GateConfig
 
 N = 30  # test questions
@@ -173,7 +173,7 @@ def test_family_panel_one_row_per_model():
 
 
 def test_sparkline_draws_the_history_and_marks_shifts():
-    from medqa_core.htmlreport import sparkline_svg
+    from medqa_core.results.html import sparkline_svg
 
     assert sparkline_svg([0.5]) == ""
     svg = sparkline_svg([0.5, 0.5, 0.5, 0.4, 0.4], shifts=[3])

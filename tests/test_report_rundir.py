@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medqa_core.cli import main
-from medqa_core.report import RUN_INFO, read_run_info, write_run_info
+from medqa_core.results.summary import RUN_INFO, read_run_info, write_run_info
 
 METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
 PROFILE = """
@@ -49,7 +49,7 @@ def setup(tmp_path, monkeypatch):
         "llama-clinic": {"metrics": {**{m: 0.5 for m in METRICS}, "bert_f1": 0.5}}}}))
     profile = mine / "mine.toml"
     profile.write_text(PROFILE.format(baseline=baseline))
-    from medqa_core.history import History
+    from medqa_core.results.history import History
 
     hist_path = tmp_path / "elsewhere" / "history.sqlite"
     hist = History(hist_path)

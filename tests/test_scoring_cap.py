@@ -44,7 +44,7 @@ def test_cap_cuts_only_longer_texts():
 
 @pytest.mark.parametrize("profile_name", ["tiny", "small"])
 def test_tiny_and_small_references_are_shorter_than_the_cap(profile_name):
-    from medqa_core.datasets import load_split
+    from medqa_core.data.datasets import load_split
     from medqa_core.specs import load_profile
 
     profile = load_profile(profile_name, None)
@@ -105,10 +105,11 @@ def test_long_answer_scores_as_its_capped_start_and_as_fast():
 def test_case_record_says_how_many_answers_were_cut(tmp_path, monkeypatch, caplog):
     """The real ``run_case`` with training and generation replaced by fakes (scoring is real): one
     tuned answer of 1 MB is scored quickly and the record's ``scoring`` counts it."""
-    from medqa_core import models, pipeline
+    from medqa_core import pipeline
     from medqa_core.cache import Cache
+    from medqa_core.model import bases as models
     from medqa_core.specs import load_profile
-    from medqa_core.training import TrainStats
+    from medqa_core.train.finetune import TrainStats
 
     profile = load_profile("tiny", None)
     long = _long_answer(1_000_000)

@@ -13,11 +13,11 @@ import dataclasses
 
 import pytest
 
-from medqa_core.datasets import load_split
-from medqa_core.models import build_tiny, load_tokenizer
-from medqa_core.prompts import training_rows
+from medqa_core.data.datasets import load_split
+from medqa_core.model.bases import build_tiny, load_tokenizer
+from medqa_core.model.prompts import training_rows
 from medqa_core.specs import REPO_ROOT, load_profile
-from medqa_core.training import batch_order, collate, encode_rows, fine_tune, lora_config
+from medqa_core.train.finetune import batch_order, collate, encode_rows, fine_tune, lora_config
 
 torch = pytest.importorskip("torch")
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medqa_core.trend import breakpoints, regressions, shifts
+from medqa_core.results.trend import breakpoints, regressions, shifts
 
 
 def noisy(level: float, n: int, rng: np.random.Generator, sd: float = 0.004) -> np.ndarray:
@@ -73,9 +73,9 @@ def test_property_clean_step_found_exactly(at, drop, level):
 
 
 def test_case_trends_memory_respects_the_gate_slack(tmp_path):
-    from medqa_core.history import History
     from medqa_core.metrics import METRICS
-    from medqa_core.trend import case_trends
+    from medqa_core.results.history import History
+    from medqa_core.results.trend import case_trends
 
     h = History(tmp_path / "h.sqlite")
     for i, mem in enumerate([10.0, 10.0, 86.0, 85.0, 86.0, 85.0, 86.0]):  # RSS growth after a cold first run
@@ -90,8 +90,8 @@ def test_case_trends_memory_respects_the_gate_slack(tmp_path):
 def test_series_never_spans_a_change_of_data_or_scorer(tmp_path):
     """A step in the scores that comes with new data is no trend: only runs on the newest run's
     inputs (data, test set, scorer) form the series."""
-    from medqa_core.history import History
-    from medqa_core.trend import case_trends, same_inputs
+    from medqa_core.results.history import History
+    from medqa_core.results.trend import case_trends, same_inputs
 
     hist = History(tmp_path / "h.sqlite")
     for i in range(16):
@@ -120,8 +120,8 @@ def test_series_never_spans_a_change_of_data_or_scorer(tmp_path):
 def test_a_series_is_one_case_on_one_hardware_class(tmp_path):
     """Runs stored by pytest on two machines (one history): a case whose scores differ between the
     two GPU models is two flat series, not a step; each shift names its class."""
-    from medqa_core.history import History
-    from medqa_core.trend import by_hardware_class, case_trends
+    from medqa_core.results.history import History
+    from medqa_core.results.trend import by_hardware_class, case_trends
 
     h = History(tmp_path / "h.sqlite")
     for i in range(12):

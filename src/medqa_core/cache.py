@@ -60,9 +60,10 @@ def dir_digest(path: Path) -> str:
 #: Modules that only judge, store or show results: they shape no cached artefact, so editing them
 #: keeps the cache warm. Every other module of the package is in every stage key.
 POST_RUN_MODULES = frozenset({
-    "gate.py", "baselines.py", "report.py", "htmlreport.py", "history.py", "trend.py", "alerts.py", "cli.py",
-    "pytest_plugin.py", "session.py",
+    "gate.py", "baselines.py", "cli.py", "pytest_plugin.py", "session.py", "scaffold.py", "progress.py",
 })
+#: Whole subpackages of that kind: everything under results/ (summary, report, history, trend, alerts, merge).
+POST_RUN_PACKAGES = ("results/",)
 
 
 @functools.cache
@@ -74,7 +75,7 @@ def code_digest() -> str:
     h = hashlib.sha256()
     for p in sorted(pkg.rglob("*.py")):
         rel = p.relative_to(pkg).as_posix()
-        if rel in POST_RUN_MODULES:
+        if rel in POST_RUN_MODULES or rel.startswith(POST_RUN_PACKAGES):
             continue
         h.update(rel.encode())
         h.update(p.read_bytes())

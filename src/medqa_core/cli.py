@@ -50,7 +50,7 @@ def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """Where a history may be, in order: --history (alone when given), the history the run wrote to
     (its run.toml), $MEDQA_HISTORY, $MEDQA_CACHE_DIR, ./.medqa-cache, then the histories recorded by
     the newest run directories under the results directory."""
-    from .report import read_run_info
+    from .results.summary import read_run_info
 
     if getattr(args, "history", None):
         return [(Path(args.history), "--history")]
@@ -76,7 +76,7 @@ def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
 
 
 def _history(args: argparse.Namespace, required: bool = True) -> Any:
-    from .history import History
+    from .results.history import History
 
     cands = _history_candidates(args)
     path = next((p for p, _ in cands if p.is_file()), None)
@@ -91,7 +91,7 @@ def _history(args: argparse.Namespace, required: bool = True) -> Any:
 
 def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
     """The case records of a run directory, or of a run in the history."""
-    from .report import load_records
+    from .results.summary import load_records
 
     d = Path(ref)
     if d.is_dir():
@@ -110,7 +110,7 @@ def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
 
 def _run_info(args: argparse.Namespace, recs: list[dict] | None = None) -> dict[str, Any]:
     """run.toml of RUN (a run directory, or the directory of a history run under the results dir)."""
-    from .report import read_run_info
+    from .results.summary import read_run_info
 
     ref = getattr(args, "run", None)
     run_id = None
@@ -140,7 +140,7 @@ def _run_profile(args: argparse.Namespace, recs: list[dict] | None) -> tuple[Any
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from . import baselines
-    from .report import details_text, plain_table
+    from .results.summary import details_text, plain_table
 
     recs = _records(args.run, args)
     if args.baseline:
@@ -199,8 +199,8 @@ def _profile_or_none(name: str | None, explicit: bool) -> Any:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from . import baselines
-    from .htmlreport import HISTORY_METRICS, Report, write
-    from .trend import case_trends
+    from .results.html import HISTORY_METRICS, Report, write
+    from .results.trend import case_trends
 
     recs = _records(args.run, args)
     profile, profile_name = _run_profile(args, recs)
@@ -223,7 +223,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     hist = _history(args, required=False)
     if hist is not None:
         ids = [r["case_id"] for r in recs]
-        from .history import series_of
+        from .results.history import series_of
 
         rows = {c: hist.case_rows(c, profile_name) for c in ids}
         rep.history_series = {c: {m: series_of(rows[c], m) for m in HISTORY_METRICS} for c in ids}
@@ -259,7 +259,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_trend(args: argparse.Namespace) -> int:
-    from .trend import case_trends
+    from .results.trend import case_trends
 
     hist = _history(args)
     if not args.run and not args.profile:
@@ -278,7 +278,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge
+    from .results.merge import merge
 
     path = Path(args.history)  # the history written to is always named: no guessing for a write
     res = merge([Path(d) for d in args.run_dirs], path, args.group)
@@ -301,7 +301,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .params import lora_param_count
+    from .model.params import lora_param_count
     from .specs import load_profile
 
     prof = load_profile(args.profile)

@@ -18,13 +18,14 @@ import numpy as np
 from . import metrics as metrics_mod
 from . import progress
 from .cache import Cache, code_digest, content_key
-from .datasets import load_split
+from .data.datasets import load_split
 from .errors import ConfigError
 from .metrics import degeneration
 from .resources import Timer, library_versions, numeric_env, reference_seconds
 from .resources import device as current_device
 from .specs import GenerationConfig, ModelSpec, Profile, as_dict, case_name
-from .training import TrainStats, adapter_payload, cached_adapter
+from .train import launch
+from .train.finetune import TrainStats, adapter_payload, cached_adapter
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,9 @@ def _answers(
     def build(tmp: Path) -> dict[str, Any]:
         import torch
 
-        from .generation import generate_answers
-        from .models import free_memory, load_base, load_tokenizer
-        from .prompts import build_prompt
+        from .model.bases import free_memory, load_base, load_tokenizer
+        from .model.generation import generate_answers
+        from .model.prompts import build_prompt
 
         tok = load_tokenizer(base_src, spec.revision)
         model = load_base(base_src, spec, quantization, ctx.device)  # on this process's device
@@ -193,7 +194,7 @@ def answer_words(answers: list[str]) -> np.ndarray:
 
 
 def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunContext) -> CaseResult:
-    from .models import base_model_dir, load_base, load_tokenizer
+    from .model.bases import base_model_dir, load_base, load_tokenizer
 
     try:
         spec = profile.models[model_name]
@@ -227,13 +228,14 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     cfg = profile.train
     a_payload = adapter_payload(base_key, spec, data.train, cfg, ctx.device)
     loader = partial(load_base, base_src, spec, cfg.quantization, ctx.device)
-    job = {"profile": str(profile.path), "data_dir": str(profile.data_dir), "cache": str(ctx.cache.root),
-           "model": model_name, "dataset": dataset_name, "device": ctx.device,
-           "train": as_dict(cfg), "split": as_dict(profile.split)}  # for torchrun: the recipe as it runs
+    distributed = None
+    if cfg.num_processes > 1:  # torchrun: rows, spec, recipe and base path in; adapter out
+        job = launch.job_for(data.train, spec, cfg, base_src, ctx.device, case_id)
+        distributed = partial(launch.run_distributed, job, cfg.num_processes)
     with Timer() as t:
         adapter, stats, built, keys["adapter"] = cached_adapter(
             ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg,
-            ctx.device, job,
+            ctx.device, distributed,
         )
     seconds["train"], cached["train"] = t.seconds, not built
     if built:
@@ -339,7 +341,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
 def _closed_form(spec: ModelSpec, cfg: Any) -> int | None:
     """r x (in + out) over the targeted projections, from the architecture numbers (None when the
     profile has none for this model, e.g. a GGUF checkpoint)."""
-    from .params import lora_param_formula
+    from .model.params import lora_param_formula
 
     if not (spec.arch_config or spec.tiny_config):
         return None

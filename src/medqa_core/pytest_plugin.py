@@ -116,7 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _start_progress(config)
     url = config.getoption("--alert-webhook")
     if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end
-        from .alerts import check_url
+        from .results.alerts import check_url
 
         try:
             check_url(url)
@@ -238,7 +238,7 @@ def _write_run_info(config: pytest.Config) -> None:
     """``run.toml`` in the run directory: the profile as given (a name, or a file's absolute path),
     its overrides, the baseline, history and cache this run used, so the ``medqa-bench`` commands
     find them from the run directory without the options repeated."""
-    from .report import write_run_info
+    from .results.summary import write_run_info
 
     opt = str(config.getoption("--profile"))
     ref = str(Path(opt).expanduser().resolve()) if Path(opt).suffix == ".toml" else opt
@@ -387,7 +387,7 @@ def _records_seen(config: pytest.Config) -> list[tuple[str, str]]:
 
 
 def _collected(config: pytest.Config) -> list[dict[str, Any]]:
-    from .report import load_records
+    from .results.summary import load_records
 
     outcome = {str(Path(p)): o for p, o in _records_seen(config)}
     recs = load_records([Path(p) for p in outcome])
@@ -399,7 +399,7 @@ def _collected(config: pytest.Config) -> list[dict[str, Any]]:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if _is_worker(config) or not _records_seen(config):
         return
-    from .report import markdown_table, plain_table
+    from .results.summary import markdown_table, plain_table
 
     records = _collected(config)
     profile = _profile(config)
@@ -484,9 +484,9 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
     path = history_path(config)
     if path is None:
         return {}
-    from .history import History
     from .resources import recorded_hardware_class
-    from .trend import case_trends
+    from .results.history import History
+    from .results.trend import case_trends
 
     profile = _profile(config)
     hist = History(path)
@@ -508,7 +508,7 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
 
 def _alert(config: pytest.Config, url: str, records: list[dict[str, Any]], exitstatus: int,
            trends: dict[str, Any], lines: list[str]) -> None:
-    from .alerts import payload, post
+    from .results.alerts import payload, post
 
     profile = _profile(config)
     body = payload(config._medqa_run_id, profile.name, records, exitstatus, trends,

@@ -115,7 +115,7 @@ def slug(text: str) -> str:
 
 def read_columns(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a data file as the benchmark's loader reads them, and every column seen."""
-    from .datasets import _read_rows
+    from .data.datasets import _read_rows
 
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -282,7 +282,7 @@ def commands(profile: Path, baseline: Path, slow: bool, python: str | None = Non
 def init_profile(data_file: str | Path, question: list[str] | str, answer: str, model: str, name: str | None = None,
                  out: str | Path | None = None, force: bool = False, sets: list[str] | None = None) -> InitResult:
     """Write a profile for ``data_file`` x ``model`` and check that it loads and its data splits."""
-    from .datasets import load_split
+    from .data.datasets import load_split
     from .specs import load_profile
 
     questions = [question] if isinstance(question, str) else list(question)

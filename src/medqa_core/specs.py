@@ -443,7 +443,7 @@ def _check_split(split: SplitConfig, where: str) -> None:
 
 
 def _check_dataset(d: DatasetSpec, where: str) -> None:
-    from .cleaning import RULES
+    from .data.cleaning import RULES
 
     unknown = [r for r in d.clean if r not in RULES]
     if unknown:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .metrics import METRICS
+from ..metrics import METRICS
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); shown, not gated
 COLUMNS = (*METRICS, "degenerate", "train_s", "mem_mib")

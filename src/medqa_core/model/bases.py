@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, code_digest, content_key, dir_digest, file_digest
-from .errors import ConfigError, TrainingError
-from .resources import Timer, library_versions, numeric_env
-from .specs import ModelSpec, PretrainConfig, Profile
+from ..cache import Cache, code_digest, content_key, dir_digest, file_digest
+from ..errors import ConfigError, TrainingError
+from ..resources import Timer, library_versions, numeric_env
+from ..specs import ModelSpec, PretrainConfig, Profile
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def build_tiny(spec: ModelSpec, tokenizer: Any, seed: int) -> Any:
     import torch
     import transformers
 
-    from .specs import FAMILIES
+    from ..specs import FAMILIES
 
     assert spec.tiny_config is not None
     cls = getattr(transformers, FAMILIES[spec.family]["config"])

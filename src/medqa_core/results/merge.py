@@ -9,7 +9,7 @@ group is then one run for ``history``, ``report`` and ``trend`` (docs/multi-runn
 
 This module reads and checks run directories (:func:`read_run_dir`), picks the default group id
 (:func:`default_group`), and sums a night up for the regression issue (:func:`night_status`,
-:func:`issue_body`). ``python -m medqa_core.merge issue ...`` writes ``issue.md`` and ``status``.
+:func:`issue_body`). ``python -m medqa_core.results.merge issue ...`` writes ``issue.md`` and ``status``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import MedQAError
+from ..errors import MedQAError
 from .history import History, ImportRun, MergeResult
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def merge(run_dirs: Sequence[Path | str], history: Path | str, group: str | None
 
 def failing_cases(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records whose verdict fails the gate (gate.FAILING) or whose pytest outcome failed."""
-    from .gate import FAILING
+    from ..gate import FAILING
 
     return [r for r in records if (r.get("verdict") or {}).get("status") in FAILING or r.get("outcome") == "failed"]
 
@@ -152,7 +152,7 @@ def group_aggregates(records: list[dict[str, Any]], gate: Any) -> list[Any]:
     """Family and suite verdicts of a merged group, *recomputed* from the records' checks with the
     profile's gate (gate.aggregates): the same numbers one run of all the cases writes to its
     ``aggregates.json``, which a single job could not compute for the whole suite."""
-    from .gate import aggregates
+    from ..gate import aggregates
 
     return aggregates(records, gate)
 
@@ -165,7 +165,7 @@ def night_status(records: list[dict[str, Any]], aggs: list[Any]) -> str:
 def issue_body(group: str, profile: str, records: list[dict[str, Any]], aggs: list[Any],
                trends: dict[str, dict[str, list[Any]]], runs: list[Any], status: str) -> str:
     """The regression-issue body of one night: every family in one text."""
-    from .report import md_cell, md_fence
+    from .summary import md_cell, md_fence
 
     counts: dict[str, int] = {}
     for r in records:
@@ -207,7 +207,7 @@ def issue_body(group: str, profile: str, records: list[dict[str, Any]], aggs: li
 
 def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
     """Write ``issue.md`` and ``status`` for group ``group`` into ``out_dir``; returns the status."""
-    from .specs import GateConfig, load_profile
+    from ..specs import GateConfig, load_profile
     from .trend import case_trends
 
     hist = History(history)
@@ -238,8 +238,8 @@ def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medqa_core.merge issue --history H --group G --out DIR`` (used by scripts/merge_nightly.sh)."""
-    ap = argparse.ArgumentParser(prog="python -m medqa_core.merge")
+    """``python -m medqa_core.results.merge issue --history H --group G --out DIR`` (used by scripts/merge_nightly.sh)."""
+    ap = argparse.ArgumentParser(prog="python -m medqa_core.results.merge")
     sub = ap.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("issue", help="write DIR/issue.md and DIR/status for a merged group")
     i.add_argument("--history", required=True)

@@ -21,19 +21,20 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import progress
-from .cache import Cache, code_digest, content_key
-from .datasets import QAExample
-from .errors import TrainingError
-from .models import cuda_precision, free_memory
-from .params import real_param_count
-from .prompts import training_rows
-from .resources import PeakMemory, Timer, library_versions
-from .specs import ModelSpec, TrainConfig
+from .. import progress
+from ..cache import Cache, code_digest, content_key
+from ..data.datasets import QAExample
+from ..errors import TrainingError
+from ..model.bases import cuda_precision, free_memory
+from ..model.params import lora_config, real_param_count
+from ..model.prompts import training_rows
+from ..resources import PeakMemory, Timer, library_versions
+from ..specs import ModelSpec, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,6 @@ class TrainStats:
     rows: int = 0  # training rows the loop was given
     rows_digest: str = ""  # content digest of those rows (prompt + completion text)
     train_cpu_seconds: float = 0.0  # CPU seconds of the training loop, all threads of this process
-
-
-def lora_config(spec: ModelSpec, cfg: TrainConfig) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(spec.target_modules),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
 
 
 def sft_config(cfg: TrainConfig, out_dir: str, device: str, family: str | None = None) -> Any:
@@ -423,7 +411,7 @@ def _fine_tune_lean(
 
 
 def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg: TrainConfig, device: str) -> dict:
-    from .resources import numeric_env
+    from ..resources import numeric_env
 
     return {
         "what": "lora-adapter",
@@ -440,24 +428,24 @@ def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg:
 
 def cached_adapter(
     cache: Cache, payload: dict, load_model: Any, load_tokenizer: Any, spec: ModelSpec,
-    train: list[QAExample], cfg: TrainConfig, device: str, launch_job: dict[str, Any] | None = None,
+    train: list[QAExample], cfg: TrainConfig, device: str,
+    distributed: Callable[[Path], dict[str, Any]] | None = None,
 ) -> tuple[Path, TrainStats, bool, str]:
     """(adapter dir, stats recorded when it was trained, built now?, cache key); trains if not cached.
 
     ``load_model`` and ``load_tokenizer`` are called only when the adapter must be trained. With
-    ``cfg.num_processes > 1`` the training runs under torchrun instead (``launch_job`` says
-    which profile/case the processes rebuild; see launch.py).
+    ``cfg.num_processes > 1`` the training runs under torchrun instead: ``distributed(work_dir)``
+    (the pipeline binds :func:`medqa_core.train.launch.run_distributed` to the job) leaves the
+    adapter in ``work_dir / "adapter"`` and returns process 0's stats.
     """
 
     def build(tmp: Path) -> dict[str, Any]:
         log.info("fine-tuning %s on %d examples (%d steps, %d process(es))", spec.name, len(train), cfg.steps,
                  cfg.num_processes)
         if cfg.num_processes > 1:
-            from .launch import run_distributed
-
-            if launch_job is None:
-                raise TrainingError(f"model {spec.name!r}: num_processes={cfg.num_processes} needs a launch job")
-            raw = run_distributed(launch_job, cfg.num_processes, tmp / "launch")
+            if distributed is None:
+                raise TrainingError(f"model {spec.name!r}: num_processes={cfg.num_processes} needs a torchrun launcher")
+            raw = distributed(tmp / "launch")
             (tmp / "launch" / "adapter").rename(tmp / "adapter")
             shutil.rmtree(tmp / "launch")
             world = raw.pop("world_size")

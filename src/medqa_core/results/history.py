@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MedQAError
+from ..errors import MedQAError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -123,7 +123,7 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
 def outcome_of(record: dict[str, Any]) -> str:
     """The pytest outcome of a record read from a run directory (the file does not hold it):
     the one stored with it, else ``failed`` for a failing verdict (gate.FAILING) and ``passed``."""
-    from .gate import FAILING
+    from ..gate import FAILING
 
     if record.get("outcome"):
         return str(record["outcome"])
@@ -132,7 +132,7 @@ def outcome_of(record: dict[str, Any]) -> str:
 
 def record_hardware_class(record: dict[str, Any], fallback: str | None = None) -> str | None:
     """The hardware class the record was measured on (its own provenance), else ``fallback``."""
-    from .resources import recorded_hardware_class
+    from ..resources import recorded_hardware_class
 
     hw = (record.get("provenance") or {}).get("hardware")
     return recorded_hardware_class(hw) if isinstance(hw, dict) and hw else fallback
@@ -177,7 +177,7 @@ class History:
             raise HistoryError(f"{self.path}: run {run_id} has no case records to store")
         prov = records[0].get("provenance", {})
         hw = prov.get("hardware", {})
-        from .resources import recorded_hardware_class
+        from ..resources import recorded_hardware_class
 
         hw_class = recorded_hardware_class(hw) if hw else None
         with closing(self._connect()) as con:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import METRICS
-from .report import (
+from ..metrics import METRICS
+from .summary import (
     CONTROL_HEADER,
     HEADER,
     _baseline_values,
@@ -203,7 +203,7 @@ def case_check_state(rec: dict[str, Any], column: str) -> dict[str, Any]:
     bad = [c for c in checks if not c.get("passed", True)]
     if not bad:
         return {"cls": "pass", "text": f"{len(checks)} ok", "band": "", "title": f"{column}: all {len(checks)} checks pass"}
-    from .report import check_reason
+    from .summary import check_reason
 
     cls = "changed" if column == "invariants" else "regression"
     beats_base = column == "controls" and any(c["name"].startswith("beats_base") for c in bad)

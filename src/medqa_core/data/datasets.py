@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import content_key
+from ..cache import content_key
+from ..errors import DatasetError, LeakageError
+from ..specs import DatasetSpec, SplitConfig
 from .cleaning import clean_row, normalise_question
-from .errors import DatasetError, LeakageError
 from .leakage import LeakReport, leakage
-from .specs import DatasetSpec, SplitConfig
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 

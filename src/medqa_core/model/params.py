@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .specs import FAMILIES, ModelSpec, TrainConfig
+from ..errors import ConfigError
+from ..specs import FAMILIES, ModelSpec, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ def skeleton(spec: ModelSpec, config: dict[str, Any] | None = None) -> Any:
 def lora_param_count(spec: ModelSpec, train: TrainConfig, config: dict[str, Any] | None = None) -> ParamCount:
     from peft import get_peft_model
 
-    from .training import lora_config
 
     model = skeleton(spec, config)
     total = sum(p.numel() for p in model.parameters())
@@ -73,3 +72,15 @@ def real_param_count(model: Any) -> int:
             total += p.numel()
     return total
 
+
+def lora_config(spec: ModelSpec, cfg: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(spec.target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )

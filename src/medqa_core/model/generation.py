@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import progress
+from .. import progress
+from ..specs import GenerationConfig
 from .prompts import add_special_tokens, build_prompt
-from .specs import GenerationConfig
 
 log = logging.getLogger(__name__)
 

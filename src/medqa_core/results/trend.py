@@ -144,7 +144,7 @@ RESOURCES = ("train_s", "mem_mib")
 def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tuple[str, str | None, dict[str, Any]]]:
     """The rows measured on the same inputs (data, test set, scorer: gate.IDENTITY_KEYS) as the
     newest one: a series never spans a change of data or scorer, so such a change is no step."""
-    from .gate import IDENTITY_KEYS
+    from ..gate import IDENTITY_KEYS
 
     def ident(rec: dict[str, Any]) -> tuple:
         return tuple((rec.get("identity") or {}).get(k) for k in IDENTITY_KEYS)
@@ -178,9 +178,9 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str | None, tole
     Scores use half their gate tolerance as minimum effect; training time and memory (higher is
     worse) use 25% of the series' median, memory at least the gate's ``memory_slack_mib`` (on
     CPU the RSS growth of a small run moves by tens of MiB with what the process did before)."""
-    from .gate import DEFAULT_MIN_EFFECT
+    from ..gate import DEFAULT_MIN_EFFECT
+    from ..metrics import METRICS
     from .history import series_of
-    from .metrics import METRICS
 
     out: dict[str, dict[str, list[Shift]]] = {}
     for cid in case_ids:

@@ -1,0 +1,1 @@
+"""Data: dataset files and formats, cleaning, the split and the leak check."""

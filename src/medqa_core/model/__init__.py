@@ -1,0 +1,1 @@
+"""Base models (tiny, GGUF, hub, local), prompts, LoRA parameter counts, generation."""

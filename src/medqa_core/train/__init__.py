@@ -1,0 +1,1 @@
+"""LoRA fine-tuning (trl SFTTrainer or the lean loop) and the torchrun launcher."""
