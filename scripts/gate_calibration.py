@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from scipy import stats
 
     from medqa_core import baselines, gate
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
 
     profile = load_profile(args.profile)
     g = profile.gate

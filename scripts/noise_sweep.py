@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads(1)
     from medqa_core import pipeline
     from medqa_core.cache import Cache
+    from medqa_core.profile import load_profile, with_overrides
     from medqa_core.session import case_record
-    from medqa_core.specs import case_name, load_profile, with_overrides
+    from medqa_core.specs import case_name
 
     profile = with_overrides(load_profile(args.profile), args.set)
     ctx = pipeline.RunContext(cache=Cache(args.cache_dir))

@@ -17,7 +17,7 @@ import pytest
 
 from medqa_core import pipeline
 from medqa_core.cache import META, Cache
-from medqa_core.specs import load_profile
+from medqa_core.profile import load_profile
 
 pytestmark = pytest.mark.slow  # ~1-3 minutes on 2 cores: the nightly CPU job runs it
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from medqa_core.data.datasets import QAExample, Split, load_examples, load_split, normalize, split
 from medqa_core.errors import DatasetError, MedQAError
-from medqa_core.specs import DatasetSpec, SplitConfig, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import DatasetSpec, SplitConfig
 
 
 def spec(file: str | None, question=("q",), answer: str = "a", fmt: str | None = None, **kw) -> DatasetSpec:

@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 from medqa_core.data.cleaning import RULES
 from medqa_core.data.datasets import FORMATS, check_leakage, load_examples, split
 from medqa_core.errors import MedQAError
-from medqa_core.specs import PROFILES_DIR, DatasetSpec, SplitConfig, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import PROFILES_DIR, DatasetSpec, SplitConfig
 
 FUZZ = settings(max_examples=int(os.environ.get("MEDQA_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

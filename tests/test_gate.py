@@ -38,8 +38,9 @@ from medqa_core.gate import (
     status_of,
 )
 from medqa_core.metrics import METRICS
+from medqa_core.profile import load_profile, with_overrides
 from medqa_core.session import parse_seeds
-from medqa_core.specs import GateConfig, load_profile, with_overrides
+from medqa_core.specs import GateConfig
 
 M = "bert_f1"
 IDENTITY = {"data": "rows-fp", "test_ids": "test-fp", "scorer": "scorer-fp"}

@@ -26,7 +26,8 @@ from medqa_core.model import generation  # noqa: E402
 from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
 from medqa_core.model.generation import generate_answers  # noqa: E402
 from medqa_core.pipeline import RunContext, _answers  # noqa: E402
-from medqa_core.specs import REPO_ROOT, GenerationConfig, ModelSpec, TrainConfig, load_profile  # noqa: E402
+from medqa_core.profile import load_profile  # noqa: E402
+from medqa_core.specs import REPO_ROOT, GenerationConfig, ModelSpec, TrainConfig  # noqa: E402
 from medqa_core.train import finetune as training  # noqa: E402
 
 GEMMA_TEMPLATE = (

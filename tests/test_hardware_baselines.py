@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from medqa_core.baselines import resource_baseline
+from medqa_core.profile import load_profile
 from medqa_core.resources import hardware_class
-from medqa_core.specs import load_profile
 
 PAPER_LIKE = {
     "hardware": {"class": "2x-tesla-t4"},

@@ -14,7 +14,7 @@ from medqa_core.cache import Cache
 from medqa_core.data.datasets import load_split
 from medqa_core.errors import ConfigError
 from medqa_core.model.bases import base_model_dir, load_base, load_tokenizer
-from medqa_core.specs import load_profile
+from medqa_core.profile import load_profile
 from medqa_core.train.finetune import adapter_payload, cached_adapter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,8 @@ def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
     """The launching process passes the recipe as it runs (run seed from --seeds, --set values)
     and the rows in the job; each torchrun process trains with exactly those, without reading
     the profile or re-splitting the data."""
-    from medqa_core import resources, specs
+    from medqa_core import profile as profile_mod
+    from medqa_core import resources
     from medqa_core.data import datasets
     from medqa_core.model import bases as models
     from medqa_core.train import finetune as training
@@ -123,7 +124,7 @@ def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "load_base", lambda *a, **k: object())
     monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: object())
     monkeypatch.setattr(resources, "configure_threads", lambda n: n)
-    monkeypatch.setattr(specs, "load_profile", boom)
+    monkeypatch.setattr(profile_mod, "load_profile", boom)
     monkeypatch.setattr(datasets, "load_split", boom)
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(k, v)

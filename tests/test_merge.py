@@ -302,7 +302,7 @@ def _table(level: float) -> dict:
 
 def test_two_partial_runs_merged_report_like_one_run_of_all_cases(plugin_env, tmp_path):
     from medqa_core.gate import aggregates
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
 
     prof, scores, run = plugin_env
     scores.write_text(json.dumps(_table(0.5)))

@@ -22,7 +22,7 @@ from benchmarks.plain import score_pair_by_pair
 from medqa_core.data.datasets import load_split
 from medqa_core.metrics import METRICS, score_all
 from medqa_core.metrics.use import split_sentences
-from medqa_core.specs import load_profile
+from medqa_core.profile import load_profile
 
 PLAIN = Path(plain.__file__).resolve()
 

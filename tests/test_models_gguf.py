@@ -11,7 +11,8 @@ import pytest
 from medqa_core.cache import Cache
 from medqa_core.errors import ConfigError
 from medqa_core.model.bases import base_model_dir, resolve_gguf
-from medqa_core.specs import ModelSpec, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import ModelSpec
 
 PROFILE = load_profile("small")
 

@@ -23,7 +23,8 @@ from medqa_core.data import datasets
 from medqa_core.data.cleaning import normalise_question
 from medqa_core.data.datasets import load_examples, load_split, split
 from medqa_core.data.leakage import content_words, jaccard, leakage, near_duplicate, same_content, same_word, shingles
-from medqa_core.specs import DatasetSpec, SplitConfig, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import DatasetSpec, SplitConfig
 
 METHODS = ["pairwise", "minhash-lsh"]
 

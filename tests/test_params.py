@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medqa_core.model.params import lora_param_count, lora_param_formula
-from medqa_core.specs import load_profile
+from medqa_core.profile import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = load_profile("paper")

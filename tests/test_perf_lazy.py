@@ -47,11 +47,12 @@ answer = "output"
 
 WARM = """
 import json, sys
-from medqa_core import metrics, models
+from medqa_core import metrics
+from medqa_core.model import bases as models
 from medqa_core.metrics import bertscore, use
 from medqa_core.pipeline import RunContext, run_case
 from medqa_core.cache import Cache
-from medqa_core.specs import load_profile
+from medqa_core.profile import load_profile
 
 def boom(*a, **k):
     raise AssertionError("a loader ran on a warm cache")
@@ -67,7 +68,7 @@ print(json.dumps({{"cached": res.cached, "metrics": res.metrics, "heavy": heavy}
 def test_warm_case_loads_no_model_or_metric(tmp_path: Path):
     from medqa_core.cache import Cache
     from medqa_core.pipeline import RunContext, run_case
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
 
     prof_path = tmp_path / "lazy.toml"
     prof_path.write_text(PROFILE.format(data=REPO_ROOT / "fixtures" / "data", tmp=tmp_path, repo=REPO_ROOT))

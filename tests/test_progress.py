@@ -242,7 +242,7 @@ answer = "output"
 def test_a_case_reports_training_generation_and_scoring(tmp_path, events, monkeypatch):
     from medqa_core.cache import Cache
     from medqa_core.pipeline import RunContext, run_case
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
 
     monkeypatch.setenv(progress.ENV_INTERVAL, "0")  # every update: the count of lines is checked below
     prof = tmp_path / "progress.toml"

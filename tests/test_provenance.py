@@ -13,7 +13,8 @@ from medqa_core import resources
 from medqa_core.cache import content_key
 from medqa_core.data.datasets import QAExample
 from medqa_core.errors import ConfigError
-from medqa_core.specs import ModelSpec, TrainConfig, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import ModelSpec, TrainConfig
 
 # ---------------------------------------------------------------- GPU, driver, CUDA, bitsandbytes
 

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from medqa_core.data.datasets import QAExample
-from medqa_core.specs import TrainConfig, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import TrainConfig
 
 bnb = pytest.importorskip("bitsandbytes")
 

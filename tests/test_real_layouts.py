@@ -11,7 +11,8 @@ from helpers import write_rows
 
 from medqa_core.data.datasets import load_examples, load_split
 from medqa_core.errors import DatasetError
-from medqa_core.specs import SplitConfig, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import SplitConfig
 
 WIKIDOC = [  # medalpaca/medical_meadow_wikidoc: instruction / input / output, a JSON list
     {"instruction": "Answer this question truthfully", "input": "What is cellulitis?",

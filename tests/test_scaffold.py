@@ -9,8 +9,9 @@ import shlex
 import pytest
 
 from medqa_core.cli import main
+from medqa_core.profile import load_profile
 from medqa_core.scaffold import InitError, init_profile
-from medqa_core.specs import REPO_ROOT, load_profile
+from medqa_core.specs import REPO_ROOT
 
 TINY_LLAMA = REPO_ROOT / "fixtures" / "models" / "llama"
 Q, A = 'Patient "Message"', "Clinician Reply"

@@ -45,7 +45,7 @@ def test_cap_cuts_only_longer_texts():
 @pytest.mark.parametrize("profile_name", ["tiny", "small"])
 def test_tiny_and_small_references_are_shorter_than_the_cap(profile_name):
     from medqa_core.data.datasets import load_split
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
 
     profile = load_profile(profile_name, None)
     longest = 0
@@ -77,7 +77,7 @@ def _vocab_longest_smollm2() -> int:
 def test_every_possible_tiny_and_small_answer_is_shorter_than_the_cap(profile_name, longest_token):
     """An answer is at most max_new_tokens tokens, each at most the vocabulary's longest entry
     (plus a space a decoder may put between tokens): below the cap, so scored uncut."""
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
 
     profile = load_profile(profile_name, None)
     bound = profile.generation.max_new_tokens * (longest_token() + 1)
@@ -108,7 +108,7 @@ def test_case_record_says_how_many_answers_were_cut(tmp_path, monkeypatch, caplo
     from medqa_core import pipeline
     from medqa_core.cache import Cache
     from medqa_core.model import bases as models
-    from medqa_core.specs import load_profile
+    from medqa_core.profile import load_profile
     from medqa_core.train.finetune import TrainStats
 
     profile = load_profile("tiny", None)

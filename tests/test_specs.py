@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from medqa_core.cache import content_key
 from medqa_core.errors import ConfigError, MedQAError
+from medqa_core.profile import load_profile
 from medqa_core.specs import (
     FAMILIES,
     PROFILES_DIR,
@@ -23,8 +24,13 @@ from medqa_core.specs import (
     SplitConfig,
     TrainConfig,
     as_dict,
-    load_profile,
+    case_name,
 )
+
+
+def case_ids(prof):
+    return [case_name(m, d) for m in prof.models for d in prof.datasets]
+
 
 TINY_TOML = PROFILES_DIR / "tiny.toml"
 
@@ -57,7 +63,7 @@ def test_tiny_profile_has_four_models_and_five_datasets():
     assert list(prof.models) == ["llama", "mistral", "gemma", "phi"] == list(raw["models"])
     assert list(prof.datasets) == list(raw["datasets"])
     assert len(prof.datasets) == 5
-    ids = prof.case_ids()
+    ids = case_ids(prof)
     assert len(ids) == 20 == len(set(ids))
     assert "mistral-wikidoc" in ids and "phi-ai_medical_chatbot" in ids
     assert ids == [f"{m}-{d}" for m in raw["models"] for d in raw["datasets"]]
@@ -130,7 +136,7 @@ def test_user_toml_loads_with_defaults(tmp_path):
     path = write_profile(tmp_path, MINIMAL)
     prof = load_profile(path)
     assert prof.name == "mine" and prof.path == path
-    assert prof.case_ids() == ["llama-d1"]
+    assert case_ids(prof) == ["llama-d1"]
     assert prof.train == TrainConfig()
     assert prof.generation == GenerationConfig()
     assert prof.split == SplitConfig()
@@ -179,7 +185,7 @@ time_factor = 9.0
     assert prof.train.steps == 7 and prof.train.quantization == "nf4"
     assert prof.train.learning_rate == TrainConfig().learning_rate
     assert prof.gate.time_factor == 9.0 and prof.gate.metric_tolerance == {"bert_f1": 0.5}
-    assert prof.case_ids() == ["llama-d1", "llama-d2", "big-d1", "big-d2"]
+    assert case_ids(prof) == ["llama-d1", "llama-d2", "big-d1", "big-d2"]
 
 
 # ---------------------------------------------------------------- errors

@@ -5,7 +5,7 @@ import pytest
 from helpers import MINIMAL_PROFILE
 
 from medqa_core.errors import ConfigError
-from medqa_core.specs import load_profile
+from medqa_core.profile import load_profile
 
 
 def _load(tmp_path, train: str):

@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from medqa_core.specs import REPO_ROOT, load_profile
+from medqa_core.profile import load_profile
+from medqa_core.specs import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
 

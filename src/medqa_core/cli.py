@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import paths
 from .errors import MedQAError
 
 
@@ -33,7 +34,7 @@ def _history_path(args: argparse.Namespace) -> Path:
 
 def _results_roots() -> list[Path]:
     roots = [Path(os.environ["MEDQA_RESULTS_DIR"])] if os.environ.get("MEDQA_RESULTS_DIR") else []
-    return [*roots, Path(".medqa-results")]
+    return [*roots, Path(paths.RESULTS_DIR_NAME)]
 
 
 def _run_dir(ref: str | None, run_id: str | None = None) -> Path | None:
@@ -61,8 +62,8 @@ def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
     if os.environ.get("MEDQA_HISTORY"):
         out.append((Path(os.environ["MEDQA_HISTORY"]), "$MEDQA_HISTORY"))
     if os.environ.get("MEDQA_CACHE_DIR"):
-        out.append((Path(os.environ["MEDQA_CACHE_DIR"]) / "history.sqlite", "$MEDQA_CACHE_DIR"))
-    out.append((Path(".medqa-cache") / "history.sqlite", "default"))
+        out.append((Path(os.environ["MEDQA_CACHE_DIR"]) / paths.HISTORY_FILE_NAME, "$MEDQA_CACHE_DIR"))
+    out.append((Path(paths.CACHE_DIR_NAME) / paths.HISTORY_FILE_NAME, "default"))
     for root in _results_roots():
         try:
             infos = sorted(root.glob("*/run.toml"), key=lambda p: p.stat().st_mtime, reverse=True)[:50]
@@ -159,7 +160,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .baselines import case_entry
     from .gate import judge_case
-    from .specs import load_profile
+    from .profile import load_profile
 
     gate = load_profile(args.profile).gate
     old = {r["case_id"]: r for r in _records(args.run_a, args)}
@@ -185,7 +186,7 @@ def _runs(rec: dict[str, Any]) -> list[dict[str, Any]]:
 def _profile_or_none(name: str | None, explicit: bool) -> Any:
     """The profile for tolerances/baseline. One the user named must load (its error is shown);
     one only taken from the records may be missing here (then: no baseline, default tolerances)."""
-    from .specs import load_profile
+    from .profile import load_profile
 
     if not name:
         return None
@@ -302,7 +303,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     from .model.params import lora_param_count
-    from .specs import load_profile
+    from .profile import load_profile
 
     prof = load_profile(args.profile)
     print(f"{'model':10s} {'base params':>15s} {'LoRA trainable':>15s}  (r={prof.train.lora_r})")

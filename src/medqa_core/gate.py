@@ -48,14 +48,12 @@ from typing import Any
 import numpy as np
 
 from .metrics import METRICS
+from .metrics.registry import DEFAULT_MIN_EFFECT, GATED
 
-#: metrics judged by the noise model: the seven scores plus the tuned answers' mean length in
-#: words, a cheap signal that catches truncated or run-away generation.
-GATED = (*METRICS, "answer_words")
+__all__ = ["DEFAULT_MIN_EFFECT", "GATED", "METRICS"]  # names and effects live in metrics.registry
 #: bounds of the prior degrees of freedom fitted by :func:`pooled_variance`
 MIN_PRIOR_DF = 1.0
 MAX_PRIOR_DF = 200.0
-DEFAULT_MIN_EFFECT = {**{m: 0.02 for m in METRICS}, "answer_words": 3.0}
 POWER = 0.8
 #: statuses, worst first; the first three fail the case
 FAILING = ("error", "regression", "changed")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from . import paths
 from .errors import MedQAError
 
 RECORD_KEY = "medqa_record"
@@ -108,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
         n = getattr(config.option, "numprocesses", None)
         n_workers = n if isinstance(n, int) and n > 0 else 1
     config._medqa_run_id = run_id  # type: ignore[attr-defined]
-    root = Path(config.getoption("--results-dir") or config.rootpath / ".medqa-results")
+    root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
     config.stash[_run_dir_key] = root / run_id
     from .resources import configure_threads
 
@@ -224,14 +225,11 @@ class Case:
 
 
 def _cache_dir(config: pytest.Config) -> Path:
-    return Path(config.getoption("--cache-dir") or config.rootpath / ".medqa-cache")
+    return paths.cache_dir(config.getoption("--cache-dir"), config.rootpath)
 
 
 def history_path(config: pytest.Config) -> Path | None:
-    opt = config.getoption("--history")
-    if opt and opt.lower() == "none":
-        return None
-    return Path(opt) if opt else _cache_dir(config) / "history.sqlite"
+    return paths.history_file(config.getoption("--history"), _cache_dir(config))
 
 
 def _write_run_info(config: pytest.Config) -> None:
@@ -264,7 +262,7 @@ def _profile(config: pytest.Config) -> Any:
     if cached is None:
         import dataclasses
 
-        from .specs import load_profile, with_overrides
+        from .profile import load_profile, with_overrides
 
         cached = with_overrides(load_profile(config.getoption("--profile"), config.getoption("--data-dir")),
                                 config.getoption("medqa_set"))

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -35,7 +34,9 @@ def library_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def git_sha(repo: str | None = None) -> str:
-    cwd = repo or str(Path(__file__).resolve().parents[2])
+    from .paths import REPO_ROOT
+
+    cwd = repo or str(REPO_ROOT)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,

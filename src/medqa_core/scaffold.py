@@ -5,7 +5,7 @@ benchmark uses), the column(s) holding the question and the one holding the answ
 a local checkpoint directory (a ``config.json`` beside the weights), a ``.gguf`` file, or a hub
 id. :func:`init_profile` checks the columns against the file, picks a recipe for the model's
 size, writes ``<name>.toml`` beside the data (absolute paths, so it runs from any directory and
-never touches the repository), loads it back with :func:`specs.load_profile` and runs the data
+never touches the repository), loads it back with :func:`profile.load_profile` and runs the data
 through the loader, cleaning and split before reporting success. The baseline lives next to
 the data too (``<name>.baseline.json``), so ``--update-baselines`` never writes into
 ``baselines/``.
@@ -283,7 +283,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
                  out: str | Path | None = None, force: bool = False, sets: list[str] | None = None) -> InitResult:
     """Write a profile for ``data_file`` x ``model`` and check that it loads and its data splits."""
     from .data.datasets import load_split
-    from .specs import load_profile
+    from .profile import load_profile
 
     questions = [question] if isinstance(question, str) else list(question)
     if not questions or not all(q for q in questions) or not answer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from . import gate, pipeline
 from .baselines import resource_baseline
 from .cache import content_key
 from .resources import hardware_class
+from .results.record import CaseRecord
 from .specs import Profile, as_dict
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,10 @@ def data_source(profile: Profile, dataset: str) -> dict[str, Any]:
     return {"kind": "missing", "path": str(profile.data_dir / spec.file) if spec.file else None}
 
 
-def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeline.CaseResult]) -> dict[str, Any]:
+def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeline.CaseResult]) -> CaseRecord:
     """The case's record: the first run's fields, metrics averaged over the runs, every run kept."""
     runs = [r.to_json() for r in results]
-    rec = dict(runs[0])
+    rec = cast(CaseRecord, dict(runs[0]))
     if len(runs) > 1:
         rec["metrics"] = {m: round(float(np.mean([r["metrics"][m] for r in runs])), 6) for m in runs[0]["metrics"]}
     rec["runs"] = [{k: r[k] for k in ("seed", "metrics", "per_example", "controls", "invariants", "resources", "base_metrics",
@@ -112,7 +113,7 @@ def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeli
 
 def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunContext, seeds: list[int],
                   baseline: dict[str, Any] | None, hw: tuple[str, dict[str, Any] | None],
-                  run_dir: Path, judge_resources: bool = True) -> tuple[dict[str, Any], gate.Verdict]:
+                  run_dir: Path, judge_resources: bool = True) -> tuple[CaseRecord, gate.Verdict]:
     """Run the case once per seed, judge it, write its record to ``run_dir``; (record, verdict)."""
     results = []
     for i, seed in enumerate(seeds):
@@ -134,7 +135,7 @@ def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunC
     return rec, verdict
 
 
-def error_record(profile: Profile, model: str, dataset: str, run_dir: Path, reason: str) -> dict[str, Any]:
+def error_record(profile: Profile, model: str, dataset: str, run_dir: Path, reason: str) -> CaseRecord:
     """The record of a case that failed before it could be judged (missing file, bad config,
     crash): status ``error`` with its one-line reason, so history, summary, JUnit and alerts
     count it like any other failure."""
@@ -143,7 +144,7 @@ def error_record(profile: Profile, model: str, dataset: str, run_dir: Path, reas
 
     cid = case_name(model, dataset)
     line = " ".join(reason.split())[:500]
-    rec = {"case_id": cid, "model": model, "dataset": dataset, "profile": profile.name, "metrics": {},
+    rec: CaseRecord = {"case_id": cid, "model": model, "dataset": dataset, "profile": profile.name, "metrics": {},
            "base_metrics": {}, "resources": {}, "cached": {}, "runs": [],
            "provenance": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware(),
                           "profile": profile.name},

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedQAError
+from ..metrics import registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -394,8 +395,7 @@ class History:
             return sorted(r[0] for r in con.execute(q, args))
 
 
-RESOURCE_KEYS = {"train_s": "train_seconds", "mem_mib": "peak_mem_mib", "train_seconds": "train_seconds",
-                 "peak_mem_mib": "peak_mem_mib", "tokens_per_s": "tokens_per_s"}
+RESOURCE_KEYS = registry.RESOURCE_KEYS
 
 
 def series_of(rows: list[tuple[str, str | None, dict[str, Any]]], metric: str,

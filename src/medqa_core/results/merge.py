@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import MedQAError
 from .history import History, ImportRun, MergeResult
+from .record import REQUIRED
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def read_run_dir(path: Path | str) -> ImportRun:
             raise MergeError(f"{f}: not a readable case record ({' '.join(str(exc).split())})") from None
         if not isinstance(rec, dict):
             raise MergeError(f"{f}: not a case record (a JSON {type(rec).__name__}, expected an object)")
-        missing = [k for k in ("case_id", "model", "dataset") if not isinstance(rec.get(k), str) or not rec.get(k)]
+        missing = [k for k in REQUIRED if not isinstance(rec.get(k), str) or not rec.get(k)]
         if missing:
             raise MergeError(f"{f}: not a case record (no {', '.join(missing)})")
         if rec["case_id"] in seen:
@@ -207,7 +208,8 @@ def issue_body(group: str, profile: str, records: list[dict[str, Any]], aggs: li
 
 def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
     """Write ``issue.md`` and ``status`` for group ``group`` into ``out_dir``; returns the status."""
-    from ..specs import GateConfig, load_profile
+    from ..profile import load_profile
+    from ..specs import GateConfig
     from .trend import case_trends
 
     hist = History(history)

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import METRICS
+from ..metrics.registry import RESOURCE_KEYS, RESOURCES
+from .record import CaseRecord, is_record
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); shown, not gated
-COLUMNS = (*METRICS, "degenerate", "train_s", "mem_mib")
+COLUMNS = (*METRICS, "degenerate", *RESOURCES)
 
 
 #: written into every run directory by the pytest plugin: which profile (name, or absolute path of
@@ -47,14 +49,14 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def load_records(paths: list[Path]) -> list[dict[str, Any]]:
+def load_records(paths: list[Path]) -> list[CaseRecord]:
     out = []
     for p in paths:
         try:
             rec = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a case that crashed before writing its record has no row
-        if not isinstance(rec, dict) or "case_id" not in rec:
+        if not is_record(rec):
             continue  # aggregates.json (family/suite verdicts) sits beside the case records
         rec["_path"] = str(Path(p))
         out.append(rec)
@@ -65,9 +67,9 @@ def _row_values(rec: dict[str, Any]) -> dict[str, float]:
     """The row's numbers; a case that ended in an error before scoring has none (shown as '-')."""
     vals = dict(rec.get("metrics") or {})
     res = rec.get("resources") or {}
-    for col, key in (("train_s", "train_seconds"), ("mem_mib", "peak_mem_mib")):
-        if key in res:
-            vals[col] = res[key]
+    for col in RESOURCES:
+        if RESOURCE_KEYS[col] in res:
+            vals[col] = res[RESOURCE_KEYS[col]]
     return vals
 
 
@@ -76,10 +78,9 @@ def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
         return {}
     vals = dict(case["metrics"])
     res = case.get("resources", {})
-    if "train_seconds" in res:
-        vals["train_s"] = res["train_seconds"]
-    if "peak_mem_mib" in res:
-        vals["mem_mib"] = res["peak_mem_mib"]
+    for col in RESOURCES:
+        if RESOURCE_KEYS[col] in res:
+            vals[col] = res[RESOURCE_KEYS[col]]
     return vals
 
 

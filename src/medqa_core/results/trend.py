@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import registry
+
 DEFAULT_PENALTY = 6.0
 MIN_SIZE = 2  # runs per segment
 
@@ -138,7 +140,7 @@ RESOURCE_MIN_EFFECT = 0.25  # a time or memory level shift counts from 25% of th
 # A score shift counts from half its gate tolerance: the trend warns about a slide while each
 # night still passes its own gate (and keeps warning when baselines are re-recorded along it).
 TREND_EFFECT_FRACTION = 0.5
-RESOURCES = ("train_s", "mem_mib")
+RESOURCES = registry.RESOURCES
 
 
 def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tuple[str, str | None, dict[str, Any]]]:
@@ -178,8 +180,8 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str | None, tole
     Scores use half their gate tolerance as minimum effect; training time and memory (higher is
     worse) use 25% of the series' median, memory at least the gate's ``memory_slack_mib`` (on
     CPU the RSS growth of a small run moves by tens of MiB with what the process did before)."""
-    from ..gate import DEFAULT_MIN_EFFECT
     from ..metrics import METRICS
+    from ..metrics.registry import DEFAULT_MIN_EFFECT
     from .history import series_of
 
     out: dict[str, dict[str, list[Shift]]] = {}
@@ -201,7 +203,7 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str | None, tole
                     eff = RESOURCE_MIN_EFFECT * float(np.median(vals))
                 else:
                     eff = TREND_EFFECT_FRACTION * tolerances.get(metric, DEFAULT_MIN_EFFECT[metric])
-                hits = regressions(vals, eff, ids, higher_is_better=not is_res, penalty=penalty)
+                hits = regressions(vals, eff, ids, higher_is_better=registry.higher_is_better(metric), penalty=penalty)
                 if hits:
                     found.setdefault(metric, []).extend(replace(h, hardware_class=hw) for h in hits)
         if found:

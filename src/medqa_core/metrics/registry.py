@@ -1,0 +1,64 @@
+"""Every number a case reports, in one table: its name, which way is better, the smallest change
+the gate treats as a real effect, and where a record keeps it.
+
+Everything that needs to know whether a drop or a rise is bad (the gate, trends, the summary
+and the report) asks this module; nothing else encodes a direction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import METRICS
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str  # the column name in summaries, trends and the history
+    label: str
+    higher_is_better: bool
+    #: the gate's default minimum effect (``[gate] metric_tolerance`` overrides it); None = the
+    #: noise model does not judge it (resources have their own factor rules; diagnostics none)
+    min_effect: float | None
+    #: where a case record keeps it: ("metrics", key) or ("resources", key)
+    source: tuple[str, str]
+    kind: str  # score | length | resource | diagnostic
+
+
+_LABELS = {"bert_p": "BERTScore precision", "bert_r": "BERTScore recall", "bert_f1": "BERTScore F1",
+           "cosine": "USE whole-answer cosine", "use_p": "USE precision", "use_r": "USE recall", "use_f1": "USE F1"}
+
+MEASURES: dict[str, Measure] = {
+    **{m: Measure(m, _LABELS[m], True, 0.02, ("metrics", m), "score") for m in METRICS},
+    # the tuned answers' mean length in words: a cheap signal of truncated or run-away generation
+    "answer_words": Measure("answer_words", "mean answer length (words)", True, 3.0, ("metrics", "answer_words"),
+                            "length"),
+    "train_s": Measure("train_s", "training time (s)", False, None, ("resources", "train_seconds"), "resource"),
+    "mem_mib": Measure("mem_mib", "peak training memory (MiB)", False, None, ("resources", "peak_mem_mib"), "resource"),
+    "tokens_per_s": Measure("tokens_per_s", "training throughput (tokens/s)", True, None,
+                            ("resources", "tokens_per_s"), "resource"),
+    # share of answers that repeat a word 4-gram 3+ times (metrics/degeneration.py); reported only
+    "degenerate": Measure("degenerate", "degenerate answers (share)", False, None, ("metrics", "degenerate"),
+                          "diagnostic"),
+}
+
+#: judged by the noise model of the gate, in this order
+GATED: tuple[str, ...] = tuple(m.name for m in MEASURES.values() if m.min_effect is not None)
+#: gate.DEFAULT_MIN_EFFECT
+DEFAULT_MIN_EFFECT: dict[str, float] = {m.name: m.min_effect for m in MEASURES.values() if m.min_effect is not None}
+#: time and memory, as the summary and trends name them
+RESOURCES: tuple[str, ...] = ("train_s", "mem_mib")
+#: the history's/summary's short name -> the key in a record's ``resources`` (record keys map to themselves)
+RESOURCE_KEYS: dict[str, str] = {
+    **{m.name: m.source[1] for m in MEASURES.values() if m.source[0] == "resources"},
+    **{m.source[1]: m.source[1] for m in MEASURES.values() if m.source[0] == "resources"},
+}
+
+
+def higher_is_better(name: str) -> bool:
+    """Which way is better for ``name`` (a measure, or a record's resource key)."""
+    if name in MEASURES:
+        return MEASURES[name].higher_is_better
+    for m in MEASURES.values():
+        if m.source[1] == name:
+            return m.higher_is_better
+    raise KeyError(f"unknown measure {name!r}; known: {sorted(MEASURES)}")

@@ -1,0 +1,35 @@
+"""One home for what a metric is: the gate, trends, history and summary read the registry."""
+from __future__ import annotations
+
+import pytest
+
+from medqa_core import gate
+from medqa_core.errors import ConfigError
+from medqa_core.metrics import METRICS, registry
+from medqa_core.profile import _check_gate
+from medqa_core.results import history, summary, trend
+from medqa_core.specs import GateConfig
+
+
+def test_every_score_is_gated_higher_is_better_and_resources_lower():
+    assert set(METRICS) < set(registry.GATED)
+    assert all(registry.higher_is_better(m) for m in METRICS)
+    assert not registry.higher_is_better("train_s") and not registry.higher_is_better("peak_mem_mib")
+    assert not registry.higher_is_better("degenerate") and "degenerate" not in registry.GATED
+    with pytest.raises(KeyError, match="unknown measure"):
+        registry.higher_is_better("bert_f2")
+
+
+def test_consumers_share_the_registry_tables():
+    assert gate.GATED is registry.GATED and gate.DEFAULT_MIN_EFFECT is registry.DEFAULT_MIN_EFFECT
+    assert trend.RESOURCES == registry.RESOURCES
+    assert history.RESOURCE_KEYS is registry.RESOURCE_KEYS
+    assert set(registry.RESOURCES) <= set(summary.COLUMNS)
+    # every resource short name resolves to the record key that pipeline records write
+    assert registry.RESOURCE_KEYS["train_s"] == "train_seconds" and registry.RESOURCE_KEYS["mem_mib"] == "peak_mem_mib"
+
+
+def test_a_tolerance_for_an_ungated_measure_is_a_config_error():
+    with pytest.raises(ConfigError, match="degenerate"):
+        _check_gate(GateConfig(metric_tolerance={"degenerate": 0.1}), "p.toml [gate]")
+    _check_gate(GateConfig(metric_tolerance={"answer_words": 2.0}), "p.toml [gate]")
