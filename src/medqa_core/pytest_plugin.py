@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,25 @@ from . import paths
 from .errors import MedQAError
 
 RECORD_KEY = "medqa_record"
-_run_dir_key = pytest.StashKey[Path]()
+@dataclass
+class RunState:
+    """What one pytest run carries between hooks (one object in the config's stash, no
+    attributes on the config): its id and directory, the profile as this run reads it
+    (``--set``, ``--baseline`` applied), the baseline file as it was before the run (the
+    summary's deltas) and the lines the terminal summary prints at the end."""
+
+    run_id: str
+    run_dir: Path
+    profile: Any = None
+    baseline_before: dict[str, Any] | None = None
+    finish_lines: list[str] = field(default_factory=list)
+
+
+_state_key = pytest.StashKey[RunState]()
+
+
+def _state(config: pytest.Config) -> RunState:
+    return config.stash[_state_key]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -108,9 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         n = getattr(config.option, "numprocesses", None)
         n_workers = n if isinstance(n, int) and n > 0 else 1
-    config._medqa_run_id = run_id  # type: ignore[attr-defined]
     root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
-    config.stash[_run_dir_key] = root / run_id
+    config.stash[_state_key] = RunState(run_id, root / run_id)
     from .resources import configure_threads
 
     configure_threads(n_workers)
@@ -202,14 +219,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         profile = _profile(config)
         path = profile.resolve(str(profile.baseline))
-        config._medqa_baseline_before = baselines.load(path) if path.is_file() else None  # type: ignore[attr-defined]
+        _state(config).baseline_before = baselines.load(path) if path.is_file() else None
     except MedQAError:
-        config._medqa_baseline_before = None  # type: ignore[attr-defined]
+        _state(config).baseline_before = None
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:  # xdist controller -> worker
-    node.workerinput["medqa_run_id"] = node.config._medqa_run_id
+    node.workerinput["medqa_run_id"] = _state(node.config).run_id
 
 
 @dataclass(frozen=True)
@@ -245,10 +262,10 @@ def _write_run_info(config: pytest.Config) -> None:
     except MedQAError:
         return
     hist = history_path(config)
-    run_dir = config.stash[_run_dir_key]
+    run_dir = _state(config).run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_info(run_dir, {
-        "run_id": config._medqa_run_id, "profile": ref, "profile_name": profile.name,
+        "run_id": _state(config).run_id, "profile": ref, "profile_name": profile.name,
         "profile_file": str(Path(profile.path).resolve()), "set": list(config.getoption("medqa_set")),
         "data_dir": str(profile.data_dir), "baseline": str(profile.resolve(str(profile.baseline)).resolve()),
         "history": str(hist.expanduser().resolve()) if hist is not None else None,
@@ -258,7 +275,7 @@ def _write_run_info(config: pytest.Config) -> None:
 
 
 def _profile(config: pytest.Config) -> Any:
-    cached = getattr(config, "_medqa_profile", None)
+    cached = _state(config).profile
     if cached is None:
         import dataclasses
 
@@ -269,7 +286,7 @@ def _profile(config: pytest.Config) -> Any:
         if config.getoption("--baseline"):
             cached = dataclasses.replace(cached, baseline=Path(config.getoption("--baseline")).resolve())
         _check_data_env(cached)
-        config._medqa_profile = cached  # type: ignore[attr-defined]
+        _state(config).profile = cached
     return cached
 
 
@@ -357,7 +374,7 @@ def medqa_hw_baseline(medqa_profile: Any) -> tuple[str, dict[str, Any] | None]:
 
 @pytest.fixture(scope="session")
 def medqa_run_dir(request: pytest.FixtureRequest) -> Path:
-    d = request.config.stash[_run_dir_key]
+    d = _state(request.config).run_dir
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -402,17 +419,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     records = _collected(config)
     profile = _profile(config)
     path = profile.resolve(str(profile.baseline))
-    base = getattr(config, "_medqa_baseline_before", None)  # deltas against the file as it was before the run
+    base = _state(config).baseline_before  # deltas against the file as it was before the run
     tr = terminalreporter
     tr.section(f"medqa-bench summary (profile {profile.name}; delta vs {path.name})")
     tr.write_line(plain_table(records, base))
-    run_dir = config.stash[_run_dir_key]
+    run_dir = _state(config).run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.md").write_text(
-        f"# medqa-bench run {config._medqa_run_id} (profile {profile.name})\n\n" + markdown_table(records, base) + "\n"
+        f"# medqa-bench run {_state(config).run_id} (profile {profile.name})\n\n" + markdown_table(records, base) + "\n"
     )
     tr.write_line(f"records and summary.md: {run_dir}")
-    for line in getattr(config, "_medqa_finish_lines", []):
+    for line in _state(config).finish_lines:
         tr.write_line(line)
 
 
@@ -422,7 +439,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     records = _collected(config)
     lines: list[str] = []
-    config._medqa_finish_lines = lines  # type: ignore[attr-defined]  # printed by the terminal summary
+    _state(config).finish_lines = lines  # printed by the terminal summary
     _write_run_info(config)
     if config.getoption("--update-baselines"):
         if int(exitstatus) == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: a partial run never rewrites a baseline
@@ -453,7 +470,7 @@ def _judge_aggregates(session: pytest.Session, records: list[dict[str, Any]], li
     aggs = aggregates(records, _profile(config).gate)
     if not aggs:
         return
-    (config.stash[_run_dir_key] / "aggregates.json").write_text(
+    (_state(config).run_dir / "aggregates.json").write_text(
         json.dumps([a.__dict__ for a in aggs], indent=1, allow_nan=False))
     failed = [a for a in aggs if not a.passed]
     lines.append(f"medqa-bench: aggregate verdicts ({len(aggs)} family/suite x metric checks, {len(failed)} failed):")
@@ -489,14 +506,14 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
     profile = _profile(config)
     hist = History(path)
     try:
-        seq = hist.add_run(config._medqa_run_id, profile.name, records, {"exitstatus": exitstatus})
+        seq = hist.add_run(_state(config).run_id, profile.name, records, {"exitstatus": exitstatus})
         hw_class = recorded_hardware_class(records[0].get("provenance", {}).get("hardware", {}))
         trends = case_trends(hist, [r["case_id"] for r in records], profile.name, profile.gate.metric_tolerance, hw_class,
                              memory_slack_mib=profile.gate.memory_slack_mib)
     except MedQAError as exc:
         lines.append(f"medqa-bench: history not updated: {exc}")
         return {}
-    lines.append(f"medqa-bench: run {config._medqa_run_id} stored as #{seq} in {path}")
+    lines.append(f"medqa-bench: run {_state(config).run_id} stored as #{seq} in {path}")
     for cid, per_metric in sorted(trends.items()):
         for metric, found in per_metric.items():
             for sh in found:
@@ -509,8 +526,8 @@ def _alert(config: pytest.Config, url: str, records: list[dict[str, Any]], exits
     from .results.alerts import payload, post
 
     profile = _profile(config)
-    body = payload(config._medqa_run_id, profile.name, records, exitstatus, trends,
-                   str(config.stash[_run_dir_key] / "summary.md"))
+    body = payload(_state(config).run_id, profile.name, records, exitstatus, trends,
+                   str(_state(config).run_dir / "summary.md"))
     if body["status"] == "pass" and not config.getoption("--alert-always"):
         return
     try:
