@@ -6,7 +6,7 @@ near-duplicate rule that keeps template siblings apart (leakage.same_content).
 - template siblings that differ in a content word ("... Dry eyes ?" / "... Dry skin ?") are not
   near duplicates, while rewordings, ages/durations, plurals and typos still are;
 - the fixture datasets of the tiny and small profiles load, clean and split exactly as before:
-  their data fingerprints (tiny) and test ids (small) equal the recorded baselines'.
+  their data fingerprints and test ids equal the recorded baselines' (tiny and small).
 """
 from __future__ import annotations
 
@@ -208,14 +208,17 @@ def test_tiny_fixture_data_fingerprints_match_the_baseline(dataset, monkeypatch)
 
 @pytest.mark.parametrize("dataset", ["wikidoc", "mental_health", "medical_dataset", "ai_medical_chatbot", "healthcaremagic"])
 def test_small_fixture_split_matches_the_baseline(dataset, monkeypatch):
-    """baselines/small.json (schema 1) records no data fingerprint: its test ids must be the
-    split's, and the rows must be what the old dedup gave (same fingerprint)."""
+    """baselines/small.json (schema 2, K runs): its data fingerprint and every run's test ids
+    must be the split's, and the rows must be what the old dedup gave (same fingerprint)."""
     profile = load_profile("small")
     dspec = profile.datasets[dataset]
     s = load_split(dspec, profile.data_dir, profile.split)
     cases = {cid: c for cid, c in _baseline(profile)["cases"].items() if cid.endswith("-" + dataset)}
     assert cases, f"baselines/small.json has no case for {dataset}"
     for cid, c in cases.items():
-        assert c["per_example"]["ids"] == [e.id for e in s.test], f"{cid}: test set changed"
+        assert c["identity"]["data"] == s.fingerprint(), f"{cid}: rows or split changed"
+        assert c["runs"], f"{cid}: no runs recorded"
+        for run in c["runs"]:
+            assert run["per_example"]["ids"] == [e.id for e in s.test], f"{cid} seed {run['seed']}: test set changed"
     _legacy_dedup(monkeypatch)
     assert load_split(dspec, profile.data_dir, profile.split).fingerprint() == s.fingerprint()
