@@ -354,6 +354,7 @@ def _closed_form(spec: ModelSpec, cfg: Any) -> int | None:
 def provenance(profile: Profile, ctx: RunContext) -> dict[str, Any]:
     from .resources import git_sha, hardware
 
+    scorer = scorer_of(profile, ctx)
     return {
         "git_sha": git_sha(),
         "versions": library_versions(),
@@ -363,7 +364,7 @@ def provenance(profile: Profile, ctx: RunContext) -> dict[str, Any]:
         "profile_hash": content_key({k: v for k, v in as_dict(profile).items() if k not in ("path", "data_dir")}),
         "seeds": {"train": profile.train.seed, "split": profile.split.seed,
                   "pretrain": profile.pretrain.seed if profile.pretrain else None},
-        "metrics": metrics_mod.fingerprint(scorer_of(profile, ctx)),
-        "scorer": metrics_mod.spec(scorer_of(profile, ctx)),
+        "metrics": metrics_mod.fingerprint(scorer),
+        "scorer": metrics_mod.spec(scorer),
         "device": ctx.device,
     }

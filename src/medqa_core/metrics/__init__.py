@@ -84,16 +84,12 @@ class ScorerConfig:
 DEFAULT_SCORER = ScorerConfig()
 
 
-def _as_config(scorer: ScorerConfig | str | None) -> ScorerConfig:
-    """A ScorerConfig from a config, a bare USE backend name (the older call style) or None."""
-    if scorer is None:
-        return DEFAULT_SCORER
-    if isinstance(scorer, str):
-        return ScorerConfig(use_backend=scorer)
-    return scorer
+def _as_config(scorer: ScorerConfig | None) -> ScorerConfig:
+    """The given config, or the offline default."""
+    return DEFAULT_SCORER if scorer is None else scorer
 
 
-def fingerprint(scorer: ScorerConfig | str | None = None) -> dict[str, str]:
+def fingerprint(scorer: ScorerConfig | None = None) -> dict[str, str]:
     """Portable description of the metric stack (settings and library versions, no absolute
     paths): part of score cache keys, records and a baseline's identity."""
     from . import bertscore, use
@@ -103,7 +99,7 @@ def fingerprint(scorer: ScorerConfig | str | None = None) -> dict[str, str]:
             "use": use.fingerprint(cfg.use_backend, cfg.use_handle)}
 
 
-def spec(scorer: ScorerConfig | str | None = None) -> dict[str, Any]:
+def spec(scorer: ScorerConfig | None = None) -> dict[str, Any]:
     """The scorer's models and settings without library versions: what a published baseline
     (paper.json, whose library versions are unknown) can record about its scorer."""
     from . import use
@@ -114,7 +110,7 @@ def spec(scorer: ScorerConfig | str | None = None) -> dict[str, Any]:
     return d
 
 
-def spec_digest(scorer: ScorerConfig | str | None = None) -> str:
+def spec_digest(scorer: ScorerConfig | None = None) -> str:
     """16 hex digits of :func:`spec`: the ``scorer_spec`` of a record's and a baseline's identity."""
     from ..cache import content_key
 
@@ -122,7 +118,7 @@ def spec_digest(scorer: ScorerConfig | str | None = None) -> str:
 
 
 def score_all(candidates: list[str], references: list[str],
-              scorer: ScorerConfig | str | None = None) -> dict[str, np.ndarray]:
+              scorer: ScorerConfig | None = None) -> dict[str, np.ndarray]:
     from . import bertscore, use
 
     cfg = _as_config(scorer)
