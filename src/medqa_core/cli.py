@@ -26,12 +26,6 @@ from . import paths
 from .errors import MedQAError
 
 
-def _history_path(args: argparse.Namespace) -> Path:
-    """The history to use: the first that exists of :func:`_history_candidates` (else the first one)."""
-    cands = _history_candidates(args)
-    return next((p for p, _ in cands if p.is_file()), cands[0][0])
-
-
 def _results_roots() -> list[Path]:
     roots = [Path(os.environ["MEDQA_RESULTS_DIR"])] if os.environ.get("MEDQA_RESULTS_DIR") else []
     return [*roots, Path(paths.RESULTS_DIR_NAME)]
@@ -57,8 +51,9 @@ def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
         return [(Path(args.history), "--history")]
     out: list[tuple[Path, str]] = []
     d = _run_dir(getattr(args, "run", None))
-    if d is not None and read_run_info(d).get("history"):
-        out.append((Path(read_run_info(d)["history"]), f"{d}/run.toml"))
+    recorded = read_run_info(d).get("history") if d is not None else None
+    if recorded:
+        out.append((Path(recorded), f"{d}/run.toml"))
     if os.environ.get("MEDQA_HISTORY"):
         out.append((Path(os.environ["MEDQA_HISTORY"]), "$MEDQA_HISTORY"))
     if os.environ.get("MEDQA_CACHE_DIR"):
@@ -76,6 +71,11 @@ def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
     return out
 
 
+def _looked(cands: list[tuple[Path, str]]) -> str:
+    """The first places :func:`_history_candidates` lists, for an error message."""
+    return ", ".join(f"{p.expanduser().absolute()} ({why})" for p, why in cands[:6])
+
+
 def _history(args: argparse.Namespace, required: bool = True) -> Any:
     from .results.history import History
 
@@ -83,8 +83,7 @@ def _history(args: argparse.Namespace, required: bool = True) -> Any:
     path = next((p for p, _ in cands if p.is_file()), None)
     if path is None:
         if required:
-            looked = ", ".join(f"{p.expanduser().absolute()} ({why})" for p, why in cands[:6])
-            raise MedQAError(f"no run history found; looked in: {looked}; pytest writes one per cache dir "
+            raise MedQAError(f"no run history found; looked in: {_looked(cands)}; pytest writes one per cache dir "
                              "(or pass --history PATH, or a run directory)")
         return None
     return History(path)
@@ -102,7 +101,7 @@ def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
         return recs
     hist = _history(args, required=False) if args is not None else None
     if hist is None:
-        looked = ", ".join(f"{p.expanduser().absolute()} ({why})" for p, why in _history_candidates(args)[:6]) if args is not None else "-"
+        looked = _looked(_history_candidates(args)) if args is not None else "-"
         raise MedQAError(f"{d}: not a run directory (look under .medqa-results/) and no history to look it up in "
                          f"(looked in: {looked})")
     recs = hist.records(hist.resolve(ref))
@@ -228,13 +227,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         rows = {c: hist.case_rows(c, profile_name) for c in ids}
         rep.history_series = {c: {m: series_of(rows[c], m) for m in HISTORY_METRICS} for c in ids}
-        tols = profile.gate.metric_tolerance if profile is not None else {}
-        slack = profile.gate.memory_slack_mib if profile is not None else 0.0
+        tols, slack = _trend_limits(profile)
         rep.trends = case_trends(hist, ids, profile_name, tols, memory_slack_mib=slack)
     out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(f"medqa-report-{run_id}"))
-    paths = write(rep, out)
-    print(f"wrote {paths['markdown']} and {paths['html']}")
+    written = write(rep, out)
+    print(f"wrote {written['markdown']} and {written['html']}")
     return 0
+
+
+def _trend_limits(profile: Any) -> tuple[dict[str, float], float]:
+    """(metric tolerances, memory slack) that scale what counts as a trend step; none without a profile."""
+    if profile is None:
+        return {}, 0.0
+    return profile.gate.metric_tolerance, profile.gate.memory_slack_mib
 
 
 def _listing_scope(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -266,8 +271,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
     if not args.run and not args.profile:
         args.profile = "tiny"
     profile, name = _listing_scope(args)
-    tols = profile.gate.metric_tolerance if profile is not None else {}
-    slack = profile.gate.memory_slack_mib if profile is not None else 0.0
+    tols, slack = _trend_limits(profile)
     found = case_trends(hist, hist.case_ids(name), name, tols, memory_slack_mib=slack)
     for cid in sorted(found):
         for metric, shifts in found[cid].items():
