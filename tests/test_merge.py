@@ -257,31 +257,9 @@ def test_a_night_run_twice_counts_once(tmp_path):
 
 @pytest.fixture
 def plugin_env(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from test_plugin import FAKE_CONFTEST
+    from test_plugin import FAKE_CONFTEST, write_fake_profile
 
-    prof = tmp_path / "prof.toml"
-    prof.write_text(f'''
-name = "fake"
-baseline = "{tmp_path / 'base.json'}"
-data_dir = "{tmp_path}"
-[gate]
-metric_tolerance = {{ bert_f1 = 0.02 }}
-require_beats_base = ["bert_f1"]
-[models.llama]
-tiny_config = {{}}
-tokenizer = "{REPO / 'fixtures' / 'tokenizer'}"
-[models.mistral]
-tiny_config = {{}}
-tokenizer = "{REPO / 'fixtures' / 'tokenizer'}"
-[datasets.wikidoc]
-file = "w.json"
-question = "q"
-answer = "a"
-[datasets.mental_health]
-file = "m.json"
-question = "q"
-answer = "a"
-''')
+    prof = write_fake_profile(tmp_path, ("llama", "mistral"))
     scores = tmp_path / "scores.json"
     monkeypatch.setenv("FAKE_SCORES", str(scores))
     pytester.makeconftest(FAKE_CONFTEST)

@@ -69,20 +69,20 @@ def _metrics(v: float) -> dict[str, float]:
     return {m: v for m in METRICS}
 
 
-@pytest.fixture
-def env(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    baseline = tmp_path / "base.json"
-    (tmp_path / "prof.toml").write_text(f'''
+def write_fake_profile(tmp_path: Path, models: tuple[str, ...] = ("llama",)) -> Path:
+    """The profile the fake-pipeline plugin tests run: tiny-config models, two datasets, the
+    baseline at tmp_path/base.json (also used by tests/test_merge.py)."""
+    tokenizer = REPO / "fixtures" / "tokenizer"
+    tables = "".join(f'[models.{m}]\ntiny_config = {{}}\ntokenizer = "{tokenizer}"\n' for m in models)
+    path = tmp_path / "prof.toml"
+    path.write_text(f'''
 name = "fake"
-baseline = "{baseline}"
+baseline = "{tmp_path / 'base.json'}"
 data_dir = "{tmp_path}"
 [gate]
 metric_tolerance = {{ bert_f1 = 0.02 }}
 require_beats_base = ["bert_f1"]
-[models.llama]
-tiny_config = {{}}
-tokenizer = "{REPO / 'fixtures' / 'tokenizer'}"
-[datasets.wikidoc]
+{tables}[datasets.wikidoc]
 file = "w.json"
 question = "q"
 answer = "a"
@@ -91,6 +91,13 @@ file = "m.json"
 question = "q"
 answer = "a"
 ''')
+    return path
+
+
+@pytest.fixture
+def env(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    baseline = tmp_path / "base.json"
+    write_fake_profile(tmp_path)
     scores = tmp_path / "scores.json"
     monkeypatch.setenv("FAKE_SCORES", str(scores))
     pytester.makeconftest(FAKE_CONFTEST)
