@@ -28,8 +28,9 @@ import pytest
 
 from benchmarks import plain
 from benchmarks.plain import generate_one_by_one, plain_lora_loop, score_pair_by_pair
+from medqa_core import stages
 from medqa_core.data.datasets import load_split
-from medqa_core.model.bases import base_model_dir, load_base, load_tokenizer
+from medqa_core.model.bases import load_base, load_tokenizer
 from medqa_core.train.finetune import fine_tune
 
 pytestmark = pytest.mark.perf
@@ -41,7 +42,7 @@ _RESULTS: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def setup(medqa_profile, medqa_context):
     spec = medqa_profile.models[MODEL]
-    src, _ = base_model_dir(medqa_profile, spec, medqa_context.cache)
+    src = stages.base(medqa_profile, spec, medqa_context.cache).source
     data = load_split(medqa_profile.datasets[DATASET], medqa_profile.data_dir, medqa_profile.split)
     cfg = dataclasses.replace(medqa_profile.train, steps=STEPS)
     return spec, src, data, cfg

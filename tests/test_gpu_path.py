@@ -25,9 +25,11 @@ from medqa_core.model import bases as models  # noqa: E402
 from medqa_core.model import generation  # noqa: E402
 from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
 from medqa_core.model.generation import generate_answers  # noqa: E402
-from medqa_core.pipeline import RunContext, _answers  # noqa: E402
 from medqa_core.profile import load_profile  # noqa: E402
 from medqa_core.specs import REPO_ROOT, GenerationConfig, ModelSpec, TrainConfig  # noqa: E402
+from medqa_core.stages import Artifact  # noqa: E402
+from medqa_core.stages import adapter as adapter_stage  # noqa: E402
+from medqa_core.stages import answers as answers_stage  # noqa: E402
 from medqa_core.train import finetune as training  # noqa: E402
 
 GEMMA_TEMPLATE = (
@@ -80,8 +82,15 @@ def base_and_adapter(tmp_path_factory):
     return str(d / "base"), d / "adapter", spec
 
 
+def _answers(cache, spec, src, adapter, questions, gen, quantization="none"):
+    """The answers stage on a local base directory and adapter directory (or None)."""
+    base = Artifact("base", "base:" + src, src, {}, False)
+    tuned = None if adapter is None else Artifact("adapter", "adapter:" + str(adapter), str(adapter), {}, False)
+    return answers_stage(cache, spec, base, tuned, questions, gen, "cpu", quantization)
+
+
 def _capture_generate(monkeypatch):
-    """Record the model ``_answers`` generates with, then generate for real."""
+    """Record the model the answers stage generates with, then generate for real."""
     seen: list = []
 
     def spy(model, *args, **kwargs):
@@ -97,18 +106,17 @@ def _capture_generate(monkeypatch):
 def test_nf4_generation_keeps_4bit_base_and_unmerged_adapter(base_and_adapter, tmp_path, monkeypatch):
     src, adapter, spec = base_and_adapter
     seen = _capture_generate(monkeypatch)
-    ctx = RunContext(cache=Cache(tmp_path / "cache"), device="cpu")
+    cache = Cache(tmp_path / "cache")
     gen = GenerationConfig(max_new_tokens=6, batch_size=4)
-    answers, meta, _ = _answers(ctx, spec, src, adapter, QUESTIONS, gen, {"what": "answers"}, "nf4")
-    assert len(answers) == len(QUESTIONS) and meta["built"]
+    art = _answers(cache, spec, src, adapter, QUESTIONS, gen, "nf4")
+    assert len(art.value) == len(QUESTIONS) and art.built
     (model,) = seen
     assert isinstance(model, PeftModel), "the adapter is not merged into a 4-bit base"
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()), "the base is generated from in NF4"
     lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
     assert lora and not any(m.merged for m in lora)
     # the key knows the quantization: the fp32 answers are another entry
-    _, meta32, _ = _answers(ctx, spec, src, adapter, QUESTIONS, gen, {"what": "answers"}, "none")
-    assert meta32["built"]
+    assert _answers(cache, spec, src, adapter, QUESTIONS, gen, "none").built
 
 
 def test_fp32_generation_merges_and_is_bit_identical_to_the_merged_recipe(base_and_adapter, tmp_path, monkeypatch):
@@ -120,11 +128,10 @@ def test_fp32_generation_merges_and_is_bit_identical_to_the_merged_recipe(base_a
     expected = generate_answers(merged, load_tokenizer(src), QUESTIONS, gen, "cpu")
     assert sum(len(a) > 10 for a in expected) >= 3, expected
     seen = _capture_generate(monkeypatch)
-    ctx = RunContext(cache=Cache(tmp_path / "cache"), device="cpu")
-    answers, meta, _ = _answers(ctx, spec, src, adapter, QUESTIONS, gen, {"what": "answers"})
-    assert answers == expected
+    art = _answers(Cache(tmp_path / "cache"), spec, src, adapter, QUESTIONS, gen)
+    assert art.value == expected
     assert not isinstance(seen[0], PeftModel) and not any(isinstance(m, LoraLayer) for m in seen[0].modules())
-    assert meta["settings"]["eos_token_id"] == load_tokenizer(src).eos_token_id  # an int, as recorded before
+    assert art.meta["settings"]["eos_token_id"] == load_tokenizer(src).eos_token_id  # an int, as recorded before
 
 
 # ---- 2. a 4-bit model loads onto this process's GPU --------------------------------------
@@ -345,11 +352,11 @@ def test_memory_freed_after_generation(base_and_adapter, tmp_path, monkeypatch, 
         return generate_answers(model, *args, **kwargs)
 
     monkeypatch.setattr(generation, "generate_answers", spy)
-    ctx = RunContext(cache=Cache(tmp_path / "cache"), device="cpu")
+    cache = Cache(tmp_path / "cache")
     gen = GenerationConfig(max_new_tokens=4, batch_size=8)
     for a in (adapter, None):
         before = len(empty_cache_calls)
-        _answers(ctx, spec, src, a, QUESTIONS, gen, {"what": "answers", "model": str(a)})
+        _answers(cache, spec, src, a, QUESTIONS, gen)
         assert len(empty_cache_calls) > before, "empty_cache() after each generation"
         assert refs[-1]() is None, "the model is gone once its answers are written"
 
@@ -364,8 +371,8 @@ def test_memory_freed_after_training(base_and_adapter, tmp_path, empty_cache_cal
         return m
 
     cfg = TrainConfig(steps=2, batch_size=4, max_length=48, lora_r=4, lora_alpha=8, trainer="sft")
-    training.cached_adapter(Cache(tmp_path / "cache"), {"what": "adapter", "t": 1}, load, lambda: load_tokenizer(src),
-                            spec, ROWS, cfg, "cpu")
+    adapter_stage(Cache(tmp_path / "cache"), Artifact("base", "b", src, {}, False), spec, ROWS, cfg, "cpu",
+                  load_model=load, load_tokenizer=lambda: load_tokenizer(src))
     assert empty_cache_calls, "empty_cache() after training"
     gc.disable()  # what is gone must have been freed by the code under test, not by a collection now
     try:

@@ -8,7 +8,12 @@ import pytest
 from medqa_core.errors import MedQAError
 from medqa_core.metrics import METRICS
 from medqa_core.results.alerts import payload
-from medqa_core.results.history import History, HistoryError, metric_value
+from medqa_core.results.history import History, HistoryError, metric_value, series_of
+
+
+def series(h, case_id, metric, profile=None, hardware_class=None):
+    """(run id, value) of one case's metric in run order, as trend and report read it."""
+    return series_of(h.case_rows(case_id, profile), metric, hardware_class)
 
 
 def rec(case_id: str, bert_f1: float, status: str = "pass", outcome: str = "passed", gpu: str | None = None,
@@ -30,8 +35,8 @@ def test_runs_are_appended_in_order_and_read_back(tmp_path):
     assert [r.run_id for r in h.runs()] == ["r1", "r2", "g1"]
     assert [r.run_id for r in h.runs("tiny")] == ["r1", "r2"]
     assert h.runs()[0].hardware_class == "cpu" and h.runs()[2].hardware_class == "1x-nvidia-h100-80gb-hbm3"
-    assert h.series("llama-wikidoc", "bert_f1", "tiny") == [("r1", 0.5), ("r2", 0.45)]
-    assert h.series("llama-wikidoc", "train_s", hardware_class="1x-nvidia-h100-80gb-hbm3") == [("g1", 10.0)]
+    assert series(h, "llama-wikidoc", "bert_f1", "tiny") == [("r1", 0.5), ("r2", 0.45)]
+    assert series(h, "llama-wikidoc", "train_s", hardware_class="1x-nvidia-h100-80gb-hbm3") == [("g1", 10.0)]
     assert h.case_ids("tiny") == ["llama-wikidoc", "phi-wikidoc"]
     [r2] = h.records("r2")
     assert r2["outcome"] == "failed" and r2["verdict"]["status"] == "regression" and "_path" not in r2
@@ -47,7 +52,7 @@ def test_history_is_append_only(tmp_path):
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             con.execute(sql)
     con.close()
-    assert h.series("llama-wikidoc", "bert_f1") == [("r1", 0.5)]  # the failed duplicate left nothing behind
+    assert series(h, "llama-wikidoc", "bert_f1") == [("r1", 0.5)]  # the failed duplicate left nothing behind
 
 
 def test_run_references(tmp_path):
@@ -180,8 +185,8 @@ def test_a_run_group_is_listed_resolved_and_read_as_one_run(tmp_path):
     assert h.resolve("night") == "night-2" and h.resolve("20261102-020001-bbbbb1") == "20261102-020001-bbbbb1"
     assert [r["case_id"] for r in h.records("night-2")] == ["llama-wikidoc", "phi-wikidoc"]
     assert [r["case_id"] for r in h.records("20261102-020001-bbbbb1")] == ["phi-wikidoc"]
-    assert h.series("llama-wikidoc", "bert_f1") == [("20261101-020000-aaaaaa", 0.5), ("night-2", 0.4)]
-    assert h.series("llama-wikidoc", "bert_f1", hardware_class="1x-tesla-t4") == [("night-2", 0.4)]
+    assert series(h, "llama-wikidoc", "bert_f1") == [("20261101-020000-aaaaaa", 0.5), ("night-2", 0.4)]
+    assert series(h, "llama-wikidoc", "bert_f1", hardware_class="1x-tesla-t4") == [("night-2", 0.4)]
     con = sqlite3.connect(h.path)
     for sql in ("UPDATE run_groups SET group_id = 'x'", "DELETE FROM run_groups"):
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):

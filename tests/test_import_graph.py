@@ -79,5 +79,15 @@ def test_ground_floor_and_stages_do_not_import_upwards():
         assert graph[mod] <= GROUND, f"{mod} imports {sorted(graph[mod] - GROUND)}"
     stage_layers = [m for m in graph if m.split(".")[0] in ("data", "model", "train", "metrics")]
     for mod in stage_layers:
-        up = {t for t in graph[mod] if t.split(".")[0] == "results" or t in ("pipeline", "session", "pytest_plugin", "cli", "gate")}
+        up = {t for t in graph[mod]
+              if t.split(".")[0] == "results" or t in ("stages", "pipeline", "session", "pytest_plugin", "cli", "gate")}
         assert not up, f"{mod} imports {sorted(up)}"
+    up = {t for t in graph["stages"] if t.split(".")[0] == "results" or t in ("pipeline", "session", "pytest_plugin", "cli")}
+    assert not up, f"stages imports {sorted(up)}"
+
+
+def test_cache_entries_are_made_in_stages_only():
+    """One place for cache keys: every ``get_or_build`` call of the package is in stages.py."""
+    callers = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                     if p.name != "cache.py" and ".get_or_build(" in p.read_text())
+    assert callers == ["stages.py"], callers

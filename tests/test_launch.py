@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from medqa_core.cache import Cache
+from medqa_core.cache import Cache, content_key
 from medqa_core.data.datasets import load_split
 from medqa_core.errors import ConfigError
-from medqa_core.model.bases import base_model_dir, load_base, load_tokenizer
+from medqa_core.model.bases import load_base
 from medqa_core.profile import load_profile
-from medqa_core.train.finetune import adapter_payload, cached_adapter
+from medqa_core.stages import adapter, adapter_payload
+from medqa_core.stages import base as base_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,29 +39,30 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
     spec, dspec = prof.models["llama"], prof.datasets["wikidoc"]
     cache = Cache(tmp_path / "cache")
     data = load_split(dspec, prof.data_dir, prof.split)
-    base_src, meta = base_model_dir(prof, spec, cache)
-    payload = adapter_payload(meta["key"], spec, data.train, prof.train, "cpu")
+    base = base_model(prof, spec, cache)
+    base_src = base.source
     from medqa_core.train import launch
 
     job = launch.job_for(data.train, spec, prof.train, base_src, "cpu", "llama-wikidoc")
     distributed = partial(launch.run_distributed, job, prof.train.num_processes)
-    adapter, stats, built, key = cached_adapter(
-        cache, payload, lambda: pytest.fail("the launching process must not load the model"),
-        lambda: load_tokenizer(base_src), spec, data.train, prof.train, "cpu", distributed)
-    assert built
-    entry_meta = json.loads((adapter.parent / "meta.json").read_text())
+    art = adapter(cache, base, spec, data.train, prof.train, "cpu", distributed,
+                  load_model=lambda: pytest.fail("the launching process must not load the model"),
+                  load_tokenizer=lambda: pytest.fail("the launching process must not load the tokenizer"))
+    assert art.built and art.key == content_key(adapter_payload(base.key, spec, data.train, prof.train, "cpu"))
+    stats, path = art.value, Path(art.source)
+    entry_meta = json.loads((path.parent / "meta.json").read_text())
     assert entry_meta["world_size"] == 2
     assert stats.loss_first > 0 and stats.tokens_seen > 0 and stats.device == "cpu"
-    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    weights = load_file(str(path / "adapter_model.safetensors"))
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and any(float(v.abs().sum()) > 0 for v in lora_b)  # B starts at zero: it was trained
     # the adapter loads onto the base like any other
     from peft import PeftModel
 
-    PeftModel.from_pretrained(load_base(base_src, spec), str(adapter))
+    PeftModel.from_pretrained(load_base(base_src, spec), str(path))
     # a second call is a cache hit, no launch
-    again = cached_adapter(cache, payload, None, None, spec, data.train, prof.train, "cpu", distributed)
-    assert again[2] is False and again[3] == key
+    again = adapter(cache, base, spec, data.train, prof.train, "cpu", None)
+    assert again.built is False and again.key == art.key and again.value == stats
 
 
 def test_adapter_key_covers_rows_code_and_numerics(tmp_path, monkeypatch):
@@ -85,12 +87,12 @@ def test_adapter_key_covers_rows_code_and_numerics(tmp_path, monkeypatch):
     assert content_key(adapter_payload("other-base", spec, data.train, prof.train, "cpu")) != key
     seeded = dataclasses.replace(prof.train, seed=prof.train.seed + 1)
     assert content_key(adapter_payload("base-key", spec, data.train, seeded, "cpu")) != key
-    from medqa_core.train import finetune as training
+    from medqa_core import stages
 
-    monkeypatch.setattr(training, "code_digest", lambda: "other-code")
+    monkeypatch.setattr(stages, "code_digest", lambda: "other-code")
     assert content_key(adapter_payload("base-key", spec, data.train, prof.train, "cpu")) != key
     monkeypatch.undo()
-    monkeypatch.setattr(resources, "numeric_env", lambda device="cpu": {"device": device, "threads": 999})
+    monkeypatch.setattr(stages, "numeric_env", lambda device="cpu": {"device": device, "threads": 999})
     assert content_key(adapter_payload("base-key", spec, data.train, prof.train, "cpu")) != key
 
 

@@ -24,7 +24,7 @@ import medqa_core.session  # noqa: F401
 from medqa_core.cli import main
 from medqa_core.errors import MedQAError
 from medqa_core.metrics import METRICS
-from medqa_core.results.history import History
+from medqa_core.results.history import History, series_of
 from medqa_core.results.merge import MergeError, default_group, merge, read_run_dir
 
 pytest_plugins = ["pytester"]
@@ -247,7 +247,7 @@ def test_a_night_run_twice_counts_once(tmp_path):
     retry = run_dir(tmp_path / "retry", "20261103-090000-ffffff", [record("llama-wikidoc", 0.47, A100)])
     merge([retry], hist, "night-03")
     h = History(hist)
-    assert [v for _, v in h.series("llama-wikidoc", "bert_f1")] == [0.5, 0.5, 0.47]
+    assert [v for _, v in series_of(h.case_rows("llama-wikidoc"), "bert_f1")] == [0.5, 0.5, 0.47]
     assert {r["case_id"]: r["metrics"]["bert_f1"] for r in h.records("night-03")}["llama-wikidoc"] == 0.47
     assert len(h.records("night-03")) == 4
 

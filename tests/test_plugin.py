@@ -311,7 +311,7 @@ def _serve(codes: list[int]):
 
 
 def test_history_trend_and_webhook_alert(env, tmp_path):
-    from medqa_core.results.history import History
+    from medqa_core.results.history import History, series_of
 
     baseline, write_scores, run = env
     write_scores(GOOD)
@@ -354,7 +354,7 @@ def test_history_trend_and_webhook_alert(env, tmp_path):
     hist = History(tmp_path / "cache" / "history.sqlite")
     runs = hist.runs()
     assert len(runs) == 8 and all(r.profile == "fake" for r in runs)
-    assert [v for _, v in hist.series("llama-wikidoc", "bert_f1")] == [0.5, 0.5, 0.5, 0.488, 0.488, 0.488, 0.45, 0.45]
+    assert [v for _, v in series_of(hist.case_rows("llama-wikidoc"), "bert_f1")] == [0.5, 0.5, 0.5, 0.488, 0.488, 0.488, 0.45, 0.45]
 
 
 def test_history_can_be_turned_off_or_moved(env, tmp_path):

@@ -46,7 +46,7 @@ def test_cuda_numeric_env_names_gpu_driver_cuda_and_bitsandbytes(fake_gpu):
 
 @pytest.mark.parametrize("change", ["driver", "bnb"])
 def test_adapter_key_changes_with_driver_and_bitsandbytes(fake_gpu, change):
-    from medqa_core.train.finetune import adapter_payload
+    from medqa_core.stages import adapter_payload
 
     spec = load_profile("tiny").models["llama"]
     rows = [QAExample("a", "q?", "answer.")]
@@ -109,34 +109,34 @@ def _hub_spec(revision=None):
 
 def test_hub_base_is_keyed_on_the_resolved_commit(hub_cache, tmp_path):
     from medqa_core.cache import Cache
-    from medqa_core.model.bases import base_model_dir
+    from medqa_core.stages import base as base_model
 
     prof, cache = load_profile("paper"), Cache(tmp_path / "cache")
-    src, meta = base_model_dir(prof, _hub_spec(), cache)
-    assert src == "org/tiny-llm" and meta["revision"] == C1 and meta["requested_revision"] is None
+    art = base_model(prof, _hub_spec(), cache)
+    assert art.source == "org/tiny-llm" and art.meta["revision"] == C1 and art.meta["requested_revision"] is None
     (hub_cache / "refs" / "main").write_text(C2)  # upstream moved main
-    _, moved = base_model_dir(prof, _hub_spec(), cache)
-    assert moved["revision"] == C2 and moved["key"] != meta["key"]
-    _, pinned = base_model_dir(prof, _hub_spec(revision=C1), cache)  # `revision` in the model table pins it
-    assert pinned["revision"] == C1
+    moved = base_model(prof, _hub_spec(), cache)
+    assert moved.meta["revision"] == C2 and moved.key != art.key
+    pinned = base_model(prof, _hub_spec(revision=C1), cache)  # `revision` in the model table pins it
+    assert pinned.meta["revision"] == C1 and pinned.key == art.key
 
 
 def test_unresolvable_revision_is_one_line(hub_cache, tmp_path):
     from medqa_core.cache import Cache
-    from medqa_core.model.bases import base_model_dir
+    from medqa_core.stages import base as base_model
 
     with pytest.raises(ConfigError) as info:
-        base_model_dir(load_profile("paper"), _hub_spec(revision="v9"), Cache(tmp_path / "c"))
+        base_model(load_profile("paper"), _hub_spec(revision="v9"), Cache(tmp_path / "c"))
     assert "org/tiny-llm" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_local_checkpoint_dir_needs_no_hub(tmp_path):
     from medqa_core.cache import Cache
-    from medqa_core.model.bases import base_model_dir
+    from medqa_core.stages import base as base_model
 
     spec = dataclasses.replace(_hub_spec(), hub_id=str(tmp_path))
-    src, meta = base_model_dir(load_profile("paper"), spec, Cache(tmp_path / "c"))
-    assert src == str(tmp_path) and "revision" not in meta
+    art = base_model(load_profile("paper"), spec, Cache(tmp_path / "c"))
+    assert art.source == str(tmp_path) and "revision" not in art.meta and not art.built
 
 
 # ---------------------------------------------------------------- real parameters of a 4-bit model

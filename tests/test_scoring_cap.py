@@ -105,27 +105,27 @@ def test_long_answer_scores_as_its_capped_start_and_as_fast():
 def test_case_record_says_how_many_answers_were_cut(tmp_path, monkeypatch, caplog):
     """The real ``run_case`` with training and generation replaced by fakes (scoring is real): one
     tuned answer of 1 MB is scored quickly and the record's ``scoring`` counts it."""
-    from medqa_core import pipeline
+    from medqa_core import pipeline, stages
     from medqa_core.cache import Cache
-    from medqa_core.model import bases as models
     from medqa_core.profile import load_profile
     from medqa_core.train.finetune import TrainStats
 
     profile = load_profile("tiny", None)
     long = _long_answer(1_000_000)
 
-    def fake_answers(ctx, spec, base_src, adapter, questions, gen, payload, quantization="none", *rest):
-        stage_is_tuned = adapter is not None and any(questions)
+    def fake_answers(cache, spec, base, adapter, questions, gen, device, quantization="none", label="tuned"):
         out = ["Rest and drink fluids."] * len(questions)
-        if stage_is_tuned:
+        if label == "tuned":
             out[0] = long
-        return out, {"built": False, "settings": {}, "prompt_digest": "fake", "cpu_seconds": 0.0}, "k" * 64
+        return stages.Artifact("answers", "k" * 64, "fake", {"settings": {}, "prompt_digest": "fake", "cpu_seconds": 0.0},
+                               False, out)
 
     stats = TrainStats(train_seconds=0.0, tokens_per_s=0.0, tokens_seen=0, trainable_params=1, total_params=2,
                        peak_mem_mib=0.0, peak_mem_abs_mib=0.0, loss_first=1.0, loss_last=1.0, device="cpu")
-    monkeypatch.setattr(models, "base_model_dir", lambda profile, spec, cache: ("fake-base", {"key": "b" * 64}))
-    monkeypatch.setattr(pipeline, "cached_adapter", lambda *a, **k: (tmp_path / "adapter", stats, False, "a" * 64))
-    monkeypatch.setattr(pipeline, "_answers", fake_answers)
+    monkeypatch.setattr(stages, "base", lambda profile, spec, cache: stages.Artifact("base", "b" * 64, "fake-base", {}, False))
+    monkeypatch.setattr(stages, "adapter",
+                        lambda *a, **k: stages.Artifact("adapter", "a" * 64, str(tmp_path / "adapter"), {}, False, stats))
+    monkeypatch.setattr(stages, "answers", fake_answers)
     real_split = pipeline.load_split
     monkeypatch.setattr(pipeline, "load_split",  # 6 test questions: the scoring of 120 is not what is tested
                         lambda *a: dataclasses.replace(s := real_split(*a), test=s.test[:6]))

@@ -120,11 +120,11 @@ class Cache:
         ``build`` writes its files into ``tmp_dir`` and returns extra metadata (JSON-able).
         If it raises, nothing is left behind and the error propagates.
         """
+        hit = self.lookup(kind, payload)
+        if hit is not None:
+            return hit
         key = content_key(payload)
         path = self.path_for(kind, key)
-        meta, bad = _read_meta(path)
-        if meta is not None and not bad and not _damage(path, meta):
-            return Entry(key, path, meta, built=False)
         with FileLock(str(self.root / "locks" / f"{kind}-{key}.lock")):
             meta, damage = _read_meta(path)  # another worker may have built it while we waited
             if meta is not None or damage:

@@ -55,9 +55,8 @@ __all__ = ["DEFAULT_MIN_EFFECT", "GATED", "METRICS"]  # names and effects live i
 MIN_PRIOR_DF = 1.0
 MAX_PRIOR_DF = 200.0
 POWER = 0.8
-#: statuses, worst first; the first three fail the case
+#: the statuses that fail a case (the others: incomparable, no-baseline, improvement, pass)
 FAILING = ("error", "regression", "changed")
-STATUS_ORDER = ("error", "regression", "changed", "incomparable", "no-baseline", "improvement", "pass")
 
 
 @dataclass

@@ -1,31 +1,29 @@
 """One benchmark case, top to bottom: load+split -> base model -> LoRA adapter -> answers -> scores.
 
-Every stage is a cache entry keyed by the content of its inputs, and heavy objects (models,
-tokenizers, metric encoders) are loaded only inside the build step of an entry that is
-missing; a fully warm case reads a few JSON files and nothing else.
+Every stage after the split is a cache entry (``stages``: keys, build and lookup), and heavy
+objects (models, tokenizers, metric encoders) are loaded only inside the build step of an entry
+that is missing; a fully warm case reads a few JSON files and nothing else.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics as metrics_mod
-from . import progress
-from .cache import Cache, code_digest, content_key
+from . import stages
+from .cache import Cache, content_key
 from .data.datasets import load_split
 from .errors import ConfigError
 from .metrics import degeneration
-from .resources import Timer, library_versions, numeric_env, reference_seconds
+from .resources import Timer, library_versions, reference_seconds
 from .resources import device as current_device
-from .specs import GenerationConfig, ModelSpec, Profile, as_dict, case_name
+from .specs import ModelSpec, Profile, as_dict, case_name
 from .train import launch
-from .train.finetune import TrainStats, adapter_payload, cached_adapter
+from .train.finetune import TrainStats
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,6 @@ CANARY_PAIRS = (
     ("Asthma narrows the airways. An inhaler helps.", "Asthma is a disease of the airways that makes breathing hard."),
     ("Take care.", "See a doctor if the fever lasts more than three days."),
 )
-CANARY_QUESTION = "What is the usual treatment for a mild sprained ankle?"
 
 
 @dataclass
@@ -108,73 +105,11 @@ def for_seed(profile: Profile, seed: int) -> Profile:
                    pretrain=replace(pre, seed=seed) if pre is not None else None)
 
 
-def _answers(
-    ctx: RunContext, spec: ModelSpec, base_src: str, adapter: Path | None,
-    questions: list[str], gen: GenerationConfig, payload: dict, quantization: str = "none", stage: str = "tuned",
-) -> tuple[list[str], dict[str, Any], str]:
-    """(answers, entry meta, key). Identical questions are generated once (the no-question
-    control asks the same empty question for every test row).
-
-    The base loads as training loaded it (``quantization``: a 4-bit base stays 4-bit, so a 9B
-    model generates on a 16 GB GPU) and the adapter stays unmerged beside it; only a float32
-    base gets the adapter merged into its weights (in bf16 or 4-bit, merging rounds most LoRA
-    updates away)."""
-    unique = list(dict.fromkeys(questions))
-
-    def build(tmp: Path) -> dict[str, Any]:
-        import torch
-
-        from .model.bases import free_memory, load_base, load_tokenizer
-        from .model.generation import generate_answers
-        from .model.prompts import build_prompt
-
-        tok = load_tokenizer(base_src, spec.revision)
-        model = load_base(base_src, spec, quantization, ctx.device)  # on this process's device
-        if adapter is not None:
-            from peft import PeftModel
-
-            exact = quantization == "none" and model.dtype == torch.float32
-            model = PeftModel.from_pretrained(model, str(adapter))  # LoRA weights on their base layers' device
-            if exact:
-                model = model.merge_and_unload()
-        settings: dict[str, Any] = {}
-        with Timer() as t:
-            answers = generate_answers(model, tok, unique, gen, ctx.device, settings, progress_stage=f"generate {stage}")
-        del model
-        free_memory()
-        (tmp / "answers.json").write_text(json.dumps(answers, ensure_ascii=False, indent=0))
-        return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3), "n": len(answers),
-                "settings": settings, "prompt_digest": content_key(build_prompt(tok, CANARY_QUESTION))[:16]}
-
-    entry = ctx.cache.get_or_build("answers", {**payload, "questions": content_key(unique), "quantization": quantization},
-                                   build)
-    by_q = dict(zip(unique, json.loads((entry.path / "answers.json").read_text())))
-    return [by_q[q] for q in questions], {**entry.meta, "built": entry.built}, entry.key
-
-
-def _scores(ctx: RunContext, answers: list[str], refs: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    payload = {"what": "scores", "answers": content_key(answers), "refs": content_key(refs),
-               "metrics": metrics_mod.fingerprint(ctx.scorer_config()), "code": code_digest(),
-               "numeric": numeric_env(ctx.device)}
-
-    def build(tmp: Path) -> dict[str, Any]:
-        tracker = progress.Tracker("score", len(answers), "pair")  # live progress (pytest -v)
-        tracker.update(0)
-        with Timer() as t:
-            scores = metrics_mod.score_all(answers, refs, ctx.scorer_config())
-        tracker.update(len(answers))
-        (tmp / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}))
-        return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3)}
-
-    entry = ctx.cache.get_or_build("scores", payload, build)
-    raw = json.loads((entry.path / "scores.json").read_text())
-    return {k: np.asarray(v) for k, v in raw.items()}, {**entry.meta, "built": entry.built}
-
-
 def scorer_canary(ctx: RunContext) -> dict[str, float]:
     """The scores of :data:`CANARY_PAIRS` (rounded to 1e-6): equal across runs unless the scorer changed."""
-    scores, _ = _scores(ctx, [c for c, _ in CANARY_PAIRS], [r for _, r in CANARY_PAIRS])
-    return {f"{m}[{i}]": round(float(v), 6) for m in metrics_mod.METRICS for i, v in enumerate(scores[m])}
+    art = stages.scores(ctx.cache, [c for c, _ in CANARY_PAIRS], [r for _, r in CANARY_PAIRS], ctx.scorer_config(),
+                        ctx.device)
+    return {f"{m}[{i}]": round(float(v), 6) for m in metrics_mod.METRICS for i, v in enumerate(art.value[m])}
 
 
 def cut_for_scoring(answers: dict[str, list[str]], refs: list[str]) -> dict[str, Any]:
@@ -194,8 +129,6 @@ def answer_words(answers: list[str]) -> np.ndarray:
 
 
 def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunContext) -> CaseResult:
-    from .model.bases import base_model_dir, load_base, load_tokenizer
-
     try:
         spec = profile.models[model_name]
         dspec = profile.datasets[dataset_name]
@@ -215,30 +148,26 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         data = load_split(dspec, profile.data_dir, profile.split)
     seconds["load"] = t.seconds
     data_fp = data.fingerprint()  # of the rows as loaded, cleaned and split (the baseline's identity)
-    # 2. base model (tiny: pretrained from the corpus, cached)
+    # 2. base model (tiny: shipped checkpoint or pretrained from the corpus; GGUF: converted; hub)
     with Timer() as t:
-        base_src, base_meta = base_model_dir(profile, spec, ctx.cache)
+        base = stages.base(profile, spec, ctx.cache)
     seconds["base"] = t.seconds
-    base_key = base_meta["key"]
-    if base_meta.get("revision"):  # a hub model: load the commit the key was made from
-        spec = replace(spec, revision=base_meta["revision"])
-    keys["base"] = base_key
+    if base.meta.get("revision"):  # a hub model: load the commit the key was made from
+        spec = replace(spec, revision=base.meta["revision"])
+    keys["base"] = base.key
 
     # 3. LoRA fine-tuning on the training rows (cached by the rows, recipe, code and numerics)
     cfg = profile.train
-    a_payload = adapter_payload(base_key, spec, data.train, cfg, ctx.device)
-    loader = partial(load_base, base_src, spec, cfg.quantization, ctx.device)
     distributed = None
     if cfg.num_processes > 1:  # torchrun: rows, spec, recipe and base path in; adapter out
-        job = launch.job_for(data.train, spec, cfg, base_src, ctx.device, case_id)
+        job = launch.job_for(data.train, spec, cfg, base.source, ctx.device, case_id)
         distributed = partial(launch.run_distributed, job, cfg.num_processes)
     with Timer() as t:
-        adapter, stats, built, keys["adapter"] = cached_adapter(
-            ctx.cache, a_payload, loader, partial(load_tokenizer, base_src, spec.revision), spec, data.train, cfg,
-            ctx.device, distributed,
-        )
-    seconds["train"], cached["train"] = t.seconds, not built
-    if built:
+        adapter = stages.adapter(ctx.cache, base, spec, data.train, cfg, ctx.device, distributed)
+    stats: TrainStats = adapter.value
+    keys["adapter"] = adapter.key
+    seconds["train"], cached["train"] = t.seconds, not adapter.built
+    if adapter.built:
         work["train"] = stats.train_cpu_seconds
 
     # 4. answers of the tuned model, the base model and the tuned model without the question;
@@ -247,25 +176,22 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     questions = [e.question for e in data.test]
     refs = [e.answer for e in data.test]
     shuffled = refs[1:] + refs[:1]  # every answer meets another question's reference
-    runs = {"tuned": (adapter, keys["adapter"], questions), "base": (None, base_key, questions),
-            "no_question": (adapter, keys["adapter"], [""] * len(questions))}
+    runs = {"tuned": (adapter, questions), "base": (None, questions), "no_question": (adapter, [""] * len(questions))}
     wanted = {"tuned", *profile.gate.controls}
     scores: dict[str, dict[str, np.ndarray]] = {}
     answers: dict[str, list[str]] = {}
     gen_meta: dict[str, Any] = {}
-    for stage, (adapter_dir, akey, qs) in runs.items():
+    for stage, (tuned, qs) in runs.items():
         if stage not in wanted:
             continue
-        payload = {"what": "answers", "model": akey, "generation": as_dict(gen), "code": code_digest(),
-                   "numeric": numeric_env(ctx.device)}
         with Timer() as t:
-            answers[stage], meta, keys[f"answers_{stage}"] = _answers(ctx, spec, base_src, adapter_dir, qs, gen, payload,
-                                                                      cfg.quantization, stage)
-        seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, not meta["built"]
+            art = stages.answers(ctx.cache, spec, base, tuned, qs, gen, ctx.device, cfg.quantization, stage)
+        answers[stage], keys[f"answers_{stage}"] = art.value, art.key
+        seconds[f"generate_{stage}"], cached[f"generate_{stage}"] = t.seconds, not art.built
         if stage == "tuned":
-            gen_meta = meta
-            if meta["built"]:
-                work["generate"] = meta["cpu_seconds"]
+            gen_meta = art.meta
+            if art.built:
+                work["generate"] = art.meta["cpu_seconds"]
     scoring = cut_for_scoring(answers, refs)
     # The base model's answers are the same for every seed: scored on their own (cached). The
     # tuned answers and the controls built on them are scored in one call, each distinct
@@ -273,7 +199,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     n = len(refs)
     with Timer() as t:
         if "base" in answers:
-            scores["base"], _ = _scores(ctx, answers["base"], refs)
+            scores["base"] = stages.scores(ctx.cache, answers["base"], refs, ctx.scorer_config(), ctx.device).value
     seconds["score_base"] = t.seconds
     parts = [("tuned", answers["tuned"], refs)]
     if "shuffled" in wanted:
@@ -281,12 +207,13 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     if "no_question" in answers:
         parts.append(("no_question", answers["no_question"], refs))
     with Timer() as t:
-        joint, smeta = _scores(ctx, [a for _, c, _ in parts for a in c], [r for _, _, rs in parts for r in rs])
-    seconds["score"], cached["score"] = t.seconds, not smeta["built"]
-    if smeta["built"]:
-        work["score"] = smeta["cpu_seconds"]
+        joint = stages.scores(ctx.cache, [a for _, c, _ in parts for a in c], [r for _, _, rs in parts for r in rs],
+                              ctx.scorer_config(), ctx.device)
+    seconds["score"], cached["score"] = t.seconds, not joint.built
+    if joint.built:
+        work["score"] = joint.meta["cpu_seconds"]
     for i, (stage, _, _) in enumerate(parts):
-        scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.items()}
+        scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.value.items()}
 
     # stage CPU seconds (built in this run) in units of the reference workload's CPU seconds, timed
     # only when a stage was built: a fully warm case neither imports torch nor spends the time
@@ -322,7 +249,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         "scorer_spec": metrics_mod.spec_digest(ctx.scorer_config()),  # identity against published baselines
         "scorer_canary": scorer_canary(ctx),
         # a hub model's resolved commit (recorded, not gated: a new upstream commit is a new base key)
-        **({"base_revision": base_meta["revision"]} if base_meta.get("revision") else {}),
+        **({"base_revision": base.meta["revision"]} if base.meta.get("revision") else {}),
     }
     controls = {name: {"metrics": means(scores[name]), "per_example": per_example(scores[name])}
                 for name in profile.gate.controls if name in scores}

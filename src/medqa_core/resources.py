@@ -93,7 +93,7 @@ def recorded_hardware_class(hw: dict[str, Any]) -> str:
 class PeakMemory:
     """Peak memory over a block, in MiB.
 
-    On CUDA: peak allocated and reserved by torch minus what was allocated before the block.
+    On CUDA: peak allocated by torch minus what was allocated before the block.
     On CPU: the peak minus the RSS at entry (the memory the block itself needed), plus the
     absolute peak for context. On Linux the kernel's own high-water mark is reset at entry
     (``/proc/self/clear_refs``) and read at exit (``VmHWM``): exact, and no thread. Elsewhere a
@@ -107,7 +107,6 @@ class PeakMemory:
         self.interval = interval
         self.peak_mib = 0.0
         self.peak_abs_mib = 0.0
-        self.reserved_mib = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,7 +143,6 @@ class PeakMemory:
             peak = torch.cuda.max_memory_allocated()
             self.peak_mib = (peak - self._start) / mib
             self.peak_abs_mib = peak / mib
-            self.reserved_mib = torch.cuda.max_memory_reserved() / mib
         else:
             if self._hwm:
                 self._peak = max(self._peak, _read_hwm() or 0)

@@ -45,7 +45,7 @@ class ModelSpec:
     # model's skeleton can be built on the meta device and its LoRA parameters counted offline.
     arch_config: dict[str, Any] | None = None
     # A GGUF checkpoint shipped in an installed package ("package/file.gguf") or a file path; it is
-    # converted once into a float32 safetensors checkpoint in the cache (see models.base_model_dir).
+    # converted once into a float32 safetensors checkpoint in the cache (see stages.base).
     gguf: str | None = None
     # Why this family has no model in the profile (e.g. no offline checkpoint at this size): its
     # cases are collected and skipped with this reason instead of silently missing.

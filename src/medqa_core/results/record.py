@@ -64,10 +64,11 @@ def is_record(obj: Any) -> bool:
 
 
 def check_record(obj: Any, where: str) -> CaseRecord:
-    """``obj`` as a :class:`CaseRecord`, or a one-line error naming ``where`` and what is missing."""
+    """``obj`` as a :class:`CaseRecord`, or a one-line error naming ``where`` and what is missing
+    (an empty ``case_id``, ``model`` or ``dataset`` counts as missing)."""
     if not isinstance(obj, dict):
-        raise MedQAError(f"{where}: a case record must be a JSON object, got {type(obj).__name__}")
-    missing = [k for k in REQUIRED if not isinstance(obj.get(k), str)]
+        raise MedQAError(f"{where}: not a case record (a JSON {type(obj).__name__}, expected an object)")
+    missing = [k for k in REQUIRED if not isinstance(obj.get(k), str) or not obj.get(k)]
     if missing:
-        raise MedQAError(f"{where}: not a case record (missing {', '.join(missing)})")
+        raise MedQAError(f"{where}: not a case record (no {', '.join(missing)})")
     return obj  # type: ignore[return-value]

@@ -19,21 +19,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import progress
-from ..cache import Cache, code_digest, content_key
+from ..cache import content_key
 from ..data.datasets import QAExample
 from ..errors import TrainingError
-from ..model.bases import cuda_precision, free_memory
+from ..model.bases import cuda_precision
 from ..model.params import lora_config, real_param_count
 from ..model.prompts import training_rows
-from ..resources import PeakMemory, Timer, library_versions
+from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -408,54 +406,6 @@ def _fine_tune_lean(
     peft_model.save_pretrained(str(out_dir))
     return _stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
                   steps_run, rows)
-
-
-def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg: TrainConfig, device: str) -> dict:
-    from ..resources import numeric_env
-
-    return {
-        "what": "lora-adapter",
-        "base": base_key,
-        "targets": list(spec.target_modules),
-        # the exact rows handed to the trainer, not a fingerprint of the file they came from
-        "rows": content_key([[e.id, e.question, e.answer] for e in train]),
-        "code": code_digest(),  # the whole pipeline (cache.POST_RUN_MODULES aside), prompts included
-        "train": asdict(cfg),
-        "numeric": numeric_env(device),
-        "versions": library_versions(),
-    }
-
-
-def cached_adapter(
-    cache: Cache, payload: dict, load_model: Any, load_tokenizer: Any, spec: ModelSpec,
-    train: list[QAExample], cfg: TrainConfig, device: str,
-    distributed: Callable[[Path], dict[str, Any]] | None = None,
-) -> tuple[Path, TrainStats, bool, str]:
-    """(adapter dir, stats recorded when it was trained, built now?, cache key); trains if not cached.
-
-    ``load_model`` and ``load_tokenizer`` are called only when the adapter must be trained. With
-    ``cfg.num_processes > 1`` the training runs under torchrun instead: ``distributed(work_dir)``
-    (the pipeline binds :func:`medqa_core.train.launch.run_distributed` to the job) leaves the
-    adapter in ``work_dir / "adapter"`` and returns process 0's stats.
-    """
-
-    def build(tmp: Path) -> dict[str, Any]:
-        log.info("fine-tuning %s on %d examples (%d steps, %d process(es))", spec.name, len(train), cfg.steps,
-                 cfg.num_processes)
-        if cfg.num_processes > 1:
-            if distributed is None:
-                raise TrainingError(f"model {spec.name!r}: num_processes={cfg.num_processes} needs a torchrun launcher")
-            raw = distributed(tmp / "launch")
-            (tmp / "launch" / "adapter").rename(tmp / "adapter")
-            shutil.rmtree(tmp / "launch")
-            world = raw.pop("world_size")
-            return {"stats": raw, "world_size": world}
-        stats = fine_tune(load_model(), load_tokenizer(), spec, train, cfg, tmp / "adapter", device)
-        free_memory()  # the trained model is unreachable now; give its memory back before generation
-        return {"stats": asdict(stats)}
-
-    entry = cache.get_or_build("adapter", payload, build)
-    return entry.path / "adapter", TrainStats(**entry.meta["stats"]), entry.built, entry.key
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
