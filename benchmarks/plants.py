@@ -45,7 +45,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant("max_new_tokens_8", "answers cut to 8 new tokens (profile)", ("generation", "answer_words"),
           overrides=("generation.max_new_tokens=8",), cheap=True),
     Plant("steps_div4_code", "the lean loop runs a quarter of the steps, same schedule", ("train_steps",),
-          "train/finetune.py", "batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed)",
+          "train/lean.py", "batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed)",
           "batch_order(len(examples), cfg.batch_size, cfg.steps // 4, cfg.seed)"),
     Plant("steps_div4", "training steps / 4 (profile)", ("train_steps",), overrides=("train.steps=50",), cheap=True),
     Plant("quarter_rows", "training on a quarter of the rows", ("train_rows", "train_rows_digest"),
@@ -71,7 +71,7 @@ PLANTS: tuple[Plant, ...] = (
           "data = load_split(dspec, profile.data_dir, profile.split)\n"
           "        data.train.extend(data.test[: len(data.test) // 10])\n"),
     Plant("train_3x_slower", "training loop ~3x slower (each step's forward/backward done three times)",
-          ("train_work",), "train/finetune.py", "            loss.backward()\n            torch.nn.utils.clip_grad_norm_",
+          ("train_work",), "train/lean.py", "            loss.backward()\n            torch.nn.utils.clip_grad_norm_",
           "            loss.backward()\n            for _ in range(2):\n                opt.zero_grad(set_to_none=True)\n"
           "                loss = peft_model(**batch, use_cache=False).loss\n                loss.backward()\n"
           "            torch.nn.utils.clip_grad_norm_"),

@@ -15,10 +15,11 @@ from benchmarks.plain import generate_one_by_one
 from medqa_core.data.datasets import load_split
 from medqa_core.model.bases import build_tiny, load_tokenizer
 from medqa_core.model.generation import generate_answers
+from medqa_core.model.params import lora_config
 from medqa_core.model.prompts import add_special_tokens, build_prompt, training_rows
 from medqa_core.profile import load_profile
 from medqa_core.specs import REPO_ROOT
-from medqa_core.train.finetune import batch_order, collate, encode_rows, lora_config
+from medqa_core.train.lean import batch_order, collate, encode_rows
 
 torch = pytest.importorskip("torch")
 

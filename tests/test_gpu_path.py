@@ -25,11 +25,13 @@ from medqa_core.model import bases as models  # noqa: E402
 from medqa_core.model import generation  # noqa: E402
 from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
 from medqa_core.model.generation import generate_answers  # noqa: E402
+from medqa_core.model.params import lora_config  # noqa: E402
 from medqa_core.profile import load_profile  # noqa: E402
 from medqa_core.specs import REPO_ROOT, GenerationConfig, ModelSpec, TrainConfig  # noqa: E402
 from medqa_core.stages import Artifact  # noqa: E402
 from medqa_core.stages import adapter as adapter_stage  # noqa: E402
 from medqa_core.stages import answers as answers_stage  # noqa: E402
+from medqa_core.train import common, lean  # noqa: E402
 from medqa_core.train import finetune as training  # noqa: E402
 
 GEMMA_TEMPLATE = (
@@ -72,7 +74,7 @@ def base_and_adapter(tmp_path_factory):
     model.save_pretrained(d / "base")
     tok.save_pretrained(d / "base")
     spec = _spec()
-    lora = get_peft_model(_tiny_llama(tok), training.lora_config(spec, TrainConfig(lora_r=4, lora_alpha=8)))
+    lora = get_peft_model(_tiny_llama(tok), lora_config(spec, TrainConfig(lora_r=4, lora_alpha=8)))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in lora.named_parameters():
@@ -198,22 +200,22 @@ def test_precision_on_a_t4_and_on_native_bf16(fake_cuda, load_kwargs):
     load_base("x", llama, "nf4", "cuda")
     assert load_kwargs[-1]["quantization_config"].bnb_4bit_compute_dtype == torch.float16
     assert models.cuda_precision("llama") == "fp16" and models.cuda_precision("gemma") == "fp32"
-    assert training.mixed_precision("cuda", "llama") == "fp16"
-    assert training.mixed_precision("cuda", "gemma") == "fp32"
-    assert training.mixed_precision("cpu", "llama") == "fp32"
-    amp, scaler = training._amp("cuda", "llama")
+    assert common.mixed_precision("cuda", "llama") == "fp16"
+    assert common.mixed_precision("cuda", "gemma") == "fp32"
+    assert common.mixed_precision("cpu", "llama") == "fp32"
+    amp, scaler = lean._amp("cuda", "llama")
     assert amp.fast_dtype == torch.float16 and scaler is not None, "fp16 trains with a GradScaler"
-    assert training._amp("cuda", "gemma") == (None, None)
+    assert lean._amp("cuda", "gemma") == (None, None)
 
     fake_cuda["native_bf16"] = True  # A100/H100
-    assert training.mixed_precision("cuda", "gemma") == "bf16"
+    assert common.mixed_precision("cuda", "gemma") == "bf16"
     load_base("x", gemma, "nf4", "cuda")
     assert load_kwargs[-1]["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
     load_base("x", llama, "none", "cuda")
     assert load_kwargs[-1]["dtype"] == torch.bfloat16
-    amp, scaler = training._amp("cuda", "llama")
+    amp, scaler = lean._amp("cuda", "llama")
     assert amp.fast_dtype == torch.bfloat16 and scaler is None
-    assert training._amp("cpu", "llama") == (None, None)
+    assert lean._amp("cpu", "llama") == (None, None)
 
 
 def test_lean_loop_unscales_before_clipping(base_and_adapter, tmp_path, monkeypatch):
@@ -233,7 +235,7 @@ def test_lean_loop_unscales_before_clipping(base_and_adapter, tmp_path, monkeypa
         scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**12))
         return None, scalers[-1]
 
-    monkeypatch.setattr(training, "_amp", amp)
+    monkeypatch.setattr(lean, "_amp", amp)
     training.fine_tune(load_base(src, spec), tok, spec, ROWS, cfg, tmp_path / "scaled", "cpu")
     assert scalers and scalers[0].get_scale() == 2.0**12  # used (a skipped step would halve it)
     a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("plain", "scaled"))

@@ -76,7 +76,7 @@ def test_peak_memory_cuda_accounting(monkeypatch):
 
 
 def test_paper_recipe_maps_to_trainer_options():
-    from medqa_core.train.finetune import sft_config
+    from medqa_core.train.sft import sft_config
 
     paper = load_profile("paper").train
     cfg = sft_config(paper, "/tmp/unused", "cpu")

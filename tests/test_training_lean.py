@@ -15,10 +15,12 @@ import pytest
 
 from medqa_core.data.datasets import load_split
 from medqa_core.model.bases import build_tiny, load_tokenizer
+from medqa_core.model.params import lora_config
 from medqa_core.model.prompts import training_rows
 from medqa_core.profile import load_profile
 from medqa_core.specs import REPO_ROOT
-from medqa_core.train.finetune import batch_order, collate, encode_rows, fine_tune, lora_config
+from medqa_core.train.finetune import fine_tune
+from medqa_core.train.lean import batch_order, collate, encode_rows
 
 torch = pytest.importorskip("torch")
 

@@ -1,0 +1,204 @@
+"""The ``lean`` trainer: a plain PyTorch loop with the same recipe as ``sft`` (completion-only
+loss, EOS appended, AdamW, linear warm-up + cosine decay, gradient clipping at 1.0, the
+Trainer's seeded shuffling) and none of the Trainer's machinery. On the tiny CPU models the
+Trainer's fixed per-step costs (trl's chunked log-prob LM head, callbacks, logging) were ~35% of
+the step time.
+
+``[train] packing = true`` trains padding-free: the rows of a batch are concatenated into one
+sequence whose ``position_ids`` restart at 0 for each row, so attention stays within a row
+(transformers builds the block-diagonal mask from the position ids; flash-attention kernels use
+them as varlen boundaries) and no pad token is computed.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .. import progress
+from ..errors import TrainingError
+from ..model.params import lora_config, real_param_count
+from ..resources import PeakMemory, Timer
+from ..specs import ModelSpec, TrainConfig
+from .common import TrainStats, check_losses, make_stats, mixed_precision, trainable_to_fp32
+
+
+def _amp(device: str, family: str | None) -> tuple[Any, Any]:
+    """(autocast context or None, GradScaler or None) of the lean loop on ``device``."""
+    import torch
+
+    precision = mixed_precision(device, family)
+    if precision == "fp32":
+        return None, None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _unscaled(scaler: Any, opt: Any, params: list[Any]) -> list[Any]:
+    """``params``, with their gradients unscaled first when a GradScaler scaled the loss (the
+    clipping threshold applies to the true gradients)."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    return params
+
+
+
+Example = tuple[list[int], list[int]]  # (input ids, labels with -100 on the prompt)
+
+
+def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[Example]:
+    """Tokenize prompt/completion rows as trl does: EOS appended to the completion, the loss on
+    the completion only (it starts where prompt and prompt+completion tokenizations diverge),
+    truncated to ``max_length`` keeping the start."""
+    out: list[Example] = []
+    eos = tokenizer.eos_token
+    for r in rows:
+        if isinstance(r["prompt"], list):  # conversational: the chat template renders both
+            prompt = tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)
+            full = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)
+            prompt, full = _ids(prompt), _ids(full)
+        else:
+            completion = r["completion"] if r["completion"].endswith(eos) else r["completion"] + eos
+            prompt = tokenizer(r["prompt"])["input_ids"]
+            full = tokenizer(r["prompt"] + completion)["input_ids"]
+        n = 0
+        while n < min(len(prompt), len(full)) and prompt[n] == full[n]:
+            n += 1
+        ids = full[:max_length]
+        out.append((ids, ([-100] * n + full[n:])[:max_length]))
+    return out
+
+
+def _ids(enc: Any) -> list[int]:
+    return list(enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc)
+
+
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Row indices of each step, in the order the Trainer (accelerate's seedable sampler) feeds
+    them: epoch ``e`` is ``torch.randperm(n)`` drawn from a generator seeded with ``seed + e``,
+    split into batches (the last one of an epoch may be short: ``drop_last=False``)."""
+    import torch
+
+    gen = torch.Generator()
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps:
+        perm = torch.randperm(n, generator=gen.manual_seed(seed + epoch)).tolist()
+        batches += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+        epoch += 1
+    return batches[:steps]
+
+
+def collate(batch: list[Example], pad_id: int, packing: bool) -> dict[str, Any]:
+    """Model inputs for one batch.
+
+    Padded: rows right-padded to the longest, with an attention mask. Packed (padding-free): one
+    row holding every example back to back, ``position_ids`` restarting at 0 per example and no
+    attention mask, so attention stays inside each example; the first label of each example is
+    ignored (it would be predicted from the previous example's last token).
+    """
+    import torch
+
+    if packing:
+        ids = torch.tensor([t for a, _ in batch for t in a]).unsqueeze(0)
+        pos = torch.cat([torch.arange(len(a)) for a, _ in batch]).unsqueeze(0)
+        labels = torch.tensor([t for _, b in batch for t in ([-100] + b[1:])]).unsqueeze(0)
+        return {"input_ids": ids, "position_ids": pos, "labels": labels}
+    width = max(len(a) for a, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for k, (a, b) in enumerate(batch):
+        ids[k, : len(a)] = torch.tensor(a)
+        labels[k, : len(b)] = torch.tensor(b)
+        mask[k, : len(a)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _lr_lambda(warmup: int, steps: int) -> Any:
+    def f(step: int) -> float:  # transformers' get_cosine_schedule_with_warmup
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return f
+
+
+def _optimizer(params: list[Any], cfg: TrainConfig) -> Any:
+    import torch
+
+    if cfg.optimizer in ("adamw_torch", "adamw_torch_fused"):
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    if cfg.optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit"):
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if cfg.optimizer.startswith("paged") else bnb.optim.AdamW8bit
+        return cls(params, lr=cfg.learning_rate, weight_decay=0.0)
+    raise TrainingError(f"[train] optimizer = {cfg.optimizer!r} is not supported by trainer = \"lean\"; "
+                        "use adamw_torch, adamw_8bit or paged_adamw_8bit, or trainer = \"sft\"")
+
+
+def fine_tune_lean(
+    model: Any, tokenizer: Any, spec: ModelSpec, rows: list[dict[str, Any]], cfg: TrainConfig, out_dir: Path, device: str
+) -> TrainStats:
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    peft_model = get_peft_model(model, lora_config(spec, cfg))
+    trainable_to_fp32(peft_model)  # fp32 weights and updates; autocast computes in bf16/fp16
+    if cfg.quantization != "nf4":  # a 4-bit model is placed on its device when it loads
+        peft_model.to(device)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    total = real_param_count(peft_model)  # a 4-bit weight counts its real values, not its packed bytes
+    examples = encode_rows(tokenizer, rows, cfg.max_length)
+    opt = _optimizer(params, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(0, round(cfg.warmup_ratio * cfg.steps)), cfg.steps))
+    amp, scaler = _amp(device, spec.family)
+    every = max(1, cfg.steps // 10)
+    losses: list[float] = []
+    tokens = pad = fed = 0
+    run_loss = torch.zeros((), device=device)
+    steps_run = 0
+    tracker = progress.Tracker("train", cfg.steps, "step")  # live progress only; no effect on training
+    with PeakMemory(device) as mem, Timer() as t:
+        for step, idx in enumerate(batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
+            batch = collate([examples[i] for i in idx], tokenizer.pad_token_id, cfg.packing)
+            real = sum(len(examples[i][0]) for i in idx)
+            tokens += real
+            fed += batch["input_ids"].numel()
+            pad += batch["input_ids"].numel() - real
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if amp is not None:
+                with amp:
+                    loss = peft_model(**batch, use_cache=False).loss
+            else:
+                loss = peft_model(**batch, use_cache=False).loss
+            logged = loss.detach()
+            if scaler is not None:  # fp16: scale the loss so that small gradients do not flush to zero
+                loss = scaler.scale(loss)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(_unscaled(scaler, opt, params), 1.0)
+            if scaler is not None:
+                scaler.step(opt)  # skips the step when a gradient overflowed
+                scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            steps_run += 1
+            run_loss += logged
+            if step % every == 0 or step == cfg.steps:  # mean loss since the last log, like the Trainer's
+                losses.append(float(run_loss) / (step - (len(losses) * every)))
+                run_loss.zero_()
+            # the loss shown: the last logged mean, or this step's before the first log
+            if tracker.due(step):  # (float() of the loss would sync a GPU: only when shown)
+                tracker.update(step, loss=losses[-1] if losses else float(logged))
+    check_losses(spec, losses)
+    peft_model.save_pretrained(str(out_dir))
+    return make_stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
+                  steps_run, rows)
