@@ -29,7 +29,7 @@ import pytest
 from benchmarks import plain
 from benchmarks.plain import generate_one_by_one, plain_lora_loop, score_pair_by_pair
 from medqa_core import stages
-from medqa_core.data.datasets import load_split
+from medqa_core.data.split import load_split
 from medqa_core.model.bases import load_base, load_tokenizer
 from medqa_core.train.finetune import fine_tune
 

@@ -17,7 +17,8 @@ from helpers import write_rows
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from medqa_core.data.datasets import QAExample, Split, load_examples, load_split, normalize, split
+from medqa_core.data.datasets import QAExample, load_examples, normalize
+from medqa_core.data.split import Split, load_split, split
 from medqa_core.errors import DatasetError, MedQAError
 from medqa_core.profile import load_profile
 from medqa_core.specs import DatasetSpec, SplitConfig

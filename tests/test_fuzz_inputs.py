@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medqa_core.data.cleaning import RULES
-from medqa_core.data.datasets import FORMATS, check_leakage, load_examples, split
+from medqa_core.data.datasets import FORMATS, load_examples
+from medqa_core.data.split import check_leakage, split
 from medqa_core.errors import MedQAError
 from medqa_core.profile import load_profile
 from medqa_core.specs import PROFILES_DIR, DatasetSpec, SplitConfig

@@ -12,10 +12,11 @@ import pytest
 
 from benchmarks import plain
 from benchmarks.plain import generate_one_by_one
-from medqa_core.data.datasets import load_split
-from medqa_core.model.bases import build_tiny, load_tokenizer
+from medqa_core.data.split import load_split
+from medqa_core.model.bases import load_tokenizer
 from medqa_core.model.generation import generate_answers
 from medqa_core.model.params import lora_config
+from medqa_core.model.pretrain import build_tiny
 from medqa_core.model.prompts import add_special_tokens, build_prompt, training_rows
 from medqa_core.profile import load_profile
 from medqa_core.specs import REPO_ROOT

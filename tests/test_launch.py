@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medqa_core.cache import Cache, content_key
-from medqa_core.data.datasets import load_split
+from medqa_core.data.split import load_split
 from medqa_core.errors import ConfigError
 from medqa_core.model.bases import load_base
 from medqa_core.profile import load_profile
@@ -103,6 +103,7 @@ def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
     from medqa_core import profile as profile_mod
     from medqa_core import resources
     from medqa_core.data import datasets
+    from medqa_core.data import split as split_mod
     from medqa_core.model import bases as models
     from medqa_core.train import finetune as training
     from medqa_core.train import launch
@@ -127,7 +128,8 @@ def test_torchrun_worker_trains_with_the_run_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: object())
     monkeypatch.setattr(resources, "configure_threads", lambda n: n)
     monkeypatch.setattr(profile_mod, "load_profile", boom)
-    monkeypatch.setattr(datasets, "load_split", boom)
+    monkeypatch.setattr(datasets, "load_examples", boom)
+    monkeypatch.setattr(split_mod, "load_split", boom)
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(k, v)
     run_cfg = replace(prof.train, seed=prof.train.seed + 7, learning_rate=1e-4)  # --seeds, --set

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medqa_core.data.datasets import QAExample, Split, check_leakage, load_split
+from medqa_core.data.datasets import QAExample
 from medqa_core.data.leakage import jaccard, leakage, minhash_signature, normalize_for_leak, shingles
+from medqa_core.data.split import Split, check_leakage, load_split
 from medqa_core.errors import DatasetError, LeakageError
 from medqa_core.specs import DatasetSpec, SplitConfig
 

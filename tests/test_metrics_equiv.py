@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks import plain
 from benchmarks.plain import score_pair_by_pair
-from medqa_core.data.datasets import load_split
+from medqa_core.data.split import load_split
 from medqa_core.metrics import METRICS, score_all
 from medqa_core.metrics.use import split_sentences
 from medqa_core.profile import load_profile

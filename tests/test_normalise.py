@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from medqa_core.data import datasets
 from medqa_core.data.cleaning import normalise_question
-from medqa_core.data.datasets import load_examples, load_split, split
+from medqa_core.data.datasets import load_examples
 from medqa_core.data.leakage import content_words, jaccard, leakage, near_duplicate, same_content, same_word, shingles
+from medqa_core.data.split import load_split, split
 from medqa_core.profile import load_profile
 from medqa_core.specs import DatasetSpec, SplitConfig
 

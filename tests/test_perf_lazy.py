@@ -49,6 +49,7 @@ WARM = """
 import json, sys
 from medqa_core import metrics
 from medqa_core.model import bases as models
+from medqa_core.model import pretrain
 from medqa_core.metrics import bertscore, use
 from medqa_core.pipeline import RunContext, run_case
 from medqa_core.cache import Cache
@@ -57,7 +58,7 @@ from medqa_core.profile import load_profile
 def boom(*a, **k):
     raise AssertionError("a loader ran on a warm cache")
 
-models.load_base = models.load_tokenizer = models.build_tiny = boom
+models.load_base = models.load_tokenizer = pretrain.build_tiny = pretrain.pretrain = boom
 bertscore.scorer = use.encoder = boom
 res = run_case(load_profile(sys.argv[1]), "llama", "wikidoc", RunContext(cache=Cache(sys.argv[2]), device="cpu"))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})

@@ -16,7 +16,8 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from medqa_core.model.bases import build_tiny, load_tokenizer
+    from medqa_core.model.bases import load_tokenizer
+    from medqa_core.model.pretrain import build_tiny
 
     prof = load_profile("tiny")
     spec = prof.models["llama"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import write_rows
 
-from medqa_core.data.datasets import load_examples, load_split
+from medqa_core.data.datasets import load_examples
+from medqa_core.data.split import load_split
 from medqa_core.errors import DatasetError
 from medqa_core.profile import load_profile
 from medqa_core.specs import SplitConfig

@@ -44,7 +44,7 @@ def test_cap_cuts_only_longer_texts():
 
 @pytest.mark.parametrize("profile_name", ["tiny", "small"])
 def test_tiny_and_small_references_are_shorter_than_the_cap(profile_name):
-    from medqa_core.data.datasets import load_split
+    from medqa_core.data.split import load_split
     from medqa_core.profile import load_profile
 
     profile = load_profile(profile_name, None)

@@ -13,9 +13,10 @@ import dataclasses
 
 import pytest
 
-from medqa_core.data.datasets import load_split
-from medqa_core.model.bases import build_tiny, load_tokenizer
+from medqa_core.data.split import load_split
+from medqa_core.model.bases import load_tokenizer
 from medqa_core.model.params import lora_config
+from medqa_core.model.pretrain import build_tiny
 from medqa_core.model.prompts import training_rows
 from medqa_core.profile import load_profile
 from medqa_core.specs import REPO_ROOT

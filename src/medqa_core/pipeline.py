@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics as metrics_mod
 from . import stages
 from .cache import Cache, content_key
-from .data.datasets import load_split
+from .data.split import load_split
 from .errors import ConfigError
 from .metrics import degeneration
 from .resources import Timer, library_versions, reference_seconds

@@ -282,7 +282,7 @@ def commands(profile: Path, baseline: Path, slow: bool, python: str | None = Non
 def init_profile(data_file: str | Path, question: list[str] | str, answer: str, model: str, name: str | None = None,
                  out: str | Path | None = None, force: bool = False, sets: list[str] | None = None) -> InitResult:
     """Write a profile for ``data_file`` x ``model`` and check that it loads and its data splits."""
-    from .data.datasets import load_split
+    from .data.split import load_split
     from .profile import load_profile
 
     questions = [question] if isinstance(question, str) else list(question)

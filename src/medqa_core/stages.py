@@ -134,11 +134,13 @@ def base(profile: Profile, spec: ModelSpec, cache: Cache) -> Artifact:
     assert pre is not None and spec.tokenizer is not None  # base_payload checked both
 
     def build(tmp: Path) -> dict[str, Any]:
+        from .model.pretrain import build_tiny, pretrain
+
         tok = bases.load_tokenizer(profile.resolve(spec.tokenizer))
-        model = bases.build_tiny(spec, tok, pre.seed)
+        model = build_tiny(spec, tok, pre.seed)
         log.info("pretraining tiny %s base (%d params)", spec.family, model.num_parameters())
         with Timer() as t:
-            stats = bases.pretrain(model, tok, profile.resolve(pre.corpus), pre)
+            stats = pretrain(model, tok, profile.resolve(pre.corpus), pre)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         return {"params": model.num_parameters(), "seconds": round(t.seconds, 3), **stats}

