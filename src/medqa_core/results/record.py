@@ -59,8 +59,13 @@ REQUIRED = ("case_id", "model", "dataset")
 
 
 def is_record(obj: Any) -> bool:
-    """A case record (not ``aggregates.json`` or another JSON file of a run directory)."""
-    return isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in REQUIRED)
+    """A case record (not ``aggregates.json`` or another JSON file of a run directory):
+    what :func:`check_record` accepts."""
+    try:
+        check_record(obj, "")
+    except MedQAError:
+        return False
+    return True
 
 
 def check_record(obj: Any, where: str) -> CaseRecord:
