@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medqa_core.data import datasets
+from medqa_core.data import split as split_mod
 from medqa_core.data.cleaning import normalise_question
 from medqa_core.data.datasets import load_examples
 from medqa_core.data.leakage import content_words, jaccard, leakage, near_duplicate, same_content, same_word, shingles
@@ -187,8 +188,10 @@ def test_property_same_content_is_symmetric_and_reflexive(words, data):
 
 
 def _legacy_dedup(monkeypatch):
-    """The loader as it was: duplicates by lower-case, whitespace-collapsed text."""
+    """The loader as it was: duplicates (and the split's leak guard) by lower-case,
+    whitespace-collapsed text."""
     monkeypatch.setattr(datasets, "normalise_question", datasets.normalize)
+    monkeypatch.setattr(split_mod, "normalise_question", datasets.normalize)
 
 
 def _baseline(profile) -> dict:

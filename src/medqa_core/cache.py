@@ -104,7 +104,9 @@ class Cache:
 
     def lookup(self, kind: str, payload: Any) -> Entry | None:
         """The entry if it is there and sound (meta.json and every file as recorded), else None."""
-        key = content_key(payload)
+        return self._sound(kind, content_key(payload))
+
+    def _sound(self, kind: str, key: str) -> Entry | None:
         path = self.path_for(kind, key)
         meta, bad = _read_meta(path)
         return None if meta is None or bad or _damage(path, meta) else Entry(key, path, meta, built=False)
@@ -120,10 +122,10 @@ class Cache:
         ``build`` writes its files into ``tmp_dir`` and returns extra metadata (JSON-able).
         If it raises, nothing is left behind and the error propagates.
         """
-        hit = self.lookup(kind, payload)
+        key = content_key(payload)
+        hit = self._sound(kind, key)
         if hit is not None:
             return hit
-        key = content_key(payload)
         path = self.path_for(kind, key)
         with FileLock(str(self.root / "locks" / f"{kind}-{key}.lock")):
             meta, damage = _read_meta(path)  # another worker may have built it while we waited
