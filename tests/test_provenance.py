@@ -8,6 +8,7 @@ import dataclasses
 import subprocess
 
 import pytest
+from helpers import small_tiny_llama
 
 from medqa_core import resources
 from medqa_core.cache import content_key
@@ -146,19 +147,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from medqa_core.model.bases import load_tokenizer
-    from medqa_core.model.pretrain import build_tiny
-
-    prof = load_profile("tiny")
-    spec = prof.models["llama"]
-    tok = load_tokenizer(prof.resolve(spec.tokenizer))
-    small = dataclasses.replace(spec, tiny_config={**spec.tiny_config, "hidden_size": 64, "intermediate_size": 128,
-                                                   "num_hidden_layers": 2})
-    model = build_tiny(small, tok, seed=0)
-    d = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d), small, sum(p.numel() for p in model.parameters())
+    return small_tiny_llama(tmp_path_factory)
 
 
 def test_nf4_model_counts_real_parameters(tiny_dir):

@@ -2,10 +2,10 @@
 model on the CPU: the same code the GPU run takes, minus CUDA. Skips where bitsandbytes is absent."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
+from helpers import small_tiny_llama
 
 from medqa_core.data.datasets import QAExample
 from medqa_core.profile import load_profile
@@ -16,19 +16,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from medqa_core.model.bases import load_tokenizer
-    from medqa_core.model.pretrain import build_tiny
-
-    prof = load_profile("tiny")
-    spec = prof.models["llama"]
-    tok = load_tokenizer(prof.resolve(spec.tokenizer))
-    small = dataclasses.replace(spec, tiny_config={**spec.tiny_config, "hidden_size": 64, "intermediate_size": 128,
-                                                   "num_hidden_layers": 2})
-    model = build_tiny(small, tok, seed=0)
-    d = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d), small
+    return small_tiny_llama(tmp_path_factory)[:2]
 
 
 def test_nf4_load_quantizes_linear_layers(tiny_dir):
