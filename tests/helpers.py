@@ -77,6 +77,21 @@ def small_tiny_llama(tmp_path_factory) -> tuple[str, object, int]:
     return str(d), small, sum(p.numel() for p in model.parameters())
 
 
+def expect_error(fn, cls: type, *fragments: str) -> str:
+    """Call ``fn``; it must raise a MedQAError of class ``cls`` whose message holds every fragment."""
+    import pytest
+
+    from medqa_core.errors import MedQAError
+
+    with pytest.raises(MedQAError) as info:
+        fn()
+    assert isinstance(info.value, cls), type(info.value)
+    msg = str(info.value)
+    for frag in fragments:
+        assert frag in msg, f"{frag!r} not in {msg!r}"
+    return msg
+
+
 def write_rows(path: Path, rows: list[dict], fmt: str) -> Path:
     """Write ``rows`` as json (a list), jsonl, csv or parquet."""
     if fmt == "json":

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from helpers import expect_error
 
 from medqa_core import baselines
 from medqa_core.baselines import SCHEMA_VERSION, case_entry, load, record_cases, validate, write
@@ -54,13 +55,7 @@ def make_data():
 
 
 def expect_baseline_error(fn, *fragments):
-    with pytest.raises(MedQAError) as info:
-        fn()
-    assert isinstance(info.value, BaselineError)
-    msg = str(info.value)
-    for frag in fragments:
-        assert frag in msg, f"{frag!r} not in {msg!r}"
-    return msg
+    return expect_error(fn, BaselineError, *fragments)
 
 
 # ---------------------------------------------------------------- validate

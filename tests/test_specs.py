@@ -7,12 +7,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from helpers import MINIMAL_PROFILE
+from helpers import MINIMAL_PROFILE, expect_error
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from medqa_core.cache import content_key
-from medqa_core.errors import ConfigError, MedQAError
+from medqa_core.errors import ConfigError
 from medqa_core.profile import load_profile
 from medqa_core.specs import (
     FAMILIES,
@@ -44,13 +44,7 @@ def write_profile(tmp_path: Path, text: str, name: str = "prof.toml") -> Path:
 
 
 def expect_config_error(path: Path | str, *fragments: str) -> str:
-    with pytest.raises(MedQAError) as info:
-        load_profile(path)
-    assert isinstance(info.value, ConfigError)
-    msg = str(info.value)
-    for frag in fragments:
-        assert frag in msg, f"{frag!r} not in {msg!r}"
-    return msg
+    return expect_error(lambda: load_profile(path), ConfigError, *fragments)
 
 
 # ---------------------------------------------------------------- the shipped profile
