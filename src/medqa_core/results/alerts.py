@@ -11,10 +11,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .record import CaseRecord
+
 MAX_LINES = 40  # keep a chat message readable; the full list is in the payload's "cases"
 
 
-def payload(run_id: str, profile: str, records: list[dict[str, Any]], exitstatus: int,
+def payload(run_id: str, profile: str, records: list[CaseRecord], exitstatus: int,
             trends: dict[str, dict[str, list[Any]]] | None = None, report_path: str | None = None) -> dict[str, Any]:
     cases = []
     for r in records:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import MedQAError
 from ..metrics import registry
+from .record import CaseRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -97,7 +98,7 @@ class ImportRun:
 
     run_id: str
     profile: str
-    records: list[dict[str, Any]]
+    records: list[CaseRecord]
     created: float
     source: str  # where it was read from, for messages and the run's meta
 
@@ -115,13 +116,13 @@ class MergeResult:
         return sum(self.cases_added.values())
 
 
-def comparable(record: dict[str, Any]) -> dict[str, Any]:
+def comparable(record: CaseRecord) -> dict[str, Any]:
     """A record as compared for idempotence: without the pytest outcome and without the
     in-memory ``_`` keys (neither is part of what the case measured)."""
     return {k: v for k, v in record.items() if k != "outcome" and not k.startswith("_")}
 
 
-def outcome_of(record: dict[str, Any]) -> str:
+def outcome_of(record: CaseRecord) -> str:
     """The pytest outcome of a record read from a run directory (the file does not hold it):
     the one stored with it, else ``failed`` for a failing verdict (gate.FAILING) and ``passed``."""
     from ..gate import FAILING
@@ -131,7 +132,7 @@ def outcome_of(record: dict[str, Any]) -> str:
     return "failed" if (record.get("verdict") or {}).get("status") in FAILING else "passed"
 
 
-def record_hardware_class(record: dict[str, Any], fallback: str | None = None) -> str | None:
+def record_hardware_class(record: CaseRecord, fallback: str | None = None) -> str | None:
     """The hardware class the record was measured on (its own provenance), else ``fallback``."""
     from ..resources import recorded_hardware_class
 
@@ -171,7 +172,7 @@ class History:
             raise HistoryError(f"--history {self.path}: not a usable medqa history database ({exc})") from exc
         return con
 
-    def add_run(self, run_id: str, profile: str, records: list[dict[str, Any]],
+    def add_run(self, run_id: str, profile: str, records: list[CaseRecord],
                 meta: dict[str, Any] | None = None, created: float | None = None) -> int:
         """Insert a run and its case records in one transaction; returns the run's sequence number."""
         if not records:
@@ -255,7 +256,7 @@ class History:
             raise HistoryError(f"{self.path}: run {ref!r} " + ("not found" if not hits else f"is ambiguous: {hits[:5]}"))
         return hits[0]
 
-    def records(self, run_id: str) -> list[dict[str, Any]]:
+    def records(self, run_id: str) -> list[CaseRecord]:
         """The case records of a run, or of a run group (all its runs' cases; a case run twice
         in the group counts once, from the newest run)."""
         with closing(self._connect()) as con:
@@ -403,7 +404,7 @@ def series_of(rows: list[tuple[str, str | None, dict[str, Any]]], metric: str,
     return out
 
 
-def metric_value(record: dict[str, Any], metric: str) -> float | None:
+def metric_value(record: CaseRecord, metric: str) -> float | None:
     if metric in record.get("metrics", {}):
         return float(record["metrics"][metric])
     key = RESOURCE_KEYS.get(metric)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import METRICS
+from .record import CaseRecord
 from .summary import (
     CONTROL_HEADER,
     HEADER,
@@ -40,7 +41,7 @@ STATUS_COLOUR = {"regression": "#c0392b", "improvement": "#1e8449", "pass": "#34
 @dataclass
 class Report:
     title: str
-    records: list[dict[str, Any]]
+    records: list[CaseRecord]
     baseline: dict[str, Any] | None
     history_series: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # case -> metric -> rows
     trends: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # case -> metric -> [Shift]
@@ -153,7 +154,7 @@ CASE_CHECKS = {"controls": ("control",), "invariants": ("invariant",), "resource
 CELL_CLASSES = ("pass", "regression", "changed", "improvement", "incomparable", "no-baseline", "error", "unjudged")
 
 
-def cell_state(rec: dict[str, Any], metric: str, baseline: dict[str, Any] | None) -> dict[str, Any]:
+def cell_state(rec: CaseRecord, metric: str, baseline: dict[str, Any] | None) -> dict[str, Any]:
     """What the heatmap shows for one case x metric: the verdict class of that metric's check, the
     delta against the baseline, the interval (the noise band, or a bootstrap CI) and a tooltip."""
     v = rec.get("verdict") or {}
@@ -189,7 +190,7 @@ def cell_state(rec: dict[str, Any], metric: str, baseline: dict[str, Any] | None
     return {"cls": cls, "text": f"{delta:+.3f}" if isinstance(delta, (int, float)) else "-", "band": band, "title": title}
 
 
-def case_check_state(rec: dict[str, Any], column: str) -> dict[str, Any]:
+def case_check_state(rec: CaseRecord, column: str) -> dict[str, Any]:
     """The case-level columns: controls (must beat the base model...), invariants, time/memory."""
     v = rec.get("verdict") or {}
     kinds = CASE_CHECKS[column]

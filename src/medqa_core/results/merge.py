@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import MedQAError
 from .history import History, ImportRun, MergeResult
-from .record import check_record
+from .record import CaseRecord, check_record
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def read_run_dir(path: Path | str) -> ImportRun:
     files = sorted(p for p in d.glob("*.json") if p.name not in NOT_RECORDS)
     if not files:
         raise MergeError(f"{d}: no case records (*.json) in this run directory")
-    records: list[dict[str, Any]] = []
+    records: list[CaseRecord] = []
     seen: dict[str, Path] = {}
     profiles: dict[str, Path] = {}
     for f in files:
@@ -141,14 +141,14 @@ def merge(run_dirs: Sequence[Path | str], history: Path | str, group: str | None
 # ---------------------------------------------------------------- the night as one issue body
 
 
-def failing_cases(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def failing_cases(records: list[CaseRecord]) -> list[dict[str, Any]]:
     """Records whose verdict fails the gate (gate.FAILING) or whose pytest outcome failed."""
     from ..gate import FAILING
 
     return [r for r in records if (r.get("verdict") or {}).get("status") in FAILING or r.get("outcome") == "failed"]
 
 
-def group_aggregates(records: list[dict[str, Any]], gate: Any) -> list[Any]:
+def group_aggregates(records: list[CaseRecord], gate: Any) -> list[Any]:
     """Family and suite verdicts of a merged group, *recomputed* from the records' checks with the
     profile's gate (gate.aggregates): the same numbers one run of all the cases writes to its
     ``aggregates.json``, which a single job could not compute for the whole suite."""
@@ -157,12 +157,12 @@ def group_aggregates(records: list[dict[str, Any]], gate: Any) -> list[Any]:
     return aggregates(records, gate)
 
 
-def night_status(records: list[dict[str, Any]], aggs: list[Any]) -> str:
+def night_status(records: list[CaseRecord], aggs: list[Any]) -> str:
     """``regressed`` when a case fails (or ended in error) or a family/suite verdict fails, else ``ok``."""
     return "regressed" if failing_cases(records) or any(not a.passed for a in aggs) else "ok"
 
 
-def issue_body(group: str, profile: str, records: list[dict[str, Any]], aggs: list[Any],
+def issue_body(group: str, profile: str, records: list[CaseRecord], aggs: list[Any],
                trends: dict[str, dict[str, list[Any]]], runs: list[Any], status: str) -> str:
     """The regression-issue body of one night: every family in one text."""
     from .summary import md_cell, md_fence
@@ -215,7 +215,7 @@ def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
     gid = hist.resolve(group)
     members = hist.groups().get(gid, [gid])
     runs = [r for r in hist.runs(grouped=False) if r.run_id in members]
-    records: list[dict[str, Any]] = []
+    records: list[CaseRecord] = []
     for run in runs:  # keep which run each case came from (a case twice: the newest run's)
         for rec in hist.records(run.run_id):
             rec["_run"] = run.run_id

@@ -63,7 +63,7 @@ def load_records(paths: list[Path]) -> list[CaseRecord]:
     return sorted(out, key=lambda r: (r["dataset"], r["model"]))
 
 
-def _row_values(rec: dict[str, Any]) -> dict[str, float]:
+def _row_values(rec: CaseRecord) -> dict[str, float]:
     """The row's numbers; a case that ended in an error before scoring has none (shown as '-')."""
     vals = dict(rec.get("metrics") or {})
     res = rec.get("resources") or {}
@@ -96,7 +96,7 @@ def _cell(col: str, v: float | None, b: float | None) -> str:
     return s + (f" (x{v / b:.2f})" if b else "")
 
 
-def table_rows(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> list[list[str]]:
+def table_rows(records: list[CaseRecord], baseline: dict[str, Any] | None) -> list[list[str]]:
     cases = (baseline or {}).get("cases", {})
     rows = []
     for rec in records:
@@ -110,7 +110,7 @@ def table_rows(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -
 HEADER = ["dataset", "model", *COLUMNS, "verdict"]
 
 
-def plain_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
+def plain_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
     rows = [HEADER, *table_rows(records, baseline)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -118,7 +118,7 @@ def plain_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) 
     return "\n".join(lines)
 
 
-def markdown_table(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
+def markdown_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
     rows = table_rows(records, baseline)
     out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     out += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
@@ -182,7 +182,7 @@ def check_reason(c: dict[str, Any]) -> str:
     return f"{name}: {c.get('detail', '')}".strip()
 
 
-def failure_reasons(rec: dict[str, Any]) -> list[str]:
+def failure_reasons(rec: CaseRecord) -> list[str]:
     """Why a case did not pass, from its verdict: one phrase per failing check (controls first), or
     the verdict's note (error, incomparable); [] for a passing case."""
     v = rec.get("verdict") or {}
@@ -194,14 +194,14 @@ def failure_reasons(rec: dict[str, Any]) -> list[str]:
     return out
 
 
-def _noise_check(rec: dict[str, Any], metric: str) -> dict[str, Any] | None:
+def _noise_check(rec: CaseRecord, metric: str) -> dict[str, Any] | None:
     for c in (rec.get("verdict") or {}).get("checks", []):
         if c.get("kind") == "noise" and c.get("name") == metric:
             return c
     return None
 
 
-def control_rows(records: list[dict[str, Any]], metrics: tuple[str, ...] = CONTROL_METRICS) -> list[list[str]]:
+def control_rows(records: list[CaseRecord], metrics: tuple[str, ...] = CONTROL_METRICS) -> list[list[str]]:
     """Per case and metric: the tuned score, the base model's and the controls' scores, the delta
     the gate measured against the baseline and its MDE (the smallest drop it could have seen)."""
     rows = []
@@ -222,7 +222,7 @@ def control_rows(records: list[dict[str, Any]], metrics: tuple[str, ...] = CONTR
 CONTROL_HEADER = ["case", "metric", "tuned", "base", "no_question", "shuffled", "delta", "MDE"]
 
 
-def details_text(records: list[dict[str, Any]]) -> str:
+def details_text(records: list[CaseRecord]) -> str:
     """The controls table and one 'why' line per case that did not pass (plain text)."""
     rows = [CONTROL_HEADER, *control_rows(records)]
     out = []
@@ -238,7 +238,7 @@ def details_text(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def details_markdown(records: list[dict[str, Any]]) -> str:
+def details_markdown(records: list[CaseRecord]) -> str:
     rows = control_rows(records)
     out = []
     if rows:

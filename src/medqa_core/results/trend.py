@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import registry
+from .record import CaseRecord
 
 DEFAULT_PENALTY = 6.0
 MIN_SIZE = 2  # runs per segment
@@ -148,7 +149,7 @@ def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tupl
     newest one: a series never spans a change of data or scorer, so such a change is no step."""
     from ..gate import IDENTITY_KEYS
 
-    def ident(rec: dict[str, Any]) -> tuple:
+    def ident(rec: CaseRecord) -> tuple:
         return tuple((rec.get("identity") or {}).get(k) for k in IDENTITY_KEYS)
 
     if not rows:
