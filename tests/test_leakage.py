@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import random
 import string
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medqa_core.data import leakage as leakage_mod
 from medqa_core.data.datasets import QAExample
-from medqa_core.data.leakage import jaccard, leakage, minhash_signature, normalize_for_leak, shingles
+from medqa_core.data.leakage import jaccard, leakage, minhash_signature, near_duplicate, normalize_for_leak, shingles
 from medqa_core.data.split import Split, check_leakage, load_split
 from medqa_core.errors import DatasetError, LeakageError
 from medqa_core.specs import DatasetSpec, SplitConfig
@@ -146,3 +148,59 @@ def test_load_split_records_leak_counts(tmp_path):
     far = [{"q": random_sentence(random.Random(i), 10), "a": "x"} for i in range(60)]
     (tmp_path / "d.json").write_text(json.dumps(far))
     assert load_split(spec, tmp_path, SplitConfig(test_size=10, max_leak_fraction=0.0)).stats.leak["leaked"] == 0
+
+
+# ---------------------------------------------------------------- template families (the index path)
+
+def reference_leakage(train: list[str], test: list[str], threshold: float) -> tuple[int, int, int]:
+    """(exact, near, siblings) pair by pair with the one-pair rules, nothing shared with leakage()'s
+    sparse overlaps or its content-word index."""
+    train_norm = {normalize_for_leak(q) for q in train}
+    exact = near = siblings = 0
+    for q in test:
+        if normalize_for_leak(q) in train_norm:
+            exact += 1
+            continue
+        close = [t for t in train if jaccard(shingles(q), shingles(t)) >= threshold]
+        if any(near_duplicate(q, t, threshold) for t in close):
+            near += 1
+        elif close:
+            siblings += 1
+    return exact, near, siblings
+
+
+SLOT_WORDS = ["eyes", "eye", "skin", "shin", "hip", "lip", "diabetes", "diabetis", "asthma", "asthmas", "fever",
+              "fevers", "migraine", "migrane", "rash", "rashes", "anxiety", "anxeity", "", "two weeks", "34"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(SLOT_WORDS), st.sampled_from(SLOT_WORDS)), min_size=80, max_size=160),
+       st.integers(5, 30), st.sampled_from(METHODS), st.sampled_from([0, leakage_mod.INDEX_FROM]))
+@settings(max_examples=40, deadline=None)
+def test_property_template_families_match_the_pair_by_pair_reference(slots, n_test, method, index_from):
+    """Questions from one template get the same exact / near / sibling counts as the one-pair
+    rules applied to every pair, whether the content-word index decides (``INDEX_FROM = 0``:
+    always) or the pairs are checked one by one."""
+    qs = [f"What are the symptoms and usual treatment of {a} and {b} in adults ?" for a, b in slots]
+    test, train = qs[:n_test], qs[n_test:]
+    with mock.patch.object(leakage_mod, "INDEX_FROM", index_from):
+        r = leakage(train, test, 0.8, method=method)
+    got = (r.exact, r.near, r.siblings)
+    want = reference_leakage(train, test, 0.8)
+    if method == "pairwise":
+        assert got == want
+    else:  # LSH may miss a candidate pair (never adds one): near and siblings can only shrink
+        assert r.exact == want[0] and r.near <= want[1] and r.near + r.siblings <= want[1] + want[2]
+
+
+def test_a_large_template_split_is_checked_in_near_linear_time():
+    """8000 questions of one template (LSH finds every pair a candidate) used to take ~25 s in
+    Python; the sparse overlaps and the content-word index keep it to seconds."""
+    import time
+
+    rng = random.Random(0)
+    names = ["".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(3)) for _ in range(8000)]
+    qs = [f"What are the usual symptoms and treatment options of {w} disease in adults ?" for w in names]
+    t0 = time.process_time()
+    r = leakage(qs[800:], qs[:800], 0.8)
+    assert r.method == "minhash-lsh" and r.near + r.siblings > 700  # the template family is found
+    assert time.process_time() - t0 < 15.0

@@ -26,7 +26,11 @@ may differ. Pairs that pass (a) but fail (b) are counted as ``siblings`` (report
 Small splits are compared pair by pair; large ones (over ``BRUTE_FORCE_PAIRS`` pairs) find
 candidate pairs with MinHash + banded LSH (64 hashes, 16 bands of 4) and verify each candidate
 with the exact Jaccard and the content-word rule, so a reported near duplicate is always a real
-one (recall at Jaccard 0.8 is about 99.9%).
+one (recall at Jaccard 0.8 is about 99.9%). The Jaccard values of one test question against all
+its candidates come from one sparse product (exact counts), and a test question with many
+train questions above the threshold (a template family, where LSH finds every pair) is matched
+through an index of content-word keys, so a split of near-identical questions no longer takes
+time quadratic in its rows in Python.
 """
 from __future__ import annotations
 
@@ -192,6 +196,91 @@ def _candidates(train: list[frozenset[str]], test: list[frozenset[str]]) -> dict
     return out
 
 
+#: a test question with more train questions than this within the Jaccard threshold is matched
+#: through the content-word index (:class:`_WordIndex`) instead of pair by pair
+INDEX_FROM = 64
+
+
+class _Overlap:
+    """Shingle overlaps of one test question with many train questions at once: the train
+    questions' shingles as a sparse 0/1 matrix, so ``|a & b|`` for a row of candidates is one
+    sparse product (exact integer counts: the Jaccard values equal :func:`jaccard`'s)."""
+
+    def __init__(self, train: list[frozenset[str]]):
+        from scipy import sparse
+
+        self.vocab: dict[str, int] = {}
+        cols = [self.vocab.setdefault(x, len(self.vocab)) for sh in train for x in sh]
+        sizes = np.array([len(sh) for sh in train], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(sizes)])
+        self.matrix = sparse.csr_matrix((np.ones(len(cols), dtype=np.int32), np.array(cols, dtype=np.int64), indptr),
+                                        shape=(len(train), max(1, len(self.vocab))))
+        self.sizes = sizes
+
+    def close(self, sh: frozenset[str], rows: np.ndarray, threshold: float) -> np.ndarray:
+        """The rows (train indices) whose Jaccard similarity with ``sh`` is >= ``threshold``."""
+        if not len(rows):
+            return rows
+        x = np.zeros(self.matrix.shape[1], dtype=np.int32)
+        x[[self.vocab[t] for t in sh if t in self.vocab]] = 1
+        if 2 * len(rows) > self.matrix.shape[0]:  # most rows: one product over all, no copy of the matrix
+            inter = (self.matrix @ x)[rows].astype(np.int64)
+        else:
+            inter = (self.matrix[rows] @ x).astype(np.int64)
+        union = len(sh) + self.sizes[rows] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sim = np.where(union > 0, inter / np.maximum(union, 1), 1.0)  # two empty sets: 1.0, as jaccard()
+        return rows[sim >= threshold]
+
+
+def _word_keys(word: str) -> set[str]:
+    """Keys shared by every pair of words :func:`same_word` calls the same: the word, its stems
+    without ``s``/``es``, and (TYPO_MIN_LEN+ letters) each one-letter deletion (one substitution
+    or insertion apart, two words share a deletion)."""
+    keys = {word}
+    if word.endswith("s"):
+        keys.add(word[:-1])
+    if word.endswith("es"):
+        keys.add(word[:-2])
+    if len(word) >= TYPO_MIN_LEN:
+        keys.update(word[:i] + word[i + 1:] for i in range(len(word)))
+    return keys
+
+
+class _WordIndex:
+    """Which train questions can have the same content words as a given set: a necessary
+    condition (every word has a :func:`_word_keys` key in common with some word of the other
+    question), verified exactly with :func:`same_content` afterwards."""
+
+    def __init__(self, words: list[frozenset[str]]):
+        index: dict[str, set[int]] = defaultdict(set)
+        for j, ws in enumerate(words):
+            for w in ws:
+                for k in _word_keys(w):
+                    index[k].add(j)
+            if not ws:
+                index[""].add(j)  # no content words: matches only another question without any
+        self.index = {k: np.array(sorted(v), dtype=np.int64) for k, v in index.items()}
+        self.words = words
+        self._rows: dict[str, np.ndarray] = {}
+
+    def _rows_of(self, word: str) -> np.ndarray:
+        """Train questions with a word sharing a key with ``word`` (sorted; cached per word)."""
+        if word not in self._rows:
+            keys = [self.index[k] for k in (_word_keys(word) if word else {""}) if k in self.index]
+            self._rows[word] = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+        return self._rows[word]
+
+    def matches(self, words: frozenset[str], rows: np.ndarray) -> bool:
+        """Some train question among ``rows`` has the same content words as ``words``."""
+        pool = rows
+        for found in sorted((self._rows_of(w) for w in words or {""}), key=len):  # rarest word first
+            pool = np.intersect1d(pool, found, assume_unique=True)
+            if not len(pool):
+                return False
+        return any(same_content(words, self.words[j]) for j in pool.tolist())
+
+
 def leakage(train: list[str], test: list[str], threshold: float = 0.8, method: str = "auto") -> LeakReport:
     """Count test questions with an exact or near duplicate among the train questions."""
     train_norm = {normalize_for_leak(q) for q in train}
@@ -203,19 +292,28 @@ def leakage(train: list[str], test: list[str], threshold: float = 0.8, method: s
     train_sh = [shingles(q) for q in train]
     rest = [i for i in range(len(test)) if i not in exact_idx]
     test_sh = {i: shingles(test[i]) for i in rest}
-    everyone = range(len(train))
+    everyone = np.arange(len(train), dtype=np.int64)
     pool: dict[int, set[int]] | None = None if method == "pairwise" else _candidates(train_sh, [test_sh[i] for i in rest])
+    overlap = _Overlap(train_sh) if rest and train else None
     train_words: dict[int, frozenset[str]] = {}
+    word_index: _WordIndex | None = None
     near = siblings = 0
     for k, i in enumerate(rest):
-        close = [j for j in (everyone if pool is None else pool.get(k, ())) if jaccard(test_sh[i], train_sh[j]) >= threshold]
-        if not close:
+        rows = everyone if pool is None else np.array(sorted(pool.get(k, ())), dtype=np.int64)
+        close = overlap.close(test_sh[i], rows, threshold) if overlap is not None else rows[:0]
+        if not len(close):
             continue
         words = content_words(test[i])
-        for j in close:
-            if j not in train_words:
-                train_words[j] = content_words(train[j])
-        if any(same_content(words, train_words[j]) for j in close):
+        if len(close) > INDEX_FROM:  # a template family: match through the content-word index
+            if word_index is None:
+                word_index = _WordIndex([content_words(q) for q in train])
+            same = word_index.matches(words, close)
+        else:
+            for j in close.tolist():
+                if j not in train_words:
+                    train_words[j] = content_words(train[j])
+            same = any(same_content(words, train_words[j]) for j in close.tolist())
+        if same:
             near += 1
         else:
             siblings += 1
