@@ -5,7 +5,9 @@ other seeds, thread counts, ``ATEN_CPU_CAPABILITY`` values) and judges every run
 benchmark does (gate.judge_case, then family/suite aggregates per seed), without the time
 checks (a sweep runs in one process, not under the benchmark's load). Prints:
 
-* false failures per sweep: case-runs failing (and on which checks), family and suite checks failing;
+* false failures per sweep: case-runs failing (and on which checks); family and suite verdicts
+  failing (one per family or suite and seed: it fails when any metric's aggregate check does),
+  with the failing aggregate checks (one per metric) in brackets;
 * the MDE table: per case, the smallest BERTScore F1 / USE F1 drop the gate flags with 80% power
   (one run against the K-run baseline), and the family and suite MDEs.
 
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- false alarms -----------------------------------------------------------------------
     print("\n## False failures of unchanged code\n")
-    print("| sweep | case-runs | failing case-runs | checks that failed | family checks failing | suite checks failing | largest abs(t) / critical t |")
+    print("| sweep | case-runs | failing case-runs | checks that failed | family verdicts failing (checks) | "
+          "suite verdicts failing (checks) | largest abs(t) / critical t |")
     print("|---|---|---|---|---|---|---|")
     for group in args.sweeps:
         files = [Path(f) for f in group.split(",")]
@@ -132,20 +135,29 @@ def main(argv: list[str] | None = None) -> int:
                 failing_checks.update(c.name.split("@")[0] for c in v.failures)
             by_seed[r["seed"]].append({"case_id": r["case"], "model": r["model"], "verdict": v.to_json()})
         fam_fail = fam_n = suite_fail = suite_n = 0
+        verdicts: dict[str, list[int]] = {"family": [0, 0], "suite": [0, 0]}  # [failing, judged]
         for recs in by_seed.values():
+            failed_scope: dict[str, bool] = {}  # one verdict per family / suite and seed: any metric failing
             for a in gate.aggregates(recs, g):
+                failed_scope[a.scope] = failed_scope.get(a.scope, False) or not a.passed
                 if a.scope == "suite":
                     suite_n += 1
                     suite_fail += not a.passed
                 else:
                     fam_n += 1
                     fam_fail += not a.passed
+            for scope, failed in failed_scope.items():
+                v = verdicts["suite" if scope == "suite" else "family"]
+                v[0] += failed
+                v[1] += 1
         top = ", ".join(f"{k} x{c}" for k, c in failing_checks.most_common(6)) or "-"
-        print(f"| {label} | {n} | {n_fail} ({100 * n_fail / max(1, n):.1f}%) | {top} | {fam_fail}/{fam_n} | "
-              f"{suite_fail}/{suite_n} | {closest:.2f} |" + (f" ({int(reproduced)} runs of baseline seeds reproduced)" if reproduced else ""))
+        fv, sv = verdicts["family"], verdicts["suite"]
+        print(f"| {label} | {n} | {n_fail} ({100 * n_fail / max(1, n):.1f}%) | {top} | {fv[0]}/{fv[1]} ({fam_fail}/{fam_n}) | "
+              f"{sv[0]}/{sv[1]} ({suite_fail}/{suite_n}) | {closest:.2f} |" + (f" ({int(reproduced)} runs of baseline seeds reproduced)" if reproduced else ""))
         out["sweeps"].append({"sweep": str(path), "env": env, "case_runs": n, "failing": n_fail, "closest": closest,
                               "reproduced": reproduced,
-                              "checks": dict(failing_checks), "family": [fam_fail, fam_n], "suite": [suite_fail, suite_n]})
+                              "checks": dict(failing_checks), "family": [fam_fail, fam_n], "suite": [suite_fail, suite_n],
+                              "family_verdicts": verdicts["family"], "suite_verdicts": verdicts["suite"]})
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
     return 0
