@@ -121,7 +121,7 @@ def leftovers(cache: Cache, kind: str, key: str) -> list[Path]:
 def test_builds_once_then_hits(tmp_path):
     cache = Cache(tmp_path / "c")
     payload = {"what": "adapter", "steps": 3, "nested": {"b": 1, "a": [1, 2]}}
-    assert cache.lookup("adapter", payload) is None
+    assert cache.entry("adapter", content_key(payload)) is None
     b = Builder(meta={"seconds": 1.5, "n": 3})
     e1 = cache.get_or_build("adapter", payload, b)
     assert b.calls == 1 and e1.built
@@ -139,7 +139,7 @@ def test_builds_once_then_hits(tmp_path):
     e2 = cache.get_or_build("adapter", {"nested": {"a": [1, 2], "b": 1}, "steps": 3, "what": "adapter"}, b)
     assert b.calls == 1 and not e2.built
     assert e2.path == e1.path and e2.meta == e1.meta and e2.key == e1.key
-    hit = cache.lookup("adapter", payload)
+    hit = cache.entry("adapter", content_key(payload))
     assert hit is not None and hit.path == e1.path and not hit.built
     assert leftovers(cache, "adapter", e1.key) == [e1.path]
 
@@ -174,7 +174,7 @@ def test_failing_builder_leaves_nothing_and_rebuilds(tmp_path, exc):
     assert failing.calls == 1
     assert not failing.tmp_dirs[0].exists()
     assert leftovers(cache, "adapter", key) == []
-    assert cache.lookup("adapter", payload) is None
+    assert cache.entry("adapter", content_key(payload)) is None
     good = Builder(content="second")
     e = cache.get_or_build("adapter", payload, good)
     assert good.calls == 1 and e.built and (e.path / "out.txt").read_text() == "second"
@@ -191,7 +191,7 @@ def test_non_finite_meta_raises_and_leaves_nothing(tmp_path, meta):
     key = content_key({"p": 2})
     assert "adapter" in str(info.value) and key in str(info.value) and "non-finite" in str(info.value)
     assert leftovers(cache, "adapter", key) == []
-    assert cache.lookup("adapter", {"p": 2}) is None
+    assert cache.entry("adapter", content_key({"p": 2})) is None
     assert cache.get_or_build("adapter", {"p": 2}, Builder(meta={"loss": 0.5})).built
 
 
@@ -206,13 +206,13 @@ def test_corrupt_meta_is_rebuilt_with_a_warning_naming_it(tmp_path, garbage, cap
         garbage = meta.read_text().replace('"n": 12', '"n": 13')
         assert garbage != meta.read_text()
     meta.write_text(garbage)
-    assert cache.lookup("adapter", {"p": 3}) is None
+    assert cache.entry("adapter", content_key({"p": 3})) is None
     b = Builder(meta={"n": 12})
     with caplog.at_level("WARNING", logger="medqa_core.cache"):
         e2 = cache.get_or_build("adapter", {"p": 3}, b)
     assert b.calls == 1 and e2.built and e2.meta["n"] == 12
     assert any("damaged" in r.message and e.key[:12] in r.message and "meta.json" in r.message for r in caplog.records)
-    assert cache.lookup("adapter", {"p": 3}) is not None
+    assert cache.entry("adapter", content_key({"p": 3})) is not None
 
 
 def test_leftover_entry_without_meta_is_rebuilt(tmp_path):

@@ -102,11 +102,9 @@ class Cache:
     def path_for(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
 
-    def lookup(self, kind: str, payload: Any) -> Entry | None:
-        """The entry if it is there and sound (meta.json and every file as recorded), else None."""
-        return self._sound(kind, content_key(payload))
-
-    def _sound(self, kind: str, key: str) -> Entry | None:
+    def entry(self, kind: str, key: str) -> Entry | None:
+        """The entry of ``key`` (``content_key`` of its payload) if it is there and sound
+        (meta.json and every file as recorded), else None."""
         path = self.path_for(kind, key)
         meta, bad = _read_meta(path)
         return None if meta is None or bad or _damage(path, meta) else Entry(key, path, meta, built=False)
@@ -123,7 +121,7 @@ class Cache:
         If it raises, nothing is left behind and the error propagates.
         """
         key = content_key(payload)
-        hit = self._sound(kind, key)
+        hit = self.entry(kind, key)
         if hit is not None:
             return hit
         path = self.path_for(kind, key)

@@ -1,6 +1,6 @@
 """One benchmark case, top to bottom: load+split -> base model -> LoRA adapter -> answers -> scores.
 
-Every stage after the split is a cache entry (``stages``: keys, build and lookup), and heavy
+Every stage after the split is a cache entry (``stages``: keys, build and reuse), and heavy
 objects (models, tokenizers, metric encoders) are loaded only inside the build step of an entry
 that is missing; a fully warm case reads a few JSON files and nothing else.
 """
