@@ -1,2 +1,2 @@
-"""Root conftest: stays thin. Options, fixtures and hooks live in medqa_core.pytest_plugin."""
-pytest_plugins = ["medqa_core.pytest_plugin"]
+"""Root conftest: stays thin. The plugin (medqa_core.pytest_plugin) is loaded through its pytest11
+entry point, and this repository configures it in pyproject.toml ([tool.medqa-bench])."""

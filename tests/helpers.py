@@ -8,6 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+#: the repository root (tests read its profiles/, fixtures/ and baselines/ links)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 # The smallest valid profile: one tiny model, one dataset.
 MINIMAL_PROFILE = """\
 name = "mine"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from helpers import REPO_ROOT
 
 from benchmarks import plain
 from benchmarks.plain import generate_one_by_one
@@ -19,7 +20,6 @@ from medqa_core.model.params import lora_config
 from medqa_core.model.pretrain import build_tiny
 from medqa_core.model.prompts import add_special_tokens, build_prompt, training_rows
 from medqa_core.profile import load_profile
-from medqa_core.specs import REPO_ROOT
 from medqa_core.train.lean import batch_order, collate, encode_rows
 
 torch = pytest.importorskip("torch")

@@ -10,8 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-
-from medqa_core.specs import REPO_ROOT
+from helpers import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
 

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 import transformers  # noqa: E402
+from helpers import REPO_ROOT  # noqa: E402
 from peft import PeftModel, get_peft_model  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 
@@ -27,7 +28,7 @@ from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
 from medqa_core.model.generation import generate_answers  # noqa: E402
 from medqa_core.model.params import lora_config  # noqa: E402
 from medqa_core.profile import load_profile  # noqa: E402
-from medqa_core.specs import REPO_ROOT, GenerationConfig, ModelSpec, TrainConfig  # noqa: E402
+from medqa_core.specs import GenerationConfig, ModelSpec, TrainConfig  # noqa: E402
 from medqa_core.stages import Artifact  # noqa: E402
 from medqa_core.stages import adapter as adapter_stage  # noqa: E402
 from medqa_core.stages import answers as answers_stage  # noqa: E402

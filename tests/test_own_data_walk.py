@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from medqa_core.cli import main
-from medqa_core.specs import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

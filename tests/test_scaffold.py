@@ -1,20 +1,28 @@
-"""``medqa-bench init`` (scaffold.py): a profile for one's own data file and model, written next
-to the data and checked with the project's loader; no model is loaded here."""
+"""``medqa-bench init`` (scaffold.py): a profile for one's own data file and model, written into
+the repository with relative paths and checked with the project's loader; no model is loaded here."""
 from __future__ import annotations
 
 import csv
 import json
 import shlex
+import shutil
+import tomllib
 
 import pytest
+from helpers import REPO_ROOT
 
 from medqa_core.cli import main
 from medqa_core.profile import load_profile
 from medqa_core.scaffold import InitError, init_profile
-from medqa_core.specs import REPO_ROOT
 
 TINY_LLAMA = REPO_ROOT / "fixtures" / "models" / "llama"
 Q, A = 'Patient "Message"', "Clinician Reply"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """The command writes into the repository it runs in: run it in an empty folder."""
+    monkeypatch.chdir(tmp_path)
 
 
 def rows(n: int = 40) -> list[dict[str, str]]:
@@ -41,36 +49,78 @@ def write(path, fmt: str, data: list[dict[str, str]]) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "parquet"])
-def test_profile_is_written_next_to_the_data_and_loads(tmp_path, fmt):
-    data = tmp_path / "my data" / f"Clinic Export.{fmt}"
+def test_profile_is_written_into_the_repository_with_relative_paths_and_loads(tmp_path, fmt):
+    repo = tmp_path / "my repo"
+    data = repo / "data" / f"Clinic Export.{fmt}"
     write(data, fmt, rows())
-    res = init_profile(data, Q, A, str(TINY_LLAMA))
-    assert res.profile == data.parent / "clinic_export.toml" and res.profile.is_file()
-    assert res.baseline == data.parent / "clinic_export.baseline.json" and not res.baseline.exists()
+    res = init_profile(data, Q, A, str(TINY_LLAMA), root=repo)
+    assert res.profile == repo / "clinic_export.toml" and res.profile.is_file()
+    assert res.baseline == repo / "baselines" / "clinic_export.json" and not res.baseline.exists()
+    raw = tomllib.loads(res.profile.read_text())
+    # committable: nothing absolute, the shipped tiny base named as medqa:...
+    assert raw["data_dir"] == "data" and raw["baseline"] == "baselines/clinic_export.json"
+    assert raw["models"]["llama"]["hub_id"] == "medqa:fixtures/models/llama"
+    assert str(tmp_path) not in res.profile.read_text()
     prof = load_profile(res.profile)
-    assert prof.name == "clinic_export" and prof.data_dir == data.parent
+    assert prof.name == "clinic_export" and prof.data_dir.resolve() == data.parent
     assert prof.resolve(str(prof.baseline)) == res.baseline
     ds = prof.datasets["clinic_export"]
     assert ds.question == (Q,) and ds.answer == A and ds.file == data.name
     m = prof.models["llama"]
-    assert m.hub_id == str(TINY_LLAMA) and m.family == "llama" and not m.needs_cuda
+    assert m.local_dir == str(TINY_LLAMA.resolve()) and m.family == "llama" and not m.needs_cuda
     assert not prof.slow and prof.train.trainer == "lean"  # a ~1M-parameter model gets the tiny recipe
     assert res.case_id == "llama-clinic_export" and res.rows == 40
     assert res.train_rows + res.test_rows == 40 and res.test_rows > 0
-    # no temporary file left beside it
-    assert sorted(p.name for p in data.parent.iterdir()) == sorted([data.name, res.profile.name])
+    # the repository's pyproject.toml now names the profile; no temporary file left
+    assert tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["medqa-bench"]["profile"] == "clinic_export.toml"
+    assert sorted(p.name for p in repo.iterdir()) == sorted([".gitignore", "data", res.profile.name, "pyproject.toml"])
+    assert {".medqa-cache/", ".medqa-results/"} <= set((repo / ".gitignore").read_text().splitlines())
+
+
+def test_profile_moves_with_the_repository(tmp_path):
+    """Relative paths: the repository copied elsewhere loads the same data and baseline."""
+    repo = tmp_path / "a"
+    write(repo / "qa.csv", "csv", rows())
+    res = init_profile(repo / "qa.csv", Q, A, "tiny", root=repo)
+    moved = tmp_path / "b"
+    shutil.copytree(repo, moved)
+    shutil.rmtree(repo)
+    prof = load_profile(moved / res.profile.name)
+    assert prof.data_dir.resolve() == moved.resolve() and prof.resolve(str(prof.baseline)).parent == moved / "baselines"
+
+
+def test_pyproject_naming_another_profile_is_left_alone(tmp_path):
+    write(tmp_path / "qa.csv", "csv", rows())
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.medqa-bench]\nprofile = "other.toml"\n')
+    before = (tmp_path / "pyproject.toml").read_text()
+    res = init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path)
+    assert (tmp_path / "pyproject.toml").read_text() == before
+    assert any("already runs profile" in n and "--profile qa.toml" in n for n in res.notes)
+    # a pyproject.toml without the table gets it appended, the rest unchanged
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path, force=True)
+    text = (tmp_path / "pyproject.toml").read_text()
+    assert text.startswith('[project]\nname = "x"\n') and tomllib.loads(text)["tool"]["medqa-bench"]["profile"] == "qa.toml"
+
+
+def test_ci_workflow_is_written_on_request(tmp_path):
+    write(tmp_path / "qa.csv", "csv", rows())
+    res = init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path, ci="github")
+    wf = tmp_path / ".github" / "workflows" / "medqa-bench.yml"
+    assert wf in res.also_written and "python -m pytest qa.toml --profile qa.toml" in wf.read_text()
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load(wf.read_text())["jobs"]["gate"]["steps"]
 
 
 def test_commands_record_then_gate(tmp_path):
     data = tmp_path / "qa.csv"
     write(data, "csv", rows())
-    res = init_profile(data, Q, A, str(TINY_LLAMA), name="Mine")
+    res = init_profile(data, Q, A, str(TINY_LLAMA), name="Mine", root=tmp_path)
     rec, gate_cmd = (shlex.split(c) for c in res.commands)
-    assert rec[rec.index("--profile") + 1] == str(res.profile)
-    assert rec[rec.index("--baseline") + 1] == str(tmp_path / "mine.baseline.json")
+    assert rec[rec.index("--profile") + 1] == "mine.toml" == gate_cmd[3]  # relative to the repository root
     assert "--update-baselines" in rec and "--update-baselines" not in gate_cmd
     assert rec[:-1] == gate_cmd and "slow" not in gate_cmd  # not a slow profile: no -m slow
-    assert gate_cmd[1:3] == ["-m", "pytest"] and gate_cmd[3].endswith("benchmarks/test_medqa.py")
+    assert gate_cmd[1:3] == ["-m", "pytest"]
     text = res.text()
     assert res.commands[0] in text and res.commands[1] in text and str(res.profile) in text
 
@@ -159,7 +209,7 @@ def test_bad_model_is_a_one_line_error(tmp_path, capsys):
     empty = tmp_path / "empty_model"
     empty.mkdir()
     for model, needle in ((str(empty), "without config.json"), ("./no/such/dir", "no such directory"),
-                          ("not a hub id!", "not a local directory")):
+                          ("not a hub id!", "not a shipped model")):
         assert main(["init", str(data), "--question", Q, "--answer", A, "--model", model]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err

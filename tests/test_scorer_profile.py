@@ -9,13 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 
 from medqa_core import gate, metrics
 from medqa_core.cache import content_key
 from medqa_core.errors import ConfigError
 from medqa_core.metrics import DEFAULT_SCORER, METRICS, ScorerConfig, bertscore, use
 from medqa_core.profile import load_profile, with_overrides
-from medqa_core.specs import REPO_ROOT, GateConfig
+from medqa_core.specs import GateConfig
 
 TINY_JSON = json.loads((REPO_ROOT / "baselines" / "tiny.json").read_text())
 PAPER_JSON = json.loads((REPO_ROOT / "baselines" / "paper.json").read_text())

@@ -7,17 +7,16 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from helpers import MINIMAL_PROFILE, expect_error
+from helpers import MINIMAL_PROFILE, REPO_ROOT, expect_error
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from medqa_core.cache import content_key
 from medqa_core.errors import ConfigError
+from medqa_core.paths import PROFILES_DIR
 from medqa_core.profile import load_profile
 from medqa_core.specs import (
     FAMILIES,
-    PROFILES_DIR,
-    REPO_ROOT,
     GateConfig,
     GenerationConfig,
     PretrainConfig,
@@ -82,7 +81,7 @@ def test_tiny_profile_values_match_the_toml_file():
         assert spec.answer == table["answer"]
         assert spec.file == table["file"]
         assert (prof.data_dir / spec.file).is_file()
-    assert prof.data_dir.resolve() == (prof.path.parent / raw["data_dir"]).resolve() == (REPO_ROOT / "fixtures" / "data")
+    assert prof.data_dir.resolve() == (prof.path.parent / raw["data_dir"]).resolve() == (REPO_ROOT / "fixtures" / "data").resolve()
 
 
 def test_relative_paths_resolve_against_the_profile_file(tmp_path, monkeypatch):

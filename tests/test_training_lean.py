@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from helpers import REPO_ROOT
 
 from medqa_core.data.split import load_split
 from medqa_core.model.bases import load_tokenizer
@@ -19,7 +20,6 @@ from medqa_core.model.params import lora_config
 from medqa_core.model.pretrain import build_tiny
 from medqa_core.model.prompts import training_rows
 from medqa_core.profile import load_profile
-from medqa_core.specs import REPO_ROOT
 from medqa_core.train.finetune import fine_tune
 from medqa_core.train.lean import batch_order, collate, encode_rows
 

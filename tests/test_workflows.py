@@ -9,9 +9,9 @@ import subprocess
 import textwrap
 
 import pytest
+from helpers import REPO_ROOT
 
 from medqa_core.profile import load_profile
-from medqa_core.specs import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
 

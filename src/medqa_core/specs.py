@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import ScorerConfig
-from .paths import PROFILES_DIR, REPO_ROOT  # noqa: F401  (REPO_ROOT: re-exported for tests and scripts)
+from .paths import FIXTURES_DIR, shipped
 
 #: Architectural facts per family: transformers config class, the attention implementation
 #: that family supports on every backend, and its LoRA target modules. The targets are all
@@ -59,12 +59,17 @@ class ModelSpec:
     def is_tiny(self) -> bool:
         return self.tiny_config is not None
 
+    # A ``hub_id`` that names a local checkpoint directory (relative to the profile, absolute, or
+    # ``medqa:...``), resolved by the profile loader. Derived: not part of the spec's dict (its
+    # written form ``hub_id`` is, so a profile hashes the same in every checkout).
+    local_dir: str | None = field(default=None, metadata={"derived": True})
+
     @property
     def needs_cuda(self) -> bool:
         """A full-size hub checkpoint; tiny and GGUF-converted small models run on CPU, and so
         does a ``hub_id`` naming a local checkpoint directory (e.g. a tiny checkpoint run with
         the paper recipe)."""
-        return self.hub_id is not None and not Path(self.hub_id).expanduser().is_dir()
+        return self.hub_id is not None and self.local_dir is None
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ TRAINERS = ("sft", "lean")
 class PretrainConfig:
     """Short full-parameter pretraining that gives a tiny model some language before LoRA."""
 
-    corpus: str = str(REPO_ROOT / "fixtures" / "corpus" / "pretrain.txt")  # the shipped corpus
+    corpus: str = str(FIXTURES_DIR / "corpus" / "pretrain.txt")  # the shipped corpus
     steps: int = 300
     learning_rate: float = 3e-3
     batch_size: int = 16
@@ -220,6 +225,9 @@ class Profile:
     def resolve(self, rel: str) -> Path:
         """Resolve a path written in the profile relative to the profile file's folder (so a
         profile kept next to its data works from any directory)."""
+        packaged = shipped(rel)
+        if packaged is not None:  # medqa:<path>: a file shipped with the package
+            return packaged
         p = Path(rel).expanduser()
         return p if p.is_absolute() else self.path.parent / p
 
@@ -227,7 +235,7 @@ class Profile:
 def as_dict(obj: Any) -> Any:
     """JSON-ready dict of a spec (for cache keys and result records)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("derived")}
     if isinstance(obj, (list, tuple)):
         return [as_dict(x) for x in obj]
     if isinstance(obj, dict):

@@ -29,11 +29,11 @@ def load_tokenizer(source: str | Path, revision: str | None = None) -> Any:
     return tok
 
 
-def resolve_gguf(spec: ModelSpec, profile: Profile) -> Path:
+def resolve_gguf(spec: ModelSpec, profile: Profile | None) -> Path:
     """The GGUF file of ``spec.gguf``: a path (absolute or relative to the repository), or
     ``<package>/<file>`` inside an installed package (found without importing the package)."""
     assert spec.gguf is not None
-    direct = profile.resolve(spec.gguf)
+    direct = profile.resolve(spec.gguf) if profile is not None else Path(spec.gguf).expanduser()
     if direct.is_file():
         return direct
     package, _, rel = spec.gguf.partition("/")
