@@ -1,6 +1,7 @@
 """The degeneration metric (metrics/degeneration.py): share of answers in which some word 4-gram
 occurs 3+ times. Checked by hand, against an independent naive count (hypothesis), and for
-where it goes: the case record and summary, never the gate or the baseline identity."""
+where it goes: the case record, the summary and the gate (lower is better, plus a ceiling), never
+the baseline identity."""
 from __future__ import annotations
 
 import numpy as np
@@ -78,9 +79,37 @@ def test_property_share_is_the_mean_of_naive_flags(texts):
     assert degeneration.share(texts) == pytest.approx(expected)
 
 
-def test_not_gated_and_not_identity():
-    assert degeneration.NAME not in gate.GATED
-    assert degeneration.NAME not in gate.IDENTITY_KEYS and degeneration.NAME not in gate.DEFAULT_MIN_EFFECT
+def test_gated_lower_is_better_and_not_identity():
+    from medqa_core.metrics import registry
+
+    assert degeneration.NAME in gate.GATED and gate.DEFAULT_MIN_EFFECT[degeneration.NAME] == 0.05
+    assert not registry.higher_is_better(degeneration.NAME) and gate.worse_way(degeneration.NAME) == "up"
+    assert degeneration.NAME not in gate.IDENTITY_KEYS and degeneration.NAME not in gate.SPEC_IDENTITY_KEYS
+
+
+def _run_of(answers: list[str], seed: int = 0) -> dict:
+    """A run record as session.case_record keeps it, with the share and flags the pipeline writes."""
+    flags = degeneration.flags(answers)
+    return {"seed": seed, "metrics": {degeneration.NAME: float(flags.mean())}, "margins": {},
+            "per_example": {"ids": [f"q{i}" for i in range(len(answers))], degeneration.NAME: flags.tolist()},
+            "controls": {}, "invariants": {}, "resources": {}}
+
+
+def test_a_looping_model_is_refused_at_recording_by_the_ceiling():
+    """From answer text to verdict: the steps / 4 symptom (every answer loops) fails without any
+    baseline, in one line naming the share; clean answers record."""
+    from medqa_core.specs import GateConfig
+
+    loop = "Take rest and drink fluids. " * 4
+    clean = "Rest, drink fluids and see a doctor if the fever lasts more than three days."
+    cfg = GateConfig(require_controls=())
+    v = gate.judge_case("llama-wikidoc", [_run_of([loop] * 10)], None, {}, cfg, {})
+    assert v.status == "regression"
+    [line] = [ln for ln in v.explain().splitlines() if "[FAIL]" in ln]
+    assert line.startswith("  [FAIL] max_degenerate: 100.0% of tuned answers degenerate (10 of 10)"), line
+    assert gate.judge_case("llama-wikidoc", [_run_of([clean] * 9 + [loop])], None, {}, cfg, {}).status == "regression"
+    ok = gate.judge_case("llama-wikidoc", [_run_of([clean] * 10)], None, {}, cfg, {})
+    assert ok.status == "no-baseline" and not ok.failed
 
 
 def _record(degenerate: float | None) -> dict:

@@ -675,6 +675,183 @@ def test_aggregates_one_family_has_no_separate_suite_entry():
     assert {a.scope for a in aggs} == {"family llama"}
 
 
+# ---------------------------------------------------------------- degenerate: gated, lower is better
+
+D = "degenerate"
+#: looping shares of K = 5 baseline runs per case (4 cases, so the variance prior is fitted)
+LOOP_SPREAD = [[0.02, 0.025, 0.015, 0.02, 0.02]] * 4
+
+
+def _loop_run(share: float, n: int = 100, seed: int = 0) -> dict:
+    """A run whose tuned answers loop in ``round(share * n)`` of ``n`` answers (scores unchanged)."""
+    k = round(share * n)
+    flags = [1.0] * k + [0.0] * (n - k)
+    run = a_run(seed, metrics_at(0.5, **{D: k / n}))
+    run["per_example"] = {"ids": [f"q{i}" for i in range(n)], **{m: [0.5] * n for m in METRICS}, D: flags}
+    return run
+
+
+def _gate_with(**over):
+    """A gate config with attributes GateConfig does not have yet (``max_degenerate``)."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{**asdict(gate_cfg()), **over})
+
+
+def test_degenerate_is_gated_lower_is_better_with_its_min_effect():
+    from medqa_core.metrics import registry
+
+    assert D in gate.GATED and DEFAULT_MIN_EFFECT[D] == 0.05 and not registry.higher_is_better(D)
+    assert gate.worse_way(D) == "up" and gate.worse_way(M) == "down" and gate.worse_way(f"margin:base:{M}") == "down"
+    assert 0 < DEFAULT_MIN_EFFECT[D] < gate.MAX_DEGENERATE == 0.10
+
+
+def test_degenerate_rise_beyond_band_is_a_regression_naming_degenerate_up():
+    cases = _cases_with_spread(LOOP_SPREAD, D)
+    v = judge_case("c0", [_loop_run(0.09)], cases["c0"], cases, gate_cfg(), IDENTITY)  # +0.07, below the ceiling
+    assert v.status == "regression" and v.failed, v.explain()
+    [f] = v.failures
+    assert f.name == D and f.kind == "noise" and f.direction == "up" and f.delta == pytest.approx(0.07)
+    head = v.explain().splitlines()[0]
+    assert head.startswith("c0: regression: degenerate up +0.0700 beyond band"), head
+    assert "--update-baselines" not in gate.next_step(v.status)  # never bless a looping model
+    # beside a score that rose beyond its band (changed on its own), the loop rise still decides
+    run = _loop_run(0.09)
+    run["metrics"][M] = 0.6
+    both = {**cases, "c0": {**cases["c0"]}}
+    for r in both["c0"]["runs"]:
+        r["metrics"][M] = 0.5 + 0.005 * (r["seed"] % 2)
+    v = judge_case("c0", [run], both["c0"], both, gate_cfg(), IDENTITY)
+    assert v.status == "regression"
+    head = v.explain().splitlines()[0]
+    assert head.index("degenerate up") < head.index(f"{M} up"), head  # the worse move first
+
+
+def test_degenerate_fall_beyond_band_is_changed_two_sided_unless_one_sided():
+    cases = _cases_with_spread([[0.09, 0.085, 0.095, 0.09, 0.09]] * 4, D)
+    v = judge_case("c0", [_loop_run(0.0)], cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "changed" and v.failed, v.explain()
+    [f] = v.failures
+    assert f.name == D and f.direction == "down" and f.delta == pytest.approx(-0.09)
+    assert "degenerate down -0.0900 beyond band" in v.explain().splitlines()[0]
+    # one_sided lets the better way (fewer loops) through, never a rise
+    v = judge_case("c0", [_loop_run(0.0)], cases["c0"], cases, gate_cfg(one_sided=(D,)), IDENTITY)
+    assert v.status == "improvement" and not v.failures
+    low = _cases_with_spread(LOOP_SPREAD, D)
+    v = judge_case("c0", [_loop_run(0.09)], low["c0"], low, gate_cfg(one_sided=(D,)), IDENTITY)
+    assert v.status == "regression"
+
+
+def test_degenerate_within_band_passes_and_is_named_beside_a_changed_verdict():
+    cases = _cases_with_spread(LOOP_SPREAD, D)
+    for share in (0.02, 0.0, 0.05):  # +0.03 (under the min effect), -0.02, +0.03
+        v = judge_case("c0", [_loop_run(share)], cases["c0"], cases, gate_cfg(), IDENTITY)
+        assert v.status == "pass", v.explain()
+        [c] = [c for c in v.checks if c.name == D]
+        assert c.passed and c.direction == "" and c.kind == "noise"
+    # a verdict made by a score rising lists the within-band rise in loops (the worse way), not a fall
+    run = _loop_run(0.05)
+    run["metrics"][M] = 0.6
+    v = judge_case("c0", [run], cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "changed"
+    assert "degenerate up +0.0300 (within band)" in v.explain().splitlines()[0], v.explain()
+
+
+def test_degenerate_zero_spread_baseline_is_guarded_by_the_min_effect():
+    """Clean tiny runs loop in no answer at all: every baseline run 0.0, no variance anywhere.
+    The band has zero width; the minimum effect alone keeps a run with a few loops passing."""
+    cases = _cases_with_spread([[0.0] * 5] * 4, D)
+    assert judge_case("c0", [_loop_run(0.04)], cases["c0"], cases, gate_cfg(), IDENTITY).status == "pass"
+    v = judge_case("c0", [_loop_run(0.08)], cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "regression" and [c.name for c in v.failures] == [D]
+    json.dumps(v.to_json(), allow_nan=False)
+
+
+def test_degenerate_ceiling_fails_a_recording_with_one_line_naming_the_share():
+    v = judge_case("c0", [_loop_run(0.25)], None, {}, gate_cfg(), IDENTITY)  # recording: no baseline
+    assert v.status == "regression" and v.failed
+    [f] = v.failures
+    assert f.name == "max_degenerate" and f.kind == "ceiling" and f.value == pytest.approx(0.25)
+    lines = [ln for ln in v.explain().splitlines() if "[FAIL]" in ln]
+    assert lines == ["  [FAIL] max_degenerate: 25.0% of tuned answers degenerate (25 of 100), at or above the "
+                     "ceiling 10% ([gate] max_degenerate): the model loops (a word 4-gram 3+ times in one answer)"]
+    assert "max_degenerate 25.0% >= 10%" in v.explain().splitlines()[0]
+    # the ceiling is inclusive; below it a recording passes (no-baseline)
+    assert judge_case("c0", [_loop_run(0.10)], None, {}, gate_cfg(), IDENTITY).status == "regression"
+    ok = judge_case("c0", [_loop_run(0.09)], None, {}, gate_cfg(), IDENTITY)
+    assert ok.status == "no-baseline" and not ok.failed
+    [c] = ok.checks
+    assert c.passed and "below the ceiling 10%" in c.detail
+    # one looping seed of K fails the recording and is named
+    v = judge_case("c0", [_loop_run(0.0, seed=0), _loop_run(1.0, seed=101)], None, {}, gate_cfg(), IDENTITY)
+    assert v.status == "regression" and [c.name for c in v.failures] == ["max_degenerate@seed101"]
+
+
+def test_degenerate_ceiling_against_a_baseline_override_and_off():
+    cases = _cases_with_spread([[0.2, 0.21, 0.19, 0.2, 0.2]] * 4, D)  # a baseline that already looped
+    v = judge_case("c0", [_loop_run(0.2)], cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "regression" and [c.name for c in v.failures] == ["max_degenerate"]  # noise: unchanged
+    assert judge_case("c0", [_loop_run(0.2)], cases["c0"], cases, _gate_with(max_degenerate=0.3), IDENTITY).status == "pass"
+    v = judge_case("c0", [_loop_run(0.2)], cases["c0"], cases, _gate_with(max_degenerate=None), IDENTITY)
+    assert v.status == "pass" and not [c for c in v.checks if c.kind == "ceiling"]
+    # an incomparable baseline cannot judge the scores, but a looping model still fails
+    other = {**cases["c0"], "identity": {**IDENTITY, "test_ids": "old"}}
+    v = judge_case("c0", [_loop_run(0.5)], other, cases, gate_cfg(), IDENTITY)
+    assert v.status == "regression" and "test set old -> test-fp" in v.note
+    assert judge_case("c0", [_loop_run(0.0)], other, cases, gate_cfg(), IDENTITY).status == "incomparable"
+
+
+def test_degenerate_old_baseline_without_the_metric_is_skipped():
+    cases = _cases_with_spread(SPREAD)  # runs and metrics recorded before `degenerate` existed
+    assert all(D not in r["metrics"] for c in cases.values() for r in c["runs"]) and D not in cases["c0"]["metrics"]
+    v = judge_case("c0", [_loop_run(0.05)], cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "pass" and not [c for c in v.checks if c.name == D]
+    assert [c.name for c in v.checks if c.kind == "ceiling"] == ["max_degenerate"]  # the ceiling still judges
+    # and a run recorded before the metric, against a baseline that has it: nothing to judge either
+    loops = _cases_with_spread(LOOP_SPREAD, D)
+    v = judge_case("c0", [a_run(0, metrics_at(0.5))], loops["c0"], loops, gate_cfg(), IDENTITY)
+    assert v.status == "pass" and not [c for c in v.checks if D in c.name]
+    # a paper.json-like baseline (aggregates only) that has the share: the run's CI, the worse way up
+    base = {"metrics": metrics_at(0.5, **{D: 0.0})}
+    v = judge_case("c", [_loop_run(0.09, n=400)], base, {"c": base}, gate_cfg(), IDENTITY)
+    [c] = [c for c in v.checks if c.name == D]
+    assert not c.passed and c.direction == "up" and c.ci[0] > 0.05 and v.status == "regression"
+    assert judge_case("c", [_loop_run(0.03)], base, {"c": base}, gate_cfg(), IDENTITY).status == "pass"
+
+
+def test_degenerate_aggregates_fail_a_uniform_rise_as_worse():
+    ids = [f"{m}-d{i}" for i in range(10) for m in ("llama", "phi")]
+    cases = {cid: baseline_case([0.02, 0.025, 0.015, 0.02, 0.02], D) for cid in ids}
+    recs = []
+    for cid in ids:  # +0.025 in every case: under the case minimum effect, over the aggregate one
+        v = judge_case(cid, [_loop_run(0.045)], cases[cid], cases, gate_cfg(), IDENTITY)
+        assert v.status == "pass"
+        recs.append({"case_id": cid, "model": cid.split("-")[0], "verdict": v.to_json()})
+    suite = next(a for a in aggregates(recs, gate_cfg(one_sided=(D,))) if a.scope == "suite" and a.metric == D)
+    assert not suite.passed and suite.direction == "up"  # one_sided allows a fall, never a rise
+    b = Band(0.02, 1e-5, 8, 5)
+    falls = [judge_noise(D, [0.0], b, 0.001, 0.005, True, higher_is_better=False) for _ in range(6)]
+    assert all(c.passed and c.direction == "down" for c in falls)
+    a = aggregate("suite", D, falls, 0.001, 0.005, True, higher_is_better=False)
+    assert a.passed and a.direction == "down"
+    assert not aggregate("suite", D, falls, 0.001, 0.005, False, higher_is_better=False).passed
+
+
+@pytest.mark.parametrize("checks, expected", [
+    ([Check(D, 0.3, 0.0, False, "noise", direction="up")], "regression"),
+    ([Check(D, 0.0, 0.3, False, "noise", direction="down")], "changed"),
+    ([Check(D, 0.0, 0.3, True, "noise", direction="down")], "improvement"),
+    ([Check(D, 0.3, 0.0, False, "noise", delta=0.3)], "regression"),  # an older record without a direction
+    ([Check(D, 0.0, 0.3, False, "noise", delta=-0.3)], "changed"),
+    ([Check("max_degenerate", 0.5, 0.1, False, "ceiling")], "regression"),
+    ([Check(D, 0.0, 0.3, False, "noise", direction="down"), Check(M, 0.4, 0.5, False, "noise", direction="down")],
+     "regression"),
+])
+def test_status_of_reads_the_direction_from_the_registry(checks, expected):
+    assert status_of(checks) == expected
+
+
 # ---------------------------------------------------------------- --seeds
 
 
@@ -755,3 +932,27 @@ def test_shipped_tiny_profile_gate_fields():
     assert 0 < g.alpha < 0.5 and 0 < g.aggregate_alpha < 0.5 and 0 < g.control_alpha < 0.5
     assert g.baseline_seeds >= 2  # a band needs a spread
     assert set(g.controls) <= {"base", "no_question", "shuffled"}
+
+
+def test_a_measured_prior_gives_a_single_case_a_band_that_can_fail():
+    """One case, K = 2: alone its band rests on 1 df (t = 637 at alpha 0.0005) and a -0.1 drop
+    passes; the profile's measured prior (prior_sd, prior_df) narrows it so the drop fails. The
+    prior is used only where it is stronger than the baseline's own pool, and never for margins."""
+    from medqa_core.specs import GateConfig
+
+    case = {"runs": [{"metrics": {"bert_f1": 0.50}}, {"metrics": {"bert_f1": 0.51}}]}
+    alone = GateConfig(alpha=0.0005)
+    primed = GateConfig(alpha=0.0005, prior_sd={"bert_f1": 0.01}, prior_df=8.0)
+    assert gate.variance_prior({"c": case}, "bert_f1", alone)[1] == 0.0  # one case: no pool
+    assert gate.variance_prior({"c": case}, "bert_f1", primed) == pytest.approx((1e-4, 8.0))
+    assert gate.variance_prior({"c": case}, "margin:base:bert_f1", primed)[1] == 0.0
+    for cfg, fails in ((alone, False), (primed, True)):
+        b = gate.band(case, "bert_f1", gate.variance_prior({"c": case}, "bert_f1", cfg))
+        check = gate.judge_noise("bert_f1", [0.405], b, cfg.alpha, 0.02, False)
+        assert check.passed is not fails and b.df == (9 if fails else 1)
+    # a baseline with a stronger pool of its own keeps it
+    many = {f"c{i}": {"runs": [{"metrics": {"bert_f1": 0.5 + 0.01 * ((i + j) % 3)}} for j in range(5)]}
+            for i in range(10)}
+    pooled = gate.pooled_variance(many, "bert_f1")
+    if pooled[1] > 8:
+        assert gate.variance_prior(many, "bert_f1", primed) == pooled

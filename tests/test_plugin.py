@@ -37,6 +37,23 @@ PATTERN = (0.0, 1.0, -1.0, 0.5, -0.5)
 
 @pytest.fixture(autouse=True)
 def _fake_pipeline(monkeypatch):
+    install(monkeypatch)
+
+
+_session_patch = pytest.MonkeyPatch()
+
+
+def pytest_collection_finish(session):
+    """A case collected from a profile file is a plain item (no fixtures): patch for the run."""
+    if any(not hasattr(item, "fixturenames") for item in session.items):
+        install(_session_patch)
+
+
+def pytest_sessionfinish(session):
+    _session_patch.undo()
+
+
+def install(monkeypatch):
     table = json.loads(open(os.environ["FAKE_SCORES"]).read())
 
     def fake(profile, model, dataset, ctx):
@@ -263,6 +280,66 @@ def test_paper_profile_skips_without_cuda(pytester: pytest.Pytester):
     res.assert_outcomes(skipped=20)
     out = res.stdout.str()
     assert "mistral-wikidoc: profile 'paper' runs mistralai/Mistral-7B-v0.3 and needs a CUDA GPU" in out
+    # a gate that ran nothing is not a pass: one line, exit 1
+    assert res.ret == 1
+    assert len([ln for ln in out.splitlines() if "nothing judged: all 20 case(s) of profile 'paper'" in ln]) == 1
+    res = pytester.runpytest_inprocess("-p", "medqa_core.pytest_plugin", "--profile", "paper", "-p", "no:cacheprovider",
+                                       "--allow-empty", "--results-dir", str(pytester.path / "r"))
+    assert res.ret == 0 and "nothing judged" not in res.stdout.str()
+
+
+PLAIN_TEST = "def test_plain():\n    assert True\n"
+
+
+def test_a_named_profile_with_no_case_run_fails(pytester: pytest.Pytester, tmp_path: Path):
+    write_fake_profile(tmp_path)
+    pytester.makepyfile(test_plain=PLAIN_TEST)
+    common = ["-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider", "--results-dir", str(tmp_path / "r")]
+    res = pytester.runpytest_inprocess(*common, "--profile", str(tmp_path / "prof.toml"))
+    res.assert_outcomes(passed=1)
+    assert res.ret == 1 and "nothing judged: --profile" in res.stdout.str()
+    res = pytester.runpytest_inprocess(*common, "--profile", str(tmp_path / "prof.toml"), "--allow-empty")
+    assert res.ret == 0
+    # configured in pyproject.toml (not named for this run): other tests may run alone
+    pytester.makepyprojecttoml(f'[tool.medqa-bench]\nprofile = "{tmp_path / "prof.toml"}"\n')
+    res = pytester.runpytest_inprocess(*common)
+    assert res.ret == 0 and "nothing judged" not in res.stdout.str()
+
+
+def test_without_a_profile_the_plugin_is_inert(pytester: pytest.Pytester):
+    pytester.makepyfile(test_plain=PLAIN_TEST)
+    res = pytester.runpytest_inprocess("-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider", "-q")
+    assert res.ret == 0 and "medqa" not in res.stdout.str()
+    assert not (pytester.path / ".medqa-results").exists() and not (pytester.path / ".medqa-cache").exists()
+    # a test asking for a case without a profile: a usage error naming the three ways to configure one
+    pytester.makepyfile(test_case="def test_case(medqa_case, medqa_run):\n    medqa_run(medqa_case).check()\n")
+    res = pytester.runpytest_inprocess("-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider")
+    out = res.stdout.str() + res.stderr.str()
+    assert res.ret != 0 and "no profile configured" in out and "[tool.medqa-bench]" in out
+
+
+def test_the_profile_file_is_collected_as_cases(env, pytester: pytest.Pytester, tmp_path: Path):
+    """No test module: the configured profile's TOML yields one item per case, gated as the benchmark."""
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    (pytester.path / "test_medqa_copy.py").unlink()
+    prof = pytester.path / "clinic.toml"
+    prof.write_text((tmp_path / "prof.toml").read_text())
+    pytester.makepyprojecttoml('[tool.medqa-bench]\nprofile = "clinic.toml"\n')
+    # `--opt=value`: a value outside the rootdir is not taken for a path when pytest finds the rootdir
+    common = ["-p", "medqa_core.pytest_plugin", "-p", "no:cacheprovider", f"--results-dir={tmp_path / 'results'}",
+              f"--cache-dir={tmp_path / 'cache'}"]
+    res = pytester.runpytest_inprocess(*common, "--collect-only", "-q")
+    assert "clinic.toml::llama-wikidoc" in res.stdout.str() and "clinic.toml::llama-mental_health" in res.stdout.str()
+    res = pytester.runpytest_inprocess(*common, "--update-baselines")
+    res.assert_outcomes(passed=2)
+    assert baseline.is_file()
+    res = pytester.runpytest_inprocess(*common, "-k", "wikidoc")
+    res.assert_outcomes(passed=1)
+    write_scores({**GOOD, "llama-wikidoc": {"tuned": _metrics(0.40), "base": _metrics(0.3)}})
+    res = pytester.runpytest_inprocess(*common, "-k", "wikidoc")
+    res.assert_outcomes(failed=1)
+    assert "llama-wikidoc: regression" in res.stdout.str() and "Traceback" not in res.stdout.str()
 
 
 def test_inner_pytest_run_does_not_resplit_threads(env):

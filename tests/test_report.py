@@ -38,7 +38,9 @@ def row_of(table: str, model: str, dataset: str) -> str:
 def test_plain_table_rows_and_deltas():
     out = plain_table(RECORDS, BASELINE)
     lines = out.splitlines()
-    assert len(lines) == 2 + len(RECORDS)
+    assert len(lines) == 3 + len(RECORDS)
+    assert lines[-1].startswith("every value is the mean over 1 run of its case")  # the legend
+    lines = lines[:-1]
     assert lines[0].split() == HEADER
     assert set(lines[1].replace(" ", "")) == {"-"}
     llama = row_of(out, "llama", "wikidoc")
@@ -61,6 +63,7 @@ def test_plain_table_rows_and_deltas():
 
 def test_tables_without_baseline_have_no_deltas():
     for out in (plain_table(RECORDS, None), markdown_table(RECORDS, None), plain_table(RECORDS, {"cases": {}})):
+        out = "\n".join(ln for ln in out.splitlines() if "every value is" not in ln)  # the legend names "(delta)"
         assert "(" not in out and "+0." not in out
         for r in RECORDS:
             assert r["model"] in out and r["dataset"] in out
@@ -70,7 +73,9 @@ def test_tables_without_baseline_have_no_deltas():
 def test_markdown_table():
     out = markdown_table(RECORDS, BASELINE)
     lines = out.splitlines()
-    assert len(lines) == 2 + len(RECORDS)
+    assert len(lines) == 4 + len(RECORDS)
+    assert lines[-2] == "" and lines[-1].startswith("_every value is the mean over 1 run")  # the legend
+    lines = lines[:-2]
     assert [c.strip() for c in lines[0].strip("|").split("|")] == HEADER
     assert lines[1] == "|" + "---|" * len(HEADER)
     for ln, r in zip(lines[2:], RECORDS):

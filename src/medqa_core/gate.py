@@ -23,7 +23,13 @@ The test per case and metric (a moderated two-sample t-test, as in limma):
 A drop is a ``regression`` when ``delta < -min_effect`` **and** ``t < -t_{df}(1 - alpha)``; a
 rise beyond the same band is ``changed`` (fails until the baseline is re-recorded on purpose),
 unless the profile lists the metric in ``[gate] one_sided``. The minimum detectable effect (80%
-power) is ``max(min_effect, (t_{1-alpha} + t_{0.8}) * se)``.
+power) is ``max(min_effect, (t_{1-alpha} + t_{0.8}) * se)``. Which way is worse is the metrics
+registry's (``higher_is_better``): for ``degenerate``, the share of looping answers, the mirror
+image holds (a rise beyond the band is a ``regression``, a fall ``changed``).
+
+Looping answers also have an absolute ceiling that needs no baseline (:data:`MAX_DEGENERATE`,
+``[gate] max_degenerate``): a run whose tuned answers are that degenerate fails as a
+``regression``, also while recording a baseline.
 
 Aggregates (family = one model's cases, suite = every case of the run) combine the cases'
 one-sided p-values with Stouffer's method, ``Z = sum(z_i) / sqrt(N)``, and flag a drop when
@@ -47,10 +53,16 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import METRICS
-from .metrics.registry import DEFAULT_MIN_EFFECT, GATED
+from .metrics import METRICS, degeneration
+from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES
 
-__all__ = ["DEFAULT_MIN_EFFECT", "GATED", "METRICS"]  # names and effects live in metrics.registry
+__all__ = ["DEFAULT_MIN_EFFECT", "GATED", "MAX_DEGENERATE", "METRICS"]  # names and effects live in metrics.registry
+#: the share of degenerate (looping) tuned answers at which a run fails outright, with or without a
+#: baseline (recording refuses it too); ``[gate] max_degenerate`` overrides it, None turns it off.
+#: Clean tiny runs loop in 0 answers; a recipe that has not learned (steps / 4) loops in all of them.
+#: One answer in ten repeating a phrase is far beyond what a working fine-tune does, and well above
+#: the noise gate's minimum effect (0.05), which catches smaller rises against a baseline.
+MAX_DEGENERATE = 0.10
 #: bounds of the prior degrees of freedom fitted by :func:`pooled_variance`
 MIN_PRIOR_DF = 1.0
 MAX_PRIOR_DF = 200.0
@@ -67,7 +79,7 @@ class Check:
     value: Any
     baseline: Any
     passed: bool
-    kind: str  # noise | invariant | control | time | memory | aggregate
+    kind: str  # noise | invariant | control | ceiling | time | memory | aggregate
     detail: str = ""
     limit: float | None = None
     delta: float | None = None
@@ -83,14 +95,131 @@ class Check:
         mark = "ok  " if self.passed else "FAIL"
         if self.kind == "invariant":
             return f"  [{mark}] {self.name}: {_short(self.value)} vs baseline {_short(self.baseline)} {self.detail}".rstrip()
+        if self.kind == "ceiling":
+            return f"  [{mark}] {self.name}: {self.detail}"
         v = f"{self.value:.4f}" if isinstance(self.value, (int, float)) else str(self.value)
         b = f"{self.baseline:.4f}" if isinstance(self.baseline, (int, float)) else str(self.baseline)
-        return f"  [{mark}] {self.name}: {v} vs {b} {self.detail}".rstrip()
+        way = f"{_way(asdict(self))}: " if self.kind == "noise" else ""
+        return f"  [{mark}] {self.name}: {v} vs {b} {way}{self.detail}".rstrip()
 
 
 def _short(v: Any) -> str:
     s = str(v)
     return s if len(s) <= 80 else s[:77] + "..."
+
+
+# ---- which way a judged score moved, in words (the verdict's head line, the summary's reasons) ----
+
+#: what to do next, per failing status: re-recording is offered only for a rise or an intended
+#: recipe change (``changed``), never for a regression (that would bless a broken model)
+NEXT_STEP = {
+    "regression": ("investigate before touching the baseline: rerun the case with --seeds 3 (-k <case id>) and read "
+                   "the report (medqa-bench report <run dir>); a drop (or a rise in looping answers) that holds is a "
+                   "defect to fix, not a baseline to re-record"),
+    "changed": ("a move the better way beyond the band (a score up, fewer looping answers) or a changed invariant, "
+                "not a drop: if it is intended (a recipe change), "
+                "re-record this case's baseline with --update-baselines; if not, investigate it like a regression "
+                "(rerun with --seeds 3, read the report)"),
+}
+
+
+def next_step(status: str) -> str:
+    """The one hint for a verdict's status ('' for statuses that need none)."""
+    return NEXT_STEP.get(status, "")
+
+
+def _delta_text(delta: float) -> str:
+    return f"{delta:+.1f}" if abs(delta) >= 1 else f"{delta:+.4f}"
+
+
+def is_drop(c: dict[str, Any]) -> bool:
+    """A noise check that failed downward: marked ``down``, or (a check without a direction) a
+    negative or unknown delta. A failing score that is not known to have risen counts as a drop."""
+    if c.get("kind") != "noise" or c.get("passed", True):
+        return False
+    if c.get("direction") in ("down", "up"):
+        return c.get("direction") == "down"
+    d = c.get("delta")
+    return not (isinstance(d, (int, float)) and d > 0)
+
+
+def worse_way(name: str) -> str:
+    """Which way a noise check's metric gets worse: 'down' for scores, lengths and margins over
+    controls, 'up' for a measure the registry marks lower-is-better (``degenerate``)."""
+    m = MEASURES.get(str(name))
+    return "up" if m is not None and not m.higher_is_better else "down"
+
+
+def is_worse(c: dict[str, Any]) -> bool:
+    """A noise check that failed the bad way for its metric (:func:`worse_way`): a score down, the
+    share of looping answers up. A failing check without a direction (an older record) is judged by
+    the sign of its delta; with no delta either it counts as worse (never hides a regression)."""
+    if c.get("kind") != "noise" or c.get("passed", True):
+        return False
+    way = c.get("direction")
+    if way not in ("down", "up"):
+        d = c.get("delta")
+        if not isinstance(d, (int, float)):
+            return True
+        if d == 0:
+            return True
+        way = "up" if d > 0 else "down"
+    return way == worse_way(c.get("name", ""))
+
+
+def _way(c: dict[str, Any]) -> str:
+    """'up beyond band', 'down beyond band', 'down, within band', ... for one noise check (as JSON)."""
+    d = c.get("delta")
+    if c.get("direction") in ("up", "down") or not c.get("passed", True):
+        way = c.get("direction") or ("down" if is_drop(c) else "up")
+        return f"{way} beyond band" + (" (one-sided: allowed)" if c.get("passed", True) else "")
+    if not isinstance(d, (int, float)) or d == 0:
+        return "unchanged, within band"
+    return f"{'up' if d > 0 else 'down'}, within band"
+
+
+def movement(c: dict[str, Any]) -> str:
+    """One noise check as '<name> <up|down> <delta> beyond band' or '... (within band)'."""
+    d = c.get("delta")
+    dt = f" {_delta_text(d)}" if isinstance(d, (int, float)) else ""
+    way = _way(c)
+    if way.endswith("within band"):
+        return f"{c.get('name')} {way.split(',')[0]}{dt} (within band)"
+    way_word, _, rest = way.partition(" ")
+    return f"{c.get('name')} {way_word}{dt} {rest}"
+
+
+#: within-band moves the worse way (drops; more looping) named beside a move beyond the band (the
+#: closest to their band first)
+WITHIN_BAND_SHOWN = 3
+
+
+def moved(checks: list[dict[str, Any]]) -> list[str]:
+    """Every score that moved beyond its band, the worse way first (a score down, looping answers
+    up: :func:`worse_way`), each with direction and delta; and, when anything moved beyond its band,
+    the scores that moved the worse way *within* theirs (so a verdict made by a move the better way,
+    such as ``changed``, never hides a drop). [] when nothing moved beyond a band."""
+    noise = [c for c in checks if c.get("kind") == "noise"]
+    beyond = [c for c in noise if c.get("direction") in ("up", "down") or not c.get("passed", True)]
+    if not beyond:
+        return []
+    beyond.sort(key=lambda c: (not is_worse(c), c.get("passed", True)))
+    out = [movement(c) for c in beyond]
+
+    def closeness(c: dict[str, Any]) -> float:
+        width = (c["baseline"] - c["limit"]) if isinstance(c.get("baseline"), (int, float)) and isinstance(
+            c.get("limit"), (int, float)) else 0.0
+        return abs(c["delta"]) / width if width > 0 else abs(c["delta"])
+
+    def worse_within(c: dict[str, Any]) -> bool:
+        d = c.get("delta")
+        return isinstance(d, (int, float)) and (d > 0 if worse_way(c.get("name", "")) == "up" else d < 0)
+
+    within = sorted((c for c in noise if c not in beyond and worse_within(c)), key=closeness, reverse=True)
+    out += [movement(c) for c in within[:WITHIN_BAND_SHOWN]]
+    if len(within) > WITHIN_BAND_SHOWN:
+        out.append(f"{len(within) - WITHIN_BAND_SHOWN} more worse within band")
+    return out
 
 
 @dataclass
@@ -109,9 +238,18 @@ class Verdict:
         return self.status in FAILING
 
     def explain(self) -> str:
-        head = f"{self.case_id}: {self.status}" + (f" ({self.note})" if self.note else "")
-        shown = self.failures or [c for c in self.checks if c.kind in ("noise", "control")]
-        return "\n".join([head, *(c.line() for c in shown)])
+        """The head line (status, note, and which scores moved which way, with their deltas), the
+        failing checks, then the other scores and controls, and for a failing status what to do next."""
+        as_json = [asdict(c) for c in self.checks]
+        moves = moved(as_json)
+        others = [c for c in self.failures if c.kind != "noise"]
+        what = [*moves, *(f"{c.name} {100 * c.value:.1f}% >= {100 * c.limit:g}%" if c.kind == "ceiling"
+                          else f"{c.name} failed ({c.kind})" for c in others)]
+        head = (f"{self.case_id}: {self.status}" + (f" ({self.note})" if self.note else "")
+                + (f": {'; '.join(what)}" if what else ""))
+        shown = [*self.failures, *(c for c in self.checks if c.passed and c.kind in ("noise", "control"))]
+        hint = next_step(self.status)
+        return "\n".join([head, *(c.line() for c in shown), *([f"  next: {hint}"] if hint else [])])
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "note": self.note, "explain": self.explain(),
@@ -199,6 +337,18 @@ class Band:
         return max(min_effect, (t_quantile(1 - alpha, self.df) + t_quantile(power, self.df)) * self.se(r))
 
 
+def variance_prior(baseline_cases: dict[str, Any], metric: str, gate: Any) -> tuple[float, float]:
+    """The stronger of the baseline's own cross-case pool (:func:`pooled_variance`) and the
+    profile's measured prior (``[gate] prior_sd`` / ``prior_df``, for a single case that has no
+    other case to pool with). Margins keep their own pool: their variance is not the score's."""
+    pooled = pooled_variance(baseline_cases, metric)
+    sd = (getattr(gate, "prior_sd", None) or {}).get(metric)
+    df = float(getattr(gate, "prior_df", 0.0) or 0.0)
+    if sd is None or metric.startswith("margin:") or df <= pooled[1]:
+        return pooled
+    return float(sd) ** 2, df
+
+
 def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band | None:
     y = run_means(case.get("runs", []), metric)
     if y.size == 0:
@@ -214,7 +364,10 @@ def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band 
     return Band(float(y.mean()), var, d0 + dc, int(y.size))
 
 
-def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effect: float, one_sided: bool) -> Check:
+def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effect: float, one_sided: bool,
+                higher_is_better: bool = True) -> Check:
+    """A move beyond ``min_effect`` and the band is ``direction`` 'down' or 'up'; it fails unless it
+    is the better way (up for scores, down for a lower-is-better measure) and ``one_sided``."""
     r = len(values)
     x = float(np.mean(values))
     delta = x - b.mean
@@ -229,7 +382,8 @@ def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effec
     band_w = max(min_effect, crit * se)
     detail = (f"delta {delta:+.4f}, band +/-{band_w:.4f} (t={t:+.2f}, df={b.df:.0f}, K={b.k}, R={r}), "
               f"min effect {min_effect:g}, MDE {mde:.4f}")
-    passed = not down and not (up and not one_sided)
+    worse, better = (down, up) if higher_is_better else (up, down)
+    passed = not worse and not (better and not one_sided)
     direction = "down" if down else ("up" if up else "")
     return Check(name, x, b.mean, passed, "noise", detail, b.mean - band_w, delta, se, t, b.df, p, mde, direction)
 
@@ -295,13 +449,17 @@ def judge_ratio(name: str, value: float, baseline: float, factor: float, slack: 
 
 
 def status_of(checks: list[Check]) -> str:
+    """``regression`` when a noise check failed the worse way (a score down, looping answers up:
+    :func:`is_worse`) or a control, ceiling, time or memory check failed, whatever else moved;
+    ``changed`` when the only failures are moves the better way beyond the band or exact
+    invariants; ``improvement`` for an allowed (one-sided) move the better way; else ``pass``."""
     bad = [c for c in checks if not c.passed]
-    if any(c.kind in ("noise",) and c.direction == "down" or c.kind in ("control", "time", "memory") for c in bad):
+    if any(c.kind in ("control", "ceiling", "time", "memory") or is_worse(asdict(c)) for c in bad):
         return "regression"
     if bad:
         return "changed"
-    if any(c.kind == "noise" and c.direction == "up" for c in checks):
-        return "improvement"  # a rise on a metric the profile marks one-sided
+    if any(c.kind == "noise" and c.direction in ("up", "down") and c.direction != worse_way(c.name) for c in checks):
+        return "improvement"  # a move the better way on a metric the profile marks one-sided
     return "pass"
 
 
@@ -324,7 +482,8 @@ class Aggregate:
                 f"Stouffer z={self.z:+.2f}, MDE {self.mde:.4f}")
 
 
-def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_effect: float, one_sided: bool) -> Aggregate | None:
+def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_effect: float, one_sided: bool,
+              higher_is_better: bool = True) -> Aggregate | None:
     """Stouffer's combination of the cases' t statistics (each turned into a normal z through its
     own t distribution). MDE: the uniform drop ``d`` that gives ``Z = z_alpha + z_power``:
     ``d = (z_{1-alpha} + z_power) * sqrt(N) / sum(1 / se_i)``."""
@@ -341,7 +500,8 @@ def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_ef
     mde = max(min_effect, (crit + float(stats.norm.ppf(POWER))) * math.sqrt(n) / sum(1.0 / c.se for c in usable))
     down = z < -crit and mean_delta < -min_effect
     up = z > crit and mean_delta > min_effect
-    return Aggregate(scope, metric, n, mean_delta, z, mde, not down and not (up and not one_sided),
+    worse, better = (down, up) if higher_is_better else (up, down)
+    return Aggregate(scope, metric, n, mean_delta, z, mde, not worse and not (better and not one_sided),
                      "down" if down else ("up" if up else ""))
 
 
@@ -370,9 +530,12 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
                resources_baseline: dict[str, Any] | None = None) -> Verdict:
     """Judge the R runs of one case (records of :func:`pipeline.run_case`) against its baseline.
 
-    Controls are judged on every run even without a baseline; everything else needs one.
+    Controls and the ceiling on looping answers (:func:`judge_degenerate_ceiling`) are judged on
+    every run even without a baseline (so recording refuses a run that fails them); everything
+    else needs one.
     """
     checks: list[Check] = []
+    ceiling = getattr(gate, "max_degenerate", MAX_DEGENERATE)
     for run in runs:
         for name in gate.require_controls:
             ctrl = run.get("controls", {}).get(name)
@@ -383,13 +546,20 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
                 if len(runs) > 1:
                     c.name += f"@seed{run['seed']}"
                 checks.append(c)
+        c = judge_degenerate_ceiling(run, ceiling)
+        if c is not None:
+            if len(runs) > 1:
+                c.name += f"@seed{run['seed']}"
+            checks.append(c)
     if baseline_case is None:
         failed = [c for c in checks if not c.passed]
         return Verdict(case_id, "regression" if failed else "no-baseline", checks)
     why = identity_mismatch(identity, baseline_case.get("identity"))
     if why:
-        return Verdict(case_id, "incomparable", checks,
-                       f"baseline recorded on other inputs ({why}); no regression verdict; "
+        # the ceiling needs no baseline: a looping model fails even against a baseline it cannot use
+        looping = any(c.kind == "ceiling" and not c.passed for c in checks)
+        return Verdict(case_id, "regression" if looping else "incomparable", checks,
+                       f"baseline recorded on other inputs ({why}); no regression verdict on the scores; "
                        "record a baseline for these inputs with --baseline PATH --update-baselines")
     tol = {**DEFAULT_MIN_EFFECT, **gate.metric_tolerance}
     margin_names = sorted(k for k in runs[0].get("margins", {}) if all(k in r.get("margins", {}) for r in runs))
@@ -400,14 +570,19 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
             if not run_means(baseline_case.get("runs", []), m).size:
                 continue
         elif m not in baseline_case.get("metrics", {}) or not all(m in r["metrics"] for r in runs):
-            continue
-        b = band(baseline_case, m, pooled_variance(baseline_cases, m))
+            continue  # e.g. degenerate against a baseline recorded before it existed: not judged
+        b = band(baseline_case, m, variance_prior(baseline_cases, m, gate))
         values = [v for r in runs if (v := run_value(r, m)) is not None]
-        if b is None:  # aggregates only (paper.json): this run's own bootstrap CI against the number
-            checks.append(_judge_without_runs(m, runs, float(baseline_case["metrics"][m]), tol[m]))
+        if b is None:  # no spread to go on (aggregates only, as paper.json): this run's own bootstrap CI
+            if is_margin:  # a margin has no per-question series to bootstrap: no check without a band
+                continue
+            checks.append(_judge_without_runs(m, runs, float(baseline_case["metrics"][m]), tol[m],
+                                              MEASURES[m].higher_is_better))
             continue
-        # a margin over a control may grow (one-sided); a score may not move either way
-        checks.append(judge_noise(m, values, b, gate.alpha, tol[m], is_margin or m in gate.one_sided))
+        # a margin over a control may grow (one-sided); a score may not move either way, and which
+        # way is a regression is the registry's (degenerate: a rise)
+        checks.append(judge_noise(m, values, b, gate.alpha, tol[m], is_margin or m in gate.one_sided,
+                                  is_margin or MEASURES[m].higher_is_better))
     base_inv = baseline_case.get("invariants") or {}
     base_tokens = {r.get("seed"): r.get("tokens_seen") for r in baseline_case.get("runs", [])}
     for run in runs:
@@ -434,20 +609,42 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
     return Verdict(case_id, status_of(checks), checks)
 
 
-def _judge_without_runs(metric: str, runs: list[dict[str, Any]], baseline: float, min_effect: float) -> Check:
+def _judge_without_runs(metric: str, runs: list[dict[str, Any]], baseline: float, min_effect: float,
+                        higher_is_better: bool = True) -> Check:
     """No between-run spread is known: flag only when this run's whole 95% bootstrap CI (over test
-    questions) lies beyond baseline -/+ min effect. Blind to training noise; see the docs."""
+    questions) lies beyond baseline -/+ min effect the worse way (below for a score, above for a
+    lower-is-better measure). Blind to training noise; see the docs."""
     per = runs[0].get("per_example", {}).get(metric)
     x = float(np.mean([r["metrics"][metric] for r in runs]))
+    limit = baseline - min_effect if higher_is_better else baseline + min_effect
+    worse_way = "down" if higher_is_better else "up"
     if per is None:
-        ok = x >= baseline - min_effect
-        return Check(metric, x, baseline, ok, "noise", f"threshold {baseline - min_effect:.4f}", baseline - min_effect,
-                     x - baseline, direction="" if ok else "down")
+        ok = x >= limit if higher_is_better else x <= limit
+        return Check(metric, x, baseline, ok, "noise", f"threshold {limit:.4f}", limit,
+                     x - baseline, direction="" if ok else worse_way)
     mean, lo, hi = paired_bootstrap_ci(np.asarray(per))
-    down = hi < baseline - min_effect
+    worse = hi < limit if higher_is_better else lo > limit
     detail = f"run mean {mean:.4f} [95% CI {lo:.4f}, {hi:.4f}] vs baseline +/- {min_effect:g} (no run spread recorded)"
-    return Check(metric, x, baseline, not down, "noise", detail, baseline - min_effect, x - baseline, ci=(lo, hi),
-                 direction="down" if down else "")
+    return Check(metric, x, baseline, not worse, "noise", detail, limit, x - baseline, ci=(lo, hi),
+                 direction=worse_way if worse else "")
+
+
+def judge_degenerate_ceiling(run: dict[str, Any], ceiling: float | None) -> Check | None:
+    """The share of this run's tuned answers that loop (``metrics.degenerate``, see
+    metrics/degeneration.py) must stay below ``ceiling`` (``MAX_DEGENERATE`` unless ``[gate]
+    max_degenerate`` says otherwise). Needs no baseline. None when the ceiling is off or the run
+    was recorded before the metric existed."""
+    if ceiling is None or degeneration.NAME not in run.get("metrics", {}):
+        return None
+    share = float(run["metrics"][degeneration.NAME])
+    flags = run.get("per_example", {}).get(degeneration.NAME)
+    count = f" ({int(round(sum(flags)))} of {len(flags)})" if flags else ""
+    ok = share < ceiling
+    detail = (f"{100 * share:.1f}% of tuned answers degenerate{count}, "
+              + (f"below the ceiling {100 * ceiling:g}%" if ok else
+                 f"at or above the ceiling {100 * ceiling:g}% ([gate] max_degenerate): the model loops "
+                 f"(a word {degeneration.NGRAM}-gram {degeneration.MIN_REPEATS}+ times in one answer)"))
+    return Check(f"max_{degeneration.NAME}", share, ceiling, ok, "ceiling", detail, limit=ceiling)
 
 
 def aggregates(records: list[dict[str, Any]], gate: Any) -> list[Aggregate]:
@@ -465,12 +662,13 @@ def aggregates(records: list[dict[str, Any]], gate: Any) -> list[Aggregate]:
             continue
         eff = tol[m] * gate.aggregate_min_effect_factor
         one = m in gate.one_sided
+        hib = MEASURES[m].higher_is_better
         families = sorted({fam for fam, _ in items})
         for fam in families:
-            a = aggregate(f"family {fam}", m, [c for f, c in items if f == fam], gate.aggregate_alpha, eff, one)
+            a = aggregate(f"family {fam}", m, [c for f, c in items if f == fam], gate.aggregate_alpha, eff, one, hib)
             if a is not None and a.n > 1:
                 out.append(a)
-        a = aggregate("suite", m, [c for _, c in items], gate.aggregate_alpha, eff, one)
+        a = aggregate("suite", m, [c for _, c in items], gate.aggregate_alpha, eff, one, hib)
         if a is not None and a.n > 1 and len(families) > 1:
             out.append(a)
     return out

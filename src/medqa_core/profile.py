@@ -342,6 +342,15 @@ def _check_gate(gate: GateConfig, where: str) -> None:
     for m, tol in gate.metric_tolerance.items():
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
             raise ConfigError(f"{where} metric_tolerance.{m} = {tol!r}: must be a finite number >= 0")
+    if not isinstance(gate.prior_sd, dict) or any(m not in gated for m in gate.prior_sd):
+        raise ConfigError(f"{where} prior_sd = {gate.prior_sd!r}: must be a table {{ metric = sd }} of {list(gated)}")
+    for m, sd in gate.prior_sd.items():
+        if not _number(sd) or sd <= 0:
+            raise ConfigError(f"{where} prior_sd.{m} = {sd!r}: must be a finite number > 0")
+    if not _number(gate.prior_df) or gate.prior_df < 0:
+        raise ConfigError(f"{where} prior_df = {gate.prior_df!r}: must be a finite number >= 0")
+    if gate.max_degenerate is not None and not (_number(gate.max_degenerate) and 0 < gate.max_degenerate <= 1):
+        raise ConfigError(f"{where} max_degenerate = {gate.max_degenerate!r}: must be a share in (0, 1]")
 
 
 _OVERRIDABLE = {"train": "train", "generation": "generation", "split": "split", "pretrain": "pretrain", "scorer": "scorer"}

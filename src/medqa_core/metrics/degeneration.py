@@ -6,8 +6,12 @@ may overlap. A phrase of four or more words said three times, a three-word phras
 times, or one word said six times in a row all count; an answer of fewer than 4 words never
 does. A case's ``degenerate`` number is the share of its answers that are degenerate (0 to 1).
 
-It is recorded beside the scores (tuned, base and no-question answers) and shown in the
-summary, but not gated: a loop already costs BERTScore/USE, and this says why.
+It is recorded beside the scores (tuned, base and no-question answers), shown in the summary,
+and gated on the tuned answers (gate.py): like a score against the baseline's K runs, but lower is
+better (metrics/registry.py: a rise beyond the band and beyond 0.05 is a regression, a fall beyond
+it 'changed'), and against an absolute ceiling that needs no baseline (``gate.MAX_DEGENERATE``,
+10% of answers; recording refuses a run at or above it). A loop also costs BERTScore/USE; this
+says why, and catches it where the scores move within their band.
 
 Example::
 

@@ -17,11 +17,15 @@ class Measure:
     label: str
     higher_is_better: bool
     #: the gate's default minimum effect (``[gate] metric_tolerance`` overrides it); None = the
-    #: noise model does not judge it (resources have their own factor rules; diagnostics none)
+    #: noise model does not judge it (resources have their own factor rules)
     min_effect: float | None
     #: where a case record keeps it: ("metrics", key) or ("resources", key)
     source: tuple[str, str]
-    kind: str  # score | length | resource | diagnostic
+    kind: str  # score | length | rate (a share of answers) | resource
+
+
+#: the gate's minimum effect on the share of degenerate (looping) answers, in share units
+DEGENERATE_MIN_EFFECT = 0.05
 
 
 _LABELS = {"bert_p": "BERTScore precision", "bert_r": "BERTScore recall", "bert_f1": "BERTScore F1",
@@ -36,12 +40,17 @@ MEASURES: dict[str, Measure] = {
     "mem_mib": Measure("mem_mib", "peak training memory (MiB)", False, None, ("resources", "peak_mem_mib"), "resource"),
     "tokens_per_s": Measure("tokens_per_s", "training throughput (tokens/s)", True, None,
                             ("resources", "tokens_per_s"), "resource"),
-    # share of answers that repeat a word 4-gram 3+ times (metrics/degeneration.py); reported only
-    "degenerate": Measure("degenerate", "degenerate answers (share)", False, None, ("metrics", "degenerate"),
-                          "diagnostic"),
+    # share of answers that repeat a word 4-gram 3+ times (metrics/degeneration.py). Lower is better:
+    # a rise beyond its band is a regression, a fall beyond it 'changed'. Min effect 0.05 = 5 points
+    # of answers (6 of tiny's 120 test answers): clean tiny runs loop in 0 answers, so one or two
+    # answers flipping between seeds stays inside it, and a broken recipe (steps / 4: every answer
+    # loops, +1.0) is 20 times beyond it. The absolute ceiling without a baseline is gate.MAX_DEGENERATE.
+    "degenerate": Measure("degenerate", "degenerate answers (share)", False, DEGENERATE_MIN_EFFECT,
+                          ("metrics", "degenerate"), "rate"),
 }
 
-#: judged by the noise model of the gate, in this order
+#: judged by the noise model of the gate, in this order (two-sided; which way is a regression:
+#: :func:`higher_is_better`)
 GATED: tuple[str, ...] = tuple(m.name for m in MEASURES.values() if m.min_effect is not None)
 #: gate.DEFAULT_MIN_EFFECT
 DEFAULT_MIN_EFFECT: dict[str, float] = {m.name: m.min_effect for m in MEASURES.values() if m.min_effect is not None}

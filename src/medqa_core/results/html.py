@@ -25,12 +25,17 @@ from .summary import (
     CONTROL_HEADER,
     HEADER,
     _baseline_values,
+    _row_values,
     control_rows,
+    controls_legend,
     details_markdown,
     failure_reasons,
     markdown_table,
     md_cell,
     md_fence,
+    next_step,
+    runs_legend,
+    runs_phrase,
     table_rows,
 )
 
@@ -72,7 +77,7 @@ def bars_png(rep: Report) -> bytes:
     fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(6, 0.55 * len(cases) + 2), 2.0 * len(METRICS)), sharex=True)
     x = np.arange(len(cases))
     for ax, m in zip(axes, METRICS):
-        cur = [r.get("metrics", {}).get(m, np.nan) for r in recs]  # an error record has no scores
+        cur = [_row_values(r).get(m, np.nan) for r in recs]  # the mean over the runs; an error record has none
         base = [_baseline_values(base_cases.get(c)).get(m, np.nan) for c in cases]
         failed = [any(ch["name"] == m and not ch["passed"] for ch in (r.get("verdict") or {}).get("checks", [])) for r in recs]
         ax.bar(x - 0.2, base, 0.4, color="#b0bec5", label="baseline")
@@ -80,7 +85,8 @@ def bars_png(rep: Report) -> bytes:
         ax.set_ylabel(m)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(loc="upper right", fontsize=8, ncol=2)
-    axes[0].set_title(f"{rep.title}: per-metric scores vs baseline (red = regression)")
+    how = runs_phrase(recs)
+    axes[0].set_title(f"{rep.title}: per-metric scores vs baseline (red = regression)" + (f"; this run: {how}" if how else ""))
     axes[-1].set_xticks(x, cases, rotation=60, ha="right", fontsize=8)
     return _png(fig)
 
@@ -159,7 +165,7 @@ def cell_state(rec: CaseRecord, metric: str, baseline: dict[str, Any] | None) ->
     delta against the baseline, the interval (the noise band, or a bootstrap CI) and a tooltip."""
     v = rec.get("verdict") or {}
     status = v.get("status", "unjudged")
-    value = (rec.get("metrics") or {}).get(metric)
+    value = _row_values(rec).get(metric)  # the mean over the case's runs, like every other column
     if status == "error":
         return {"cls": "error", "text": "error", "band": "", "title": f"{metric}: case error: {v.get('note', '')}"}
     chk = next((c for c in v.get("checks", []) if c.get("kind") == "noise" and c.get("name") == metric), None)
@@ -257,8 +263,10 @@ def heatmap_html(rep: Report) -> str:
         cells.append(f'<td class="hist" title="{e(tip)}">{spark or "-"}</td>')
         rows.append(f'<tr><th class="case">{e(cid)}</th><td class="badge {e(status)}">{e(status)}</td>{"".join(cells)}</tr>')
     legend = "".join(f'<span class="cell {c}">{c}</span>' for c in CELL_CLASSES)
+    how = runs_phrase(rep.records)
+    what = f"delta of {e(how)} vs the baseline's mean" if how else "delta vs baseline"
     return (f'<table class="heat"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f'<p class="legend">cell = delta vs baseline (small: the noise band or CI; hover for the gate\'s numbers): {legend}</p>')
+            f'<p class="legend">cell = {what} (small: the noise band or CI; hover for the gate\'s numbers): {legend}</p>')
 
 
 #: reasons shown per case before "+N more" (the rest one click away)
@@ -271,13 +279,17 @@ def why_html(rep: Report) -> str:
     items = [i for i in items if i[2]]
     if not items:
         return "<p class='ok'>Every case passed its gate.</p>"
+    hints = {r["case_id"]: next_step(r) for r in rep.records}
+
     def one(cid: str, st: str, reasons: list[str]) -> str:
         head = f"<strong>{e(cid)}</strong> <span class='badge {e(st)}'>{e(st)}</span> " + "; ".join(
             e(x) for x in reasons[:WHY_SHOWN])
+        hint = f"<div class='next'>next: {e(hints[cid])}</div>" if hints.get(cid) else ""
         if len(reasons) <= WHY_SHOWN:
-            return f"<li>{head}</li>"
+            return f"<li>{head}{hint}</li>"
         rest = "".join(f"<li>{e(x)}</li>" for x in reasons[WHY_SHOWN:])
-        return f"<li><details><summary>{head}; +{len(reasons) - WHY_SHOWN} more</summary><ul>{rest}</ul></details></li>"
+        return (f"<li><details><summary>{head}; +{len(reasons) - WHY_SHOWN} more</summary><ul>{rest}</ul></details>"
+                f"{hint}</li>")
 
     return "<ul class='why'>" + "".join(one(*i) for i in items) + "</ul>"
 
@@ -336,7 +348,7 @@ table.heat td small{display:block;font-size:10px;color:#555}
 .badge{border-radius:3px;padding:1px 6px;font-size:12px;color:#fff;background:#7f8c8d;margin-right:4px}
 .badge.pass{background:#34495e}.badge.regression,.badge.error{background:#c0392b}.badge.changed{background:#d68910}
 .badge.improvement{background:#1e8449}.legend span{padding:1px 6px;margin:0 3px;font-size:12px}
-ul.why li{margin:4px 0}ul.why ul{margin:2px 0}summary{cursor:pointer}.ok{color:#1e8449}"""
+ul.why li{margin:4px 0}.next{font-size:12px;color:#555}ul.why ul{margin:2px 0}summary{cursor:pointer}.ok{color:#1e8449}"""
 
 
 def to_html(rep: Report, pngs: dict[str, bytes]) -> str:
@@ -349,12 +361,13 @@ def to_html(rep: Report, pngs: dict[str, bytes]) -> str:
              "<h2>Cases \u00d7 metrics (delta vs baseline, coloured by verdict)</h2>", heatmap_html(rep),
              "<h2>Why cases failed</h2>", why_html(rep), "<h2>Per family</h2>", family_html(rep),
              "<h2>Results (delta vs baseline)</h2>",
-             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
+             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+             f"<p class='legend runs'>{e(runs_legend(rep.records))}</p>"]
     crow = control_rows(rep.records)
     if crow:
         chead = "".join(f"<th>{e(h)}</th>" for h in CONTROL_HEADER)
         parts.append("<h2>Base model, controls and power (delta and MDE as the gate judged them)</h2>"
-                     f"<table class='controls'><thead><tr>{chead}</tr></thead><tbody>"
+                     f"<p class='legend runs'>{e(controls_legend(rep.records))}</p><table class='controls'><thead><tr>{chead}</tr></thead><tbody>"
                      + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in crow) + "</tbody></table>")
     for name, alt in (("bars", "scores vs baseline"), ("history", "history per case")):
         if name in pngs:

@@ -63,14 +63,87 @@ def load_records(paths: list[Path]) -> list[CaseRecord]:
     return sorted(out, key=lambda r: (r["dataset"], r["model"]))
 
 
+# ---- one aggregation for every column: the mean over a case's runs (seeds) ---------------------
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _runs(rec: CaseRecord) -> list[dict[str, Any]]:
+    """The case's runs (one per seed); a record without ``runs`` (an older or hand-made one) is its
+    own single run."""
+    runs = [r for r in (rec.get("runs") or []) if isinstance(r, dict)]
+    return runs or [dict(rec)]
+
+
+def _sources(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One run's numbers per source: ``tuned`` (its metrics), ``base`` (the base model), each
+    control by name (e.g. ``no_question``, ``shuffled``), and ``resources``."""
+    controls = {name: (c.get("metrics") if isinstance(c, dict) and "metrics" in c else c) or {}
+                for name, c in (run.get("controls") or {}).items()}
+    out: dict[str, dict[str, Any]] = {"tuned": dict(run.get("metrics") or {}),
+                                      "base": {**(controls.pop("base", None) or {}), **(run.get("base_metrics") or {})}}
+    out.update(controls)
+    res = run.get("resources") or {}
+    out["resources"] = {col: res[RESOURCE_KEYS[col]] for col in RESOURCES if RESOURCE_KEYS[col] in res}
+    return out
+
+
+def case_means(rec: CaseRecord) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]], int]:
+    """``(means, counts, K)``: per source (tuned, base, each control, resources) and column, the
+    mean over the case's K runs, and how many of the runs had that number. The summary tables and
+    the HTML report read every column from here, so no column shows one seed beside another's mean."""
+    runs = _runs(rec)
+    sums: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for src, vals in _sources(run).items():
+            for k, v in vals.items():
+                if _is_num(v):
+                    sums.setdefault(src, {}).setdefault(k, []).append(float(v))
+    means = {src: {k: sum(v) / len(v) for k, v in cols.items()} for src, cols in sums.items()}
+    counts = {src: {k: len(v) for k, v in cols.items()} for src, cols in sums.items()}
+    k = len(runs) if rec.get("runs") else (1 if rec.get("metrics") else 0)
+    # the record's own metrics are already the mean over its runs (session.case_record): a score the
+    # runs do not carry comes from there; its base_metrics/controls/resources are the first run's only
+    for m, v in (rec.get("metrics") or {}).items():
+        if _is_num(v) and m not in means.get("tuned", {}):
+            means.setdefault("tuned", {})[m] = float(v)
+            counts.setdefault("tuned", {})[m] = k
+    return means, counts, k
+
+
+def runs_phrase(records: list[CaseRecord]) -> str:
+    """'the mean over 3 runs (seeds 0, 1, 2)': how the tables aggregate a case's runs ('' = no values)."""
+    ks = sorted({case_means(r)[2] for r in records} - {0})
+    if not ks:
+        return ""
+    if len(ks) > 1:
+        return f"the mean over {ks[0]}-{ks[-1]} runs (seeds; column runs)"
+    seeds = {tuple(r.get("seeds") or [run.get("seed") for run in r.get("runs") or []]) for r in records if r.get("runs")}
+    only = next(iter(seeds)) if len(seeds) == 1 else ()
+    seed_text = f" (seed{'s' if len(only) > 1 else ''} {', '.join(map(str, only))})" if only and all(s is not None for s in only) else ""
+    return f"the mean over {ks[0]} run{'s' if ks[0] != 1 else ''}{seed_text}"
+
+
+def runs_legend(records: list[CaseRecord]) -> str:
+    """The legend of the results table: every column is aggregated the same way over the runs."""
+    how = runs_phrase(records)
+    return (f"every value is {how} of its case: tuned scores, base, controls and resources alike; "
+            "(delta) against the baseline's mean over its runs") if how else ""
+
+
+def controls_legend(records: list[CaseRecord]) -> str:
+    """The legend of the controls table."""
+    how = runs_phrase(records)
+    return (f"tuned, base, no_question and shuffled: each {how} of the case; delta and MDE as the gate "
+            "judged them (the runs' mean against the baseline's)") if how else ""
+
+
 def _row_values(rec: CaseRecord) -> dict[str, float]:
-    """The row's numbers; a case that ended in an error before scoring has none (shown as '-')."""
-    vals = dict(rec.get("metrics") or {})
-    res = rec.get("resources") or {}
-    for col in RESOURCES:
-        if RESOURCE_KEYS[col] in res:
-            vals[col] = res[RESOURCE_KEYS[col]]
-    return vals
+    """The row's numbers, each the mean over the case's runs; a case that ended in an error before
+    scoring has none (shown as '-')."""
+    means, _, _ = case_means(rec)
+    return {**means.get("tuned", {}), **means.get("resources", {})}
 
 
 def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
@@ -102,27 +175,32 @@ def table_rows(records: list[CaseRecord], baseline: dict[str, Any] | None) -> li
     for rec in records:
         vals = _row_values(rec)
         base = _baseline_values(cases.get(rec["case_id"]))
+        k = case_means(rec)[2]
         rows.append([rec["dataset"], rec["model"], *(_cell(c, vals.get(c), base.get(c)) for c in COLUMNS),
-                     rec.get("verdict", {}).get("status", "")])
+                     str(k) if k else "-", (rec.get("verdict") or {}).get("status", "")])
     return rows
 
 
-HEADER = ["dataset", "model", *COLUMNS, "verdict"]
+#: ``runs``: how many runs (seeds) each row's values are the mean of
+HEADER = ["dataset", "model", *COLUMNS, "runs", "verdict"]
 
 
 def plain_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
+    """The table, its legend (how values aggregate over the runs) as the last line."""
     rows = [HEADER, *table_rows(records, baseline)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    legend = runs_legend(records)
+    return "\n".join([*lines, *([legend] if legend else [])])
 
 
 def markdown_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
     rows = table_rows(records, baseline)
     out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     out += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    legend = runs_legend(records)
+    return "\n".join([*out, *(["", f"_{md_cell(legend)}_"] if legend else [])])
 
 
 def md_cell(text: str) -> str:
@@ -171,8 +249,7 @@ def check_reason(c: dict[str, Any]) -> str:
             what = f"margin over {CONTROL_NAMES.get(control, control)} on {metric}"
         delta, mde = c.get("delta"), c.get("mde")
         if c.get("direction") == "up":
-            return (f"{what} rose {_num(delta, '+.4f')} beyond the noise band (changed: re-record the baseline if "
-                    f"intended)")
+            return f"{what} rose {_num(delta, '+.4f')} beyond the noise band"
         return (f"{what} dropped {_num(delta, '+.4f')} ({_num(c.get('value'))} vs baseline {_num(c.get('baseline'))})"
                 + (f", beyond the noise band; MDE {_num(mde)}" if mde is not None else ""))
     if kind == "invariant":
@@ -189,9 +266,21 @@ def failure_reasons(rec: CaseRecord) -> list[str]:
     bad = [c for c in v.get("checks", []) if not c.get("passed", True)]
     order = {"control": 0, "noise": 1, "invariant": 2, "time": 3, "memory": 3}
     out = [check_reason(c) for c in sorted(bad, key=lambda c: order.get(c.get("kind", ""), 4))]
+    if v.get("status") == "changed":  # the scores that fell within their band: a rise never hides a drop
+        from ..gate import moved
+
+        out += [f"also {m}" for m in moved(v.get("checks", [])) if "within band" in m]
     if not out and v.get("status") not in (None, "pass", "improvement") and v.get("note"):
         out.append(str(v["note"]))
     return out
+
+
+def next_step(rec: CaseRecord) -> str:
+    """What to do about the case's verdict ('' when nothing): re-recording the baseline is offered
+    only for ``changed`` (a rise, or an intended recipe change), never for a regression."""
+    from ..gate import next_step as hint
+
+    return hint((rec.get("verdict") or {}).get("status", ""))
 
 
 def _noise_check(rec: CaseRecord, metric: str) -> dict[str, Any] | None:
@@ -206,20 +295,28 @@ def control_rows(records: list[CaseRecord], metrics: tuple[str, ...] = CONTROL_M
     the gate measured against the baseline and its MDE (the smallest drop it could have seen)."""
     rows = []
     for rec in records:
-        controls = {name: (c.get("metrics") if isinstance(c, dict) and "metrics" in c else c)
-                    for name, c in ((rec.get("runs") or [{}])[0].get("controls") or rec.get("controls") or {}).items()}
+        means, counts, k = case_means(rec)
         for i, m in enumerate(metrics):
-            if m not in (rec.get("metrics") or {}):
+            if m not in means.get("tuned", {}):
                 continue
             chk = _noise_check(rec, m) or {}
-            base = (rec.get("base_metrics") or {}).get(m, (controls.get("base") or {}).get(m))
-            rows.append([rec["case_id"] if i == 0 else "", m, _num(rec["metrics"][m]), _num(base),
-                         _num((controls.get("no_question") or {}).get(m)), _num((controls.get("shuffled") or {}).get(m)),
+            rows.append([rec["case_id"] if i == 0 else "", m,
+                         *(_mean_cell(means, counts, k, src, m) for src in CONTROL_SOURCES),
                          _num(chk.get("delta"), "+.4f"), _num(chk.get("mde"))])
     return rows
 
 
-CONTROL_HEADER = ["case", "metric", "tuned", "base", "no_question", "shuffled", "delta", "MDE"]
+def _mean_cell(means: dict[str, dict[str, float]], counts: dict[str, dict[str, int]], k: int, src: str, m: str) -> str:
+    """A source's mean; '(n/K runs)' after it when only n of the case's K runs had it."""
+    v = means.get(src, {}).get(m)
+    n = counts.get(src, {}).get(m, 0)
+    return _num(v) + (f" ({n}/{k} runs)" if v is not None and n < k else "")
+
+
+#: the score columns of the controls table, each the mean over the case's runs
+CONTROL_SOURCES = ("tuned", "base", "no_question", "shuffled")
+CONTROL_HEADER = ["case", "metric", *CONTROL_SOURCES, "delta", "MDE"]
+
 
 
 def details_text(records: list[CaseRecord]) -> str:
@@ -228,13 +325,17 @@ def details_text(records: list[CaseRecord]) -> str:
     out = []
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(CONTROL_HEADER))]
-        out.append("scores beside the base model and the controls; delta and MDE as the gate judged them:")
+        out.append(f"scores beside the base model and the controls ({controls_legend(records)}):")
         out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    why = [(rec["case_id"], (rec.get("verdict") or {}).get("status", "?"), failure_reasons(rec)) for rec in records]
+    why = [(rec["case_id"], (rec.get("verdict") or {}).get("status", "?"), failure_reasons(rec), next_step(rec))
+           for rec in records]
     why = [w for w in why if w[2]]
     if why:
         out.append("why:")
-        out += [f"  {cid}: {status}: " + "; ".join(reasons) for cid, status, reasons in why]
+        for cid, status, reasons, hint in why:
+            out.append(f"  {cid}: {status}: " + "; ".join(reasons))
+            if hint:
+                out.append(f"    next: {hint}")
     return "\n".join(out)
 
 
@@ -242,10 +343,13 @@ def details_markdown(records: list[CaseRecord]) -> str:
     rows = control_rows(records)
     out = []
     if rows:
+        out += [md_cell(controls_legend(records)), ""]
         out += ["| " + " | ".join(CONTROL_HEADER) + " |", "|" + "---|" * len(CONTROL_HEADER)]
         out += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
-    why = [(rec["case_id"], (rec.get("verdict") or {}).get("status", "?"), failure_reasons(rec)) for rec in records]
-    lines = [f"- **{md_cell(cid)}** {md_cell(status)}: " + md_cell("; ".join(rs)) for cid, status, rs in why if rs]
+    why = [(rec["case_id"], (rec.get("verdict") or {}).get("status", "?"), failure_reasons(rec), next_step(rec))
+           for rec in records]
+    lines = [f"- **{md_cell(cid)}** {md_cell(status)}: " + md_cell("; ".join(rs))
+             + (f" \u2014 next: {md_cell(hint)}" if hint else "") for cid, status, rs, hint in why if rs]
     if lines:
         out += ["", "Why:", "", *lines]
     return "\n".join(out)
