@@ -234,7 +234,9 @@ def test_property_identical_runs_never_flag(y, others, min_effect, alpha, one_si
     cfg = gate_cfg(alpha=alpha, metric_tolerance={m: min_effect for m in METRICS},
                    one_sided=(M,) if one_sided else ())
     v = judge_case("c", runs, cases["c"], cases, cfg, IDENTITY)
-    assert v.status == "pass" and not v.failures, v.explain()
+    # nothing moved; a baseline too weak to judge a primary score is refused (power), not failed
+    assert not [c for c in v.failures if c.kind != "power"], v.explain()
+    assert v.status == ("incomparable" if v.failures else "pass"), v.explain()
 
 
 @given(y=st.lists(UNIT, min_size=2, max_size=6), frac=st.floats(0.0, 0.999), min_effect=st.floats(0.001, 0.1),
@@ -956,3 +958,22 @@ def test_a_measured_prior_gives_a_single_case_a_band_that_can_fail():
     pooled = gate.pooled_variance(many, "bert_f1")
     if pooled[1] > 8:
         assert gate.variance_prior(many, "bert_f1", primed) == pooled
+
+
+def test_a_check_that_cannot_fail_is_refused_with_one_line():
+    """K = 2 and no prior: bert_f1's pass threshold lies below 0, so no score could fail it; the
+    case is not passed but refused (status incomparable) with a line saying what to do."""
+    from medqa_core.specs import GateConfig
+
+    per = [0.5, 0.4, 0.6]
+    runs = [{"seed": s, "metrics": {"bert_f1": v, "use_f1": v}, "per_example": {"bert_f1": per, "use_f1": per}}
+            for s, v in ((0, 0.50), (1, 0.53))]
+    case = {"metrics": {"bert_f1": 0.515, "use_f1": 0.515}, "runs": runs}
+    run = [{**runs[0], "seed": 0}]
+    alone = gate.judge_case("c", run, case, {"c": case}, GateConfig(alpha=0.0005, require_controls=()), {})
+    lines = [ln for ln in alone.explain().splitlines() if "[FAIL] power:bert_f1" in ln]
+    assert alone.status == "incomparable" and len(lines) == 1 and "prior_sd" in lines[0]
+    primed = gate.judge_case("c", run, case, {"c": case},
+                             GateConfig(alpha=0.0005, require_controls=(), prior_sd={"bert_f1": 0.01, "use_f1": 0.01},
+                                        prior_df=8.0), {})
+    assert primed.status == "pass" and not any(c.kind == "power" for c in primed.checks)

@@ -1,4 +1,4 @@
-"""docs/own-data.md, end to end: a CSV with the user's own column names outside the repository,
+"""docs/own-data.md, end to end: a CSV with the user's own column names in the user's folder,
 ``medqa-bench init`` with the shipped tiny llama base as a local model, a recorded baseline, a
 rerun that passes, a planted drop (fewer training steps) that fails, and the report that shows
 it. Every file lives under tmp_path; the repository's baselines are checked unchanged.
@@ -49,7 +49,8 @@ def _digest(paths: list[Path]) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
-def test_own_data_walk(tmp_path, capsys):
+def test_own_data_walk(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the user's repository: init writes the profile here
     data = tmp_path / "clinic data" / "clinic export.csv"
     write_clinic_csv(data)
     work = tmp_path / "work"
@@ -64,15 +65,15 @@ def test_own_data_walk(tmp_path, capsys):
     #    does not yet beat its base model and recording refuses) keeps the walk to minutes
     assert main(["init", str(data), "--question", "Patient Message", "--answer", "Clinician Reply",
                  "--model", str(REPO_ROOT / "fixtures" / "models" / "llama"), "--name", "clinic",
-                 "--set", "train.steps=40", "--set", "gate.baseline_seeds=2"]) == 0
+                 "--set", "train.steps=40", "--set", "gate.baseline_seeds=2",
+                 "--allow-misfit"]) == 0  # its own clinic words, not the fixtures' vocabulary
     out = capsys.readouterr().out
-    profile = data.parent / "clinic.toml"
-    baseline = data.parent / "clinic.baseline.json"
+    profile = tmp_path / "clinic.toml"
+    baseline = tmp_path / "baselines" / "clinic.json"
     assert f"wrote {profile}" in out
     cmds = [shlex.split(ln.strip()) for ln in out.splitlines() if " -m pytest " in ln]
     assert len(cmds) == 2 and "--update-baselines" in cmds[0] and "--update-baselines" not in cmds[1]
-    assert cmds[0][cmds[0].index("--baseline") + 1] == str(baseline)
-    assert cmds[0][cmds[0].index("--profile") + 1] == str(profile)
+    assert cmds[0][cmds[0].index("--profile") + 1] == "clinic.toml"  # relative to the repository
     record_cmd, gate_cmd = cmds
 
     def pytest_run(cmd: list[str], *extra: str) -> tuple[int, Path, dict]:

@@ -166,6 +166,9 @@ def test_record_then_gate(env):
     data = json.loads(baseline.read_text())
     assert data["schema_version"] == 2
     assert set(data["cases"]) == {"llama-wikidoc"}  # the failing case is not recorded
+    # ...and its recording stopped at the first seed that failed the control (no K-1 more trainings)
+    failed_rec = json.loads(next((baseline.parent / "results").glob("*/llama-mental_health.json")).read_text())
+    assert [r["seed"] for r in failed_rec["runs"]] == [0]
     case = data["cases"]["llama-wikidoc"]
     assert case["metrics"] == pytest.approx(_metrics(0.5))  # the mean of the K runs
     assert [r["seed"] for r in case["runs"]] == [0, 1, 2, 3, 4]  # [gate] baseline_seeds = 5 by default

@@ -25,9 +25,16 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+def _fixture_pairs() -> list[tuple[str, str]]:
+    with (REPO_ROOT / "fixtures" / "data" / "ai_medical_chatbot.csv").open(newline="", encoding="utf-8") as f:
+        return [(r["Description"], r["Doctor"]) for r in csv.DictReader(f)]
+
+
 def rows(n: int = 40) -> list[dict[str, str]]:
-    return [{"id": str(i), Q: f"Question number {i} about condition {i % 7}?", A: f"Answer {i}: rest and fluids.",
-             "Extra": "x"} for i in range(n)]
+    """n rows of fixture text (text the tiny stand-ins' tokenizer was built on: init's fit check
+    accepts them) under the user's own column names."""
+    pairs = _fixture_pairs()
+    return [{"id": str(i), Q: pairs[i][0], A: pairs[i][1], "Extra": "x"} for i in range(n)]
 
 
 def write(path, fmt: str, data: list[dict[str, str]]) -> None:
@@ -244,3 +251,42 @@ def test_too_few_rows_to_split_is_reported_before_writing(tmp_path):
     with pytest.raises(InitError, match="test"):
         init_profile(data, Q, A, str(TINY_LLAMA))
     assert not (tmp_path / "qa.toml").exists()
+
+
+def test_a_tiny_stand_in_is_refused_on_real_text_but_not_on_fixture_text(tmp_path):
+    """The tiny bases' vocabulary was learned on the fixtures: on real medical text (realdata/,
+    MedQuAD) its tokenizer fragments everyday words and init refuses, with the numbers; on fixture
+    text it is accepted. --allow-misfit writes the profile with the findings as notes."""
+    real = REPO_ROOT / "realdata" / "medquad.csv"
+    with pytest.raises(InitError) as exc:
+        init_profile(real, "question", "answer", "tiny", root=tmp_path)
+    msg = str(exc.value)
+    assert "fragments" in msg and "tokens/word" in msg and "--allow-misfit" in msg and "\n" not in msg
+    assert not list(tmp_path.glob("*.toml"))
+    res = init_profile(real, "question", "answer", "tiny", root=tmp_path, allow_misfit=True)
+    assert any(n.startswith("error: tokenizer splits real words") for n in res.notes)
+    write(tmp_path / "fx" / "qa.csv", "csv", rows())
+    ok = init_profile(tmp_path / "fx" / "qa.csv", Q, A, "tiny", root=tmp_path / "fx")
+    assert not any(n.startswith("error:") for n in ok.notes)
+
+
+def test_mde_target_sets_the_baseline_runs_from_the_power_plan(tmp_path):
+    from medqa_core import power
+
+    write(tmp_path / "qa.csv", "csv", rows())
+    res = init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path, mde=0.05)
+    gate = tomllib.loads(res.profile.read_text())["gate"]
+    k = gate["baseline_seeds"]
+    sd, d0 = gate["prior_sd"]["bert_f1"], gate["prior_df"]
+    alpha = load_profile(res.profile).gate.alpha
+    # the chosen K is the smallest whose MDE (one gate run) reaches the target; K - 1 does not
+    assert power.mde(sd, k, 1, alpha, df=k - 1 + d0) <= 0.05 < power.mde(sd, k - 1, 1, alpha, df=k - 2 + d0)
+    assert any("baseline_seeds = " in n for n in res.notes)
+    # a model without a measured prior gets the advice instead of a plan
+    big = tmp_path / "models" / "big"
+    big.mkdir(parents=True)
+    (big / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 896, "num_hidden_layers": 24,
+                                                 "intermediate_size": 4864, "num_attention_heads": 14,
+                                                 "vocab_size": 32000}))
+    other = init_profile(tmp_path / "qa.csv", Q, A, str(big), root=tmp_path, name="other", mde=0.05)
+    assert any("no measured variance prior" in n for n in other.notes)

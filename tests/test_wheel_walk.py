@@ -124,11 +124,11 @@ def test_readme_path_in_an_empty_repository(installed: tuple[User, Path]) -> Non
     assert str(root) not in profile and 'hub_id = "medqa:fixtures/models/llama"' in profile
     assert (repo / "pyproject.toml").read_text().count('profile = "questions.toml"') == 1
     ok(user.run("git add -A && git -c user.email=u@x -c user.name=u commit -qm medqa", repo))
-    head = ok(user.run("git rev-parse HEAD", repo)).strip()
 
     out = ok(user.run(record, repo))
     assert "recorded 1 case(s)" in out and (repo / "baselines" / "questions.json").is_file()
     ok(user.run("git add baselines && git -c user.email=u@x -c user.name=u commit -qm baseline", repo))
+    head = ok(user.run("git rev-parse HEAD", repo)).strip()  # the records carry the user's commit
     out = ok(user.run(gate, repo))
     assert "1 passed" in out and re.search(r"questions\s+tiny_llama .* pass\b", out), out[-3000:]
     out = ok(user.run(f"{gate} --set train.steps=50", repo), code=1)

@@ -12,7 +12,8 @@
 
 RUN is a run directory (.medqa-results/<run id>) or a run in the history: a run id, a unique
 prefix of one, ``latest`` or ``latest~N``; a merged run group counts as one run. The history is --history, else $MEDQA_HISTORY, else
-$MEDQA_CACHE_DIR/history.sqlite, else ./.medqa-cache/history.sqlite.
+$MEDQA_CACHE_DIR/history.sqlite, else <root>/.medqa-cache/history.sqlite, where <root> is the repository the
+command runs in (the nearest folder up with [tool.medqa-bench] in pyproject.toml, else with .git, else the cwd).
 """
 from __future__ import annotations
 
@@ -329,7 +330,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     res = init_profile(args.data, args.question, args.answer, args.model, name=args.name, out=args.out,
                        force=args.force, sets=args.sets, ci=args.ci, register_profile=not args.no_register,
-                       root=paths.work_root(), allow_misfit=args.allow_misfit)
+                       root=paths.work_root(), allow_misfit=args.allow_misfit, mde=args.mde, budget=args.budget)
     print(res.text())
     return 0
 
@@ -416,10 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--allow-misfit", action="store_true",
                    help="write the profile even when the model cannot represent the text (tokenizer fragments, unknown "
                         "or byte-fallback pieces) or hold it (positions); the findings become notes")
+    i.add_argument("--mde", type=float, metavar="DROP",
+                   help="the BERTScore F1 drop the gate must detect (80%% power): sets baseline_seeds (K) and the "
+                        "gate's --seeds (R) from the power plan under the model's measured prior (default: print the plan)")
+    i.add_argument("--budget", type=float, metavar="SECONDS", default=1200.0,
+                   help="seconds a gate run may take, for the power plan (default 1200)")
     i.add_argument("--no-register", action="store_true",
                    help="do not add [tool.medqa-bench] profile = ... to the repository's pyproject.toml")
     i.add_argument("--name", help="profile and dataset name (default: from the data file's name)")
-    i.add_argument("--out", metavar="PROFILE.toml", help="where to write the profile (default: <data dir>/<name>.toml)")
+    i.add_argument("--out", metavar="PROFILE.toml", help="where to write the profile (default: <repository root>/<name>.toml; its baseline goes to "
+                        "baselines/<name>.json beside it)")
     i.add_argument("--force", action="store_true", help="overwrite an existing profile file")
     i.add_argument("--set", action="append", default=[], dest="sets", metavar="SECTION.KEY=VALUE",
                    help="write this value into the profile (TOML syntax, e.g. --set train.steps=40); repeatable")

@@ -95,7 +95,7 @@ class Check:
         mark = "ok  " if self.passed else "FAIL"
         if self.kind == "invariant":
             return f"  [{mark}] {self.name}: {_short(self.value)} vs baseline {_short(self.baseline)} {self.detail}".rstrip()
-        if self.kind == "ceiling":
+        if self.kind in ("ceiling", "power"):
             return f"  [{mark}] {self.name}: {self.detail}"
         v = f"{self.value:.4f}" if isinstance(self.value, (int, float)) else str(self.value)
         b = f"{self.baseline:.4f}" if isinstance(self.baseline, (int, float)) else str(self.baseline)
@@ -448,6 +448,27 @@ def judge_ratio(name: str, value: float, baseline: float, factor: float, slack: 
     return Check(name, value, baseline, value <= limit, kind, why, limit=limit)
 
 
+#: primary scores whose check must be able to fail (judge_power)
+POWER_CHECKED = ("bert_f1", "use_f1")
+
+
+def judge_power(check: Check, b: Band) -> list[Check]:
+    """A failing ``power`` check when the score's check cannot fail (power.can_fail): its pass
+    threshold is below the metric's range, or its MDE is at least the score itself (e.g. a single
+    case whose band rests on one degree of freedom). Such a gate is refused, not passed."""
+    from .power import can_fail
+
+    if not b.mean > 0:  # a score at the floor cannot drop: nothing to detect, not a power problem
+        return []
+    why = can_fail(b.mean, float(check.limit if check.limit is not None else -math.inf), 0.0, 1.0, check.mde,
+                   name=check.name)
+    if not why:
+        return []
+    return [Check(f"power:{check.name}", check.value, b.mean, False, "power",
+                  f"{why}; record more baseline runs (--seeds), or give the profile a variance prior "
+                  "([gate] prior_sd, prior_df)", check.limit, mde=check.mde)]
+
+
 def status_of(checks: list[Check]) -> str:
     """``regression`` when a noise check failed the worse way (a score down, looping answers up:
     :func:`is_worse`) or a control, ceiling, time or memory check failed, whatever else moved;
@@ -456,6 +477,8 @@ def status_of(checks: list[Check]) -> str:
     bad = [c for c in checks if not c.passed]
     if any(c.kind in ("control", "ceiling", "time", "memory") or is_worse(asdict(c)) for c in bad):
         return "regression"
+    if any(c.kind == "power" for c in bad):
+        return "incomparable"  # the gate cannot judge this case as its baseline stands
     if bad:
         return "changed"
     if any(c.kind == "noise" and c.direction in ("up", "down") and c.direction != worse_way(c.name) for c in checks):
@@ -583,6 +606,8 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
         # way is a regression is the registry's (degenerate: a rise)
         checks.append(judge_noise(m, values, b, gate.alpha, tol[m], is_margin or m in gate.one_sided,
                                   is_margin or MEASURES[m].higher_is_better))
+        if m in POWER_CHECKED:
+            checks.extend(judge_power(checks[-1], b))
     base_inv = baseline_case.get("invariants") or {}
     base_tokens = {r.get("seed"): r.get("tokens_seen") for r in baseline_case.get("runs", [])}
     for run in runs:

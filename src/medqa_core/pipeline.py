@@ -229,7 +229,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
 
     for stage in answers:
         scores[stage]["answer_words"] = answer_words(answers[stage])
-        # share of looping answers (metrics/degeneration.py): recorded and summarised, not gated
+        # share of looping answers (metrics/degeneration.py): gated (lower is better) and capped by [gate] max_degenerate
         scores[stage][degeneration.NAME] = degeneration.flags(answers[stage])
     scores.setdefault("base", {})
     train_ids = {e.id for e in data.train}

