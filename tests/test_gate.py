@@ -977,3 +977,37 @@ def test_a_check_that_cannot_fail_is_refused_with_one_line():
                              GateConfig(alpha=0.0005, require_controls=(), prior_sd={"bert_f1": 0.01, "use_f1": 0.01},
                                         prior_df=8.0), {})
     assert primed.status == "pass" and not any(c.kind == "power" for c in primed.checks)
+
+
+def test_time_on_a_busy_machine_is_unjudged_never_a_regression():
+    """A time check whose stage ran while other processes kept the cores busy is reported as
+    unjudged (passed, saying why); on a quiet machine the same 3x slower stage fails."""
+    from medqa_core.resources import BUSY_LIMIT
+    from medqa_core.specs import GateConfig
+
+    base = {"metrics": {"bert_f1": 0.5}, "runs": [{"seed": 0, "metrics": {"bert_f1": 0.5}}]}
+    res = {"device": "cpu", "train_work": 10.0}
+    cfg = GateConfig(require_controls=(), time_factor=2.0)
+
+    def verdict(busy: float) -> gate.Verdict:
+        run = {"seed": 0, "metrics": {"bert_f1": 0.5},
+               "resources": {"device": "cpu", "train_work": 30.0, "train_busy": busy}}
+        return gate.judge_case("c", [run], base, {"c": base}, cfg, {}, res)
+
+    quiet = verdict(0.02)
+    assert [c.name for c in quiet.failures] == ["train_work"] and quiet.status == "regression"
+    busy = verdict(BUSY_LIMIT + 0.3)
+    check = next(c for c in busy.checks if c.name == "train_work")
+    assert check.passed and "unjudged: machine busy" in check.detail and "55%" in check.detail
+    assert not any(c.kind == "time" for c in busy.failures)
+
+
+def test_machine_busy_counts_other_processes_only():
+    from medqa_core.resources import machine_busy
+
+    # 10 s wall; the machine's cores were busy 14 CPU s, 6 of them ours: 8 s of others' work
+    share = machine_busy((100.0, {1: 5.0, 2: 1.0}), (114.0, {1: 9.0, 2: 3.0, 3: 7.0}), 10.0)
+    import psutil
+
+    assert share == pytest.approx(min(1.0, 8.0 / (10.0 * psutil.cpu_count())), abs=1e-3)
+    assert machine_busy((0.0, {}), (1.0, {}), 0.0) == 0.0

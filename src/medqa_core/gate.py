@@ -55,6 +55,7 @@ import numpy as np
 
 from .metrics import METRICS, degeneration
 from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES
+from .resources import BUSY_LIMIT
 
 __all__ = ["DEFAULT_MIN_EFFECT", "GATED", "MAX_DEGENERATE", "METRICS"]  # names and effects live in metrics.registry
 #: the share of degenerate (looping) tuned answers at which a run fails outright, with or without a
@@ -622,6 +623,12 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
     if res and res.get("device") == cur.get("device"):
         for key in ("train_work", "generate_work", "score_work"):
             if key in res and key in cur:
+                busy = cur.get(key.replace("_work", "_busy"))
+                if busy is not None and busy > BUSY_LIMIT:  # load alone never makes a regression
+                    checks.append(Check(key, float(cur[key]), float(res[key]), True, "time",
+                                        f"unjudged: machine busy (other processes kept {100 * busy:.0f}% of the cores "
+                                        f"busy while it ran; judged up to {100 * BUSY_LIMIT:.0f}%)"))
+                    continue
                 checks.append(judge_ratio(key, float(cur[key]), float(res[key]), gate.time_factor, 0.0, "time", "x ref"))
         if "train_work" not in res and "train_seconds" in res and "train_seconds" in cur and not all(
                 r.get("cached", {}).get("train") for r in runs):

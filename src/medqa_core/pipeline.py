@@ -80,6 +80,8 @@ class CaseResult:
     answers_sample: list[dict[str, str]]
     # what the scorers saw: texts over metrics.MAX_SCORED_CHARS are cut to it, counted per stage
     scoring: dict[str, Any] = field(default_factory=dict)
+    # stage -> share of the cores other processes kept busy while it was built (resources.Timer)
+    busy: dict[str, float] = field(default_factory=dict)
 
     @property
     def resources(self) -> dict[str, Any]:
@@ -89,6 +91,7 @@ class CaseResult:
             "tokens_per_s": self.train.tokens_per_s,
             "device": self.train.device,
             **{f"{k}_work": v for k, v in self.work.items()},
+            **{f"{k}_busy": v for k, v in self.busy.items()},
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -167,8 +170,10 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     stats: TrainStats = adapter.value
     keys["adapter"] = adapter.key
     seconds["train"], cached["train"] = t.seconds, not adapter.built
+    busy: dict[str, float] = {}
     if adapter.built:
         work["train"] = stats.train_cpu_seconds
+        busy["train"] = t.others
 
     # 4. answers of the tuned model, the base model and the tuned model without the question;
     # 5. scores against the references (and, as a floor, the tuned answers against shuffled ones)
@@ -192,6 +197,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
             gen_meta = art.meta
             if art.built:
                 work["generate"] = art.meta["cpu_seconds"]
+                busy["generate"] = t.others
     scoring = cut_for_scoring(answers, refs)
     # The base model's answers are the same for every seed: scored on their own (cached). The
     # tuned answers and the controls built on them are scored in one call, each distinct
@@ -212,6 +218,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
     seconds["score"], cached["score"] = t.seconds, not joint.built
     if joint.built:
         work["score"] = joint.meta["cpu_seconds"]
+        busy["score"] = t.others
     for i, (stage, _, _) in enumerate(parts):
         scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.value.items()}
 
@@ -259,7 +266,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         case_id=case_id, model=model_name, dataset=dataset_name, profile=profile.name, seed=cfg.seed,
         metrics=means(scores["tuned"]), base_metrics=means(scores["base"]),
         per_example={"ids": test_ids, **per_example(scores["tuned"])}, controls=controls, invariants=invariants,
-        train=stats, cached=cached, seconds={k: round(v, 3) for k, v in seconds.items()}, work=work, keys=keys,
+        train=stats, cached=cached, seconds={k: round(v, 3) for k, v in seconds.items()}, work=work, busy=busy, keys=keys,
         data={"train": len(data.train), "test": len(data.test), **asdict(data.stats), "fingerprint": data_fp},
         answers_sample=sample, scoring=scoring,
     )

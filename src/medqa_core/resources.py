@@ -180,18 +180,65 @@ def _read_hwm() -> int | None:
 
 @dataclass
 class Timer:
-    """Wall seconds and this process's CPU seconds (all threads) of a block."""
+    """Wall seconds and this process's CPU seconds (all threads) of a block, and ``others``: the
+    share of the machine's cores that processes outside this run (not this process, nor its xdist
+    controller and sibling workers) kept busy meanwhile (:func:`machine_busy`)."""
 
     seconds: float = 0.0
     cpu: float = 0.0
+    others: float = 0.0
 
     def __enter__(self) -> Timer:
+        self._busy0 = _busy_snapshot()
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
         self.cpu = time.process_time() - self._c0
+        self.others = machine_busy(self._busy0, _busy_snapshot(), self.seconds)
+
+
+#: a time check is not judged when other processes kept more than this share of the cores busy
+#: during the stage (docs/regression-gating.md, "Time on a busy machine")
+BUSY_LIMIT = 0.25
+
+
+def _run_tree() -> list[Any]:
+    """This run's processes: this one, or under pytest-xdist the controller and all its workers."""
+    me = psutil.Process()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        try:
+            parent = me.parent()
+            if parent is not None:
+                return [parent, *parent.children()]
+        except psutil.Error:
+            pass
+    return [me]
+
+
+def _busy_snapshot() -> tuple[float, dict[int, float]]:
+    """(CPU seconds every core has been busy, {pid: CPU seconds} of this run's processes)."""
+    t = psutil.cpu_times()
+    busy = sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+    own = {}
+    for proc in _run_tree():
+        try:
+            c = proc.cpu_times()
+            own[proc.pid] = c.user + c.system
+        except psutil.Error:
+            continue
+    return busy, own
+
+
+def machine_busy(before: tuple[float, dict[int, float]], after: tuple[float, dict[int, float]], wall: float) -> float:
+    """Share of all cores (0-1) that processes outside this run kept busy between two snapshots
+    (steal time counts: a hypervisor's other guests are neighbours too)."""
+    if wall <= 0:
+        return 0.0
+    ours = sum(after[1][pid] - before[1][pid] for pid in after[1] if pid in before[1])
+    others = (after[0] - before[0]) - ours
+    return round(min(1.0, max(0.0, others / (wall * (psutil.cpu_count() or 1)))), 3)
 
 
 _THREADS: int | None = None
