@@ -34,8 +34,9 @@ from medqa_core.data.cleaning import RULES
 from medqa_core.data.datasets import FORMATS, load_examples
 from medqa_core.data.split import check_leakage, split
 from medqa_core.errors import MedQAError
+from medqa_core.paths import PROFILES_DIR
 from medqa_core.profile import load_profile
-from medqa_core.specs import PROFILES_DIR, DatasetSpec, SplitConfig
+from medqa_core.specs import DatasetSpec, SplitConfig
 
 FUZZ = settings(max_examples=int(os.environ.get("MEDQA_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

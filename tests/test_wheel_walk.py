@@ -166,10 +166,12 @@ def test_a_repository_that_never_mentions_medqa_is_untouched(installed: tuple[Us
     without = user.run("python -m pytest --collect-only -q -p no:cacheprovider -p no:medqa_core.pytest_plugin", repo)
     out = ok(with_plugin)
     ok(without)
-    assert "medqa" in ok(user.run("python -m pytest --version -VV", repo)) or True  # informative only
     assert with_plugin.stdout == without.stdout
     assert "warning" not in with_plugin.stdout.lower()
     imported = [ln for ln in with_plugin.stderr.splitlines() if ln.startswith("import time:")]
-    assert any("medqa_core.pytest_plugin" in ln for ln in imported)  # the plugin was loaded...
+    # the plugin was loaded (pytest imports an entry-point plugin through its assertion rewriter,
+    # which importtime does not list; the package modules it imports are listed)...
+    assert any(ln.rstrip().endswith("| medqa_core.paths") for ln in imported)
     assert not any(ln.rstrip().endswith(("| torch", "| transformers")) for ln in imported), "torch imported"
-    assert sorted(p.name for p in repo.iterdir()) == ["test_plain.py"], out  # ...and wrote nothing
+    # ...and wrote nothing (pytest's own __pycache__ aside)
+    assert sorted(p.name for p in repo.iterdir() if p.name != "__pycache__") == ["test_plain.py"], out

@@ -48,6 +48,7 @@ class RunState:
     run_dir: Path
     profile_ref: str  # as configured: a profile name or a .toml path
     ref_source: str  # where it was configured: "option", "env" or "pyproject"
+    n_workers: int = 1  # processes sharing the cores (xdist workers): torch threads are split by it
     profile: Any = None
     baseline_before: dict[str, Any] | None = None
     finish_lines: list[str] = field(default_factory=list)
@@ -184,10 +185,7 @@ def pytest_configure(config: pytest.Config) -> None:
         n = getattr(config.option, "numprocesses", None)
         n_workers = n if isinstance(n, int) and n > 0 else 1
     root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
-    config.stash[_state_key] = RunState(run_id, root / run_id, *ref)
-    from .resources import configure_threads
-
-    configure_threads(n_workers)
+    config.stash[_state_key] = RunState(run_id, root / run_id, *ref, n_workers=n_workers)
     _start_progress(config)
     url = config.getoption("--alert-webhook")
     if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end
@@ -460,8 +458,10 @@ def runner(config: pytest.Config) -> Runner:
     from .cache import Cache
     from .pipeline import RunContext
     from .resources import hardware_class
+    from .resources import configure_threads
     from .session import parse_seeds
 
+    configure_threads(_state(config).n_workers)  # torch is first needed here: collection never imports it
     profile = _profile(config)
     recording = bool(config.getoption("--update-baselines"))
     try:
