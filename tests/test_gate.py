@@ -1011,3 +1011,25 @@ def test_machine_busy_counts_other_processes_only():
 
     assert share == pytest.approx(min(1.0, 8.0 / (10.0 * psutil.cpu_count())), abs=1e-3)
     assert machine_busy((0.0, {}), (1.0, {}), 0.0) == 0.0
+
+
+def test_resources_are_compared_like_with_like():
+    """Memory against the baseline's first run (a K-run mean in one process reads low), work
+    against the median of the runs that built the stage, and a cached stage says it was not measured."""
+    from medqa_core.specs import GateConfig
+
+    runs = [{"seed": s, "metrics": {"bert_f1": 0.5}, "resources": r} for s, r in enumerate(
+        ({"peak_mem_mib": 150.0, "train_work": 10.0}, {"peak_mem_mib": 30.0, "train_work": 12.0},
+         {"peak_mem_mib": 20.0, "train_work": 11.0}))]
+    case = {"metrics": {"bert_f1": 0.5}, "runs": runs,
+            "resources": {"device": "cpu", "peak_mem_mib": 66.7, "train_work": 11.0}}
+    assert gate.like_for_like(case["resources"], case) == {"device": "cpu", "peak_mem_mib": 150.0, "train_work": 11.0}
+    hw = {"device": "cpu", "peak_mem_mib": 66.7}  # a hardware-class file's numbers are used as they are
+    assert gate.like_for_like(hw, case) is hw
+    cfg = GateConfig(require_controls=(), memory_factor=1.5, memory_slack_mib=0.0)
+    fresh = {"seed": 0, "metrics": {"bert_f1": 0.5}, "resources": {"device": "cpu", "peak_mem_mib": 160.0}}
+    v = gate.judge_case("c", [fresh], case, {"c": case}, cfg, {}, case["resources"])
+    mem = next(c for c in v.checks if c.name == "peak_mem_mib")
+    assert mem.passed and mem.baseline == 150.0 and "first run" in mem.detail  # x2.4 of the mean, x1.07 like for like
+    cached = next(c for c in v.checks if c.name == "train_work")
+    assert cached.passed and cached.value == "cached" and "not measured" in cached.detail

@@ -618,10 +618,13 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
             if len(runs) > 1:
                 c.name += f"@seed{run['seed']}"
             checks.append(c)
-    res = resources_baseline or {}
+    res = like_for_like(resources_baseline or {}, baseline_case)
     cur = runs[0].get("resources", {})
     if res and res.get("device") == cur.get("device"):
         for key in ("train_work", "generate_work", "score_work"):
+            if key in res and key not in cur:  # the stage came from the cache: nothing was measured
+                checks.append(Check(key, "cached", float(res[key]), True, "time",
+                                    "not measured: the stage was built by an earlier run (served from the cache)"))
             if key in res and key in cur:
                 busy = cur.get(key.replace("_work", "_busy"))
                 if busy is not None and busy > BUSY_LIMIT:  # load alone never makes a regression
@@ -636,9 +639,33 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
             checks.append(judge_ratio("train_seconds", float(cur["train_seconds"]), float(res["train_seconds"]),
                                       gate.time_factor, 0.0, "time", " s"))
         if "peak_mem_mib" in res and "peak_mem_mib" in cur:
-            checks.append(judge_ratio("peak_mem_mib", float(cur["peak_mem_mib"]), float(res["peak_mem_mib"]),
-                                      gate.memory_factor, gate.memory_slack_mib, "memory", " MiB"))
+            mem = judge_ratio("peak_mem_mib", float(cur["peak_mem_mib"]), float(res["peak_mem_mib"]),
+                              gate.memory_factor, gate.memory_slack_mib, "memory", " MiB")
+            if res is not resources_baseline:  # like_for_like chose the baseline's first run
+                mem.detail += " vs the baseline's first run (the first seed of its process, as this run's)"
+            checks.append(mem)
     return Verdict(case_id, status_of(checks), checks)
+
+
+def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[str, Any]:
+    """The resources a run is compared with, measured the way the run measures them. When they are
+    the baseline case's own (not a hardware-class file's or published minutes): memory is the
+    baseline's first run's (the first seed in its process, as a gate run's first seed is: later
+    seeds of one process reuse its warm allocations, so a K-run mean reads low), and each stage's
+    work is the median over the baseline runs that built that stage."""
+    if not res or res is not baseline_case.get("resources"):
+        return res
+    per_run = [r.get("resources") or {} for r in baseline_case.get("runs", [])]
+    if not per_run or not per_run[0]:
+        return res
+    out = dict(res)
+    if "peak_mem_mib" in per_run[0]:
+        out["peak_mem_mib"] = float(per_run[0]["peak_mem_mib"])
+    for key in ("train_work", "generate_work", "score_work"):
+        vals = [float(r[key]) for r in per_run if key in r]
+        if vals:
+            out[key] = float(np.median(vals))
+    return out
 
 
 def _judge_without_runs(metric: str, runs: list[dict[str, Any]], baseline: float, min_effect: float,
