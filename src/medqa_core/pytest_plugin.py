@@ -457,8 +457,7 @@ def runner(config: pytest.Config) -> Runner:
     from . import baselines
     from .cache import Cache
     from .pipeline import RunContext
-    from .resources import hardware_class
-    from .resources import configure_threads
+    from .resources import configure_threads, hardware_class
     from .session import parse_seeds
 
     configure_threads(_state(config).n_workers)  # torch is first needed here: collection never imports it
