@@ -138,13 +138,13 @@ def test_readme_path_in_an_empty_repository(installed: tuple[User, Path]) -> Non
     record_file = next(p for p in runs[-2].glob("*.json") if p.name != "aggregates.json")
     assert json.loads(record_file.read_text())["provenance"]["git_sha"].startswith(head)
 
-    out = ok(user.run("medqa-bench report", repo))
+    out = ok(user.run("medqa-bench report latest", repo))
     assert (runs[-1] / "report.html").is_file() and (runs[-1] / "report.md").is_file(), out
     out = ok(user.run("medqa-bench history", repo))
     assert len([ln for ln in out.splitlines() if ln.startswith("#")]) == 3 and "questions" in out
     res = user.run("medqa-bench trend", repo)
     assert res.returncode in (0, 1) and "Traceback" not in res.stderr and "questions" in res.stdout + res.stderr
-    out = ok(user.run("medqa-bench compare latest~1 latest", repo), code=1)  # the plant against the passing run
+    out = ok(user.run("medqa-bench compare latest latest~1", repo), code=1)  # the passing run against the plant
     assert "train_steps" in out and "Traceback" not in out
     out = ok(user.run("medqa-bench params", repo))
     assert "tiny_llama" in out
