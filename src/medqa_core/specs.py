@@ -65,11 +65,21 @@ class ModelSpec:
     local_dir: str | None = field(default=None, metadata={"derived": True})
 
     @property
+    def local(self) -> str | None:
+        """The local checkpoint directory a ``hub_id`` names: as the profile loader resolved it, or
+        an absolute path to an existing directory (a spec built in code); None for a hub id."""
+        if self.local_dir is not None:
+            return self.local_dir
+        if self.hub_id is not None and Path(self.hub_id).is_absolute() and Path(self.hub_id).is_dir():
+            return self.hub_id
+        return None
+
+    @property
     def needs_cuda(self) -> bool:
         """A full-size hub checkpoint; tiny and GGUF-converted small models run on CPU, and so
         does a ``hub_id`` naming a local checkpoint directory (e.g. a tiny checkpoint run with
         the paper recipe)."""
-        return self.hub_id is not None and self.local_dir is None
+        return self.hub_id is not None and self.local is None
 
 
 @dataclass(frozen=True)

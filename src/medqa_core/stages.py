@@ -116,8 +116,8 @@ def base(profile: Profile, spec: ModelSpec, cache: Cache) -> Artifact:
         assert spec.hub_id is not None
         ident = {"what": "hub-base", "hub_id": spec.hub_id, "revision": spec.revision,
                  "attn": spec.attn_implementation, "versions": library_versions()}
-        if spec.local_dir is not None:  # a local checkpoint directory: keyed by its files, no hub revision
-            local = Path(spec.local_dir)
+        if spec.local is not None:  # a local checkpoint directory: keyed by its files, no hub revision
+            local = Path(spec.local)
             key = content_key({**ident, "hub_id": None, "files": dir_digest(local)})
             return Artifact("base", key, str(local), {"source": str(local)}, False)
         commit = bases.resolve_revision(spec.hub_id, spec.revision)
