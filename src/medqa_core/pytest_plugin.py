@@ -186,6 +186,11 @@ def pytest_configure(config: pytest.Config) -> None:
         n_workers = n if isinstance(n, int) and n > 0 else 1
     root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
     config.stash[_state_key] = RunState(run_id, root / run_id, *ref, n_workers=n_workers)
+    from .resources import preset_thread_env
+
+    # Before test modules import torch (collection): the tiny baseline's time was recorded with
+    # OMP_NUM_THREADS set this early; set late, -n 2 ran generate_work x4-6 on an idle machine.
+    preset_thread_env(n_workers)
     _start_progress(config)
     url = config.getoption("--alert-webhook")
     if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end

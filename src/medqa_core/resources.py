@@ -246,6 +246,20 @@ def machine_busy(before: tuple[float, dict[int, float]], after: tuple[float, dic
 _THREADS: int | None = None
 
 
+def thread_count(n_workers: int) -> int:
+    """Threads per process when ``n_workers`` processes share the cores (``MEDQA_THREADS`` overrides)."""
+    env = os.environ.get("MEDQA_THREADS")
+    return int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
+
+
+def preset_thread_env(n_workers: int) -> None:
+    """``OMP_NUM_THREADS`` for this process before anything imports torch (the OpenMP pool is sized
+    when torch loads: a later ``torch.set_num_threads`` does not stop two workers' pools from
+    spinning against each other). Imports nothing; :func:`configure_threads` finishes the job when
+    a case runs."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(thread_count(n_workers)))
+
+
 def configure_threads(n_workers: int) -> int:
     """Split the cores between xdist workers so two workers do not oversubscribe them.
 
@@ -261,8 +275,7 @@ def configure_threads(n_workers: int) -> int:
     global _THREADS
     if _THREADS is not None:
         return _THREADS
-    env = os.environ.get("MEDQA_THREADS")
-    n = int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    n = thread_count(n_workers)
     import torch
 
     torch.set_num_threads(n)
