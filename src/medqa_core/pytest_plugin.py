@@ -186,11 +186,12 @@ def pytest_configure(config: pytest.Config) -> None:
         n_workers = n if isinstance(n, int) and n > 0 else 1
     root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
     config.stash[_state_key] = RunState(run_id, root / run_id, *ref, n_workers=n_workers)
-    from .resources import preset_thread_env
+    from .resources import configure_threads
 
-    # Before test modules import torch (collection): the tiny baseline's time was recorded with
-    # OMP_NUM_THREADS set this early; set late, -n 2 ran generate_work x4-6 on an idle machine.
-    preset_thread_env(n_workers)
+    # In a medqa-bench run torch is set up here, before collection: the tiny baseline's time was
+    # recorded so (set at the first case, -n 2 ran generate_work x4-6 on an idle machine), and
+    # torch imported after other OpenMP users (scipy via ruptures) segfaulted the pytester tests.
+    configure_threads(n_workers)
     _start_progress(config)
     url = config.getoption("--alert-webhook")
     if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end

@@ -252,12 +252,18 @@ def thread_count(n_workers: int) -> int:
     return int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
+_APPLIED = False
+
+
 def preset_thread_env(n_workers: int) -> None:
-    """``OMP_NUM_THREADS`` for this process before anything imports torch (the OpenMP pool is sized
-    when torch loads: a later ``torch.set_num_threads`` does not stop two workers' pools from
-    spinning against each other). Imports nothing; :func:`configure_threads` finishes the job when
-    a case runs."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(thread_count(n_workers)))
+    """Decide this process's thread count (the first call decides, as in :func:`configure_threads`)
+    and set ``OMP_NUM_THREADS`` before anything imports torch (the OpenMP pool is sized when torch
+    loads). Imports nothing; :func:`configure_threads` applies the decision to torch when a case
+    runs, so a pytest run started in-process later (pytester) cannot re-split the threads."""
+    global _THREADS
+    if _THREADS is None:
+        _THREADS = thread_count(n_workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 def configure_threads(n_workers: int) -> int:
@@ -272,16 +278,15 @@ def configure_threads(n_workers: int) -> int:
     threads. Two workers at two threads each on two cores ran training ~5x slower, the
     OpenMP threads spinning against each other.
     """
-    global _THREADS
-    if _THREADS is not None:
-        return _THREADS
-    n = thread_count(n_workers)
-    import torch
+    global _THREADS, _APPLIED
+    preset_thread_env(n_workers)  # no-op when this process decided already
+    assert _THREADS is not None
+    if not _APPLIED:
+        import torch
 
-    torch.set_num_threads(n)
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    _THREADS = n
-    return n
+        torch.set_num_threads(_THREADS)
+        _APPLIED = True
+    return _THREADS
 
 
 def _driver_version() -> str:
