@@ -61,6 +61,18 @@ def install(monkeypatch):
         row = table[cid]
         if row.get("interrupt"):
             raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        if row.get("crash"):
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker dies as under `kill -9` or the OOM killer
+        if row.get("disk_full"):  # from here on, nothing under the results dir can be written
+            import errno, pathlib
+            real = pathlib.Path.write_text
+
+            def full(self, *a, **k):
+                if "results" in self.parts:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(self))
+                return real(self, *a, **k)
+            pathlib.Path.write_text = full
         seed = profile.train.seed
         shift = row.get("jitter", 0.004) * PATTERN[seed % 5]
         tuned = {m: v + shift for m, v in row["tuned"].items()}
@@ -550,3 +562,97 @@ def test_misspelt_data_variable_is_a_usage_error(env, monkeypatch):
     assert res.ret == pytest.ExitCode.USAGE_ERROR  # stopped at start: no case runs on the fixtures by mistake
     out = res.stdout.str() + res.stderr.str()
     assert "MEDQA_DATA_MENTALHEALTH" in out and "MEDQA_DATA_MENTAL_HEALTH" in out
+
+
+# ---- a run that ended badly: every way ends as a record, a history row and an alert ----------
+
+def _history_statuses(path: Path) -> dict[str, str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        return {cid: st for cid, st in con.execute("SELECT case_id, status FROM cases")}
+
+
+@pytest.mark.parametrize("how", ["missing", "malformed", "hardware"])
+def test_a_broken_baseline_is_alerted_and_stored(env, tmp_path, how):
+    """A missing or malformed --baseline, and a malformed hardware baseline, used to end with no
+    alert and no history row: each is now an ``error`` row in the history and a failing alert."""
+    baseline, write_scores, run = env
+    write_scores(GOOD)
+    assert run("--update-baselines", "--history", "none").ret == 0
+    args = []
+    if how == "missing":
+        args = ["--baseline", str(tmp_path / "nowhere.json")]
+    elif how == "malformed":
+        baseline.write_text('{"cases": ')
+    else:
+        from medqa_core.resources import hardware_class
+
+        (tmp_path / f"fake-{hardware_class()}.json").write_text("not json")
+    srv, url, bodies = _serve([200])
+    try:
+        res = run("--history", str(tmp_path / "h.sqlite"), "--alert-webhook", url, *args, subprocess=True)
+    finally:
+        srv.shutdown()
+    assert res.ret != 0
+    statuses = _history_statuses(tmp_path / "h.sqlite")
+    assert statuses and set(statuses.values()) == {"error"}, statuses
+    assert bodies and bodies[0]["status"] == "regression"
+    if how == "malformed":  # refused at the start, before any case: one session-level row
+        assert list(statuses) == ["session.start"] and "invalid JSON" in bodies[0]["text"]
+    else:
+        assert set(statuses) == set(GOOD)
+
+
+def test_a_crashed_worker_is_alerted_and_stored(env, tmp_path):
+    """`kill -9` of an xdist worker in the middle of a case: the case ends as an error record."""
+    _, write_scores, run = env
+    write_scores(GOOD)
+    assert run("--update-baselines", "--history", "none").ret == 0
+    write_scores({**GOOD, "llama-wikidoc": {**GOOD["llama-wikidoc"], "crash": True}})
+    srv, url, bodies = _serve([200])
+    try:
+        res = run("-n", "2", "--history", str(tmp_path / "h.sqlite"), "--alert-webhook", url, subprocess=True)
+    finally:
+        srv.shutdown()
+    assert res.ret == 1
+    statuses = _history_statuses(tmp_path / "h.sqlite")
+    assert statuses == {"llama-wikidoc": "error", "llama-mental_health": "pass"}, statuses
+    assert "llama-wikidoc: error" in bodies[0]["text"] and "crashed" in bodies[0]["text"]
+
+
+def test_a_full_results_disk_is_alerted_and_stored(env, tmp_path):
+    """OSError 28 on the results dir: the records travel in the reports, the summary's failure is a
+    session-level error, and the history (elsewhere) and the alert still get the run."""
+    _, write_scores, run = env
+    write_scores(GOOD)
+    assert run("--update-baselines", "--history", "none").ret == 0
+    write_scores({**GOOD, "llama-wikidoc": {**GOOD["llama-wikidoc"], "disk_full": True}})
+    srv, url, bodies = _serve([200])
+    try:
+        res = run("-p", "no:xdist", "--history", str(tmp_path / "h.sqlite"), "--alert-webhook", url, subprocess=True)
+    finally:
+        srv.shutdown()
+    assert res.ret == 1
+    statuses = _history_statuses(tmp_path / "h.sqlite")
+    assert statuses.get("session.summary") == "error" and statuses.get("llama-mental_health") == "error", statuses
+    assert "No space left on device" in bodies[0]["text"]
+    res.stdout.fnmatch_lines(["*ERROR summary: OSError*No space left*"])
+
+
+def test_a_history_that_cannot_be_written_does_not_change_the_verdict(env, tmp_path):
+    """The verdict and exit code come first; a history that fails is a warning in the output and
+    in the alert, and a passing run still exits 0."""
+    _, write_scores, run = env
+    write_scores(GOOD)
+    assert run("--update-baselines", "--history", "none").ret == 0
+    bad = tmp_path / "hist"
+    bad.write_text("not a database")
+    srv, url, bodies = _serve([200])
+    try:
+        res = run("--history", str(bad), "--alert-webhook", url, "--alert-always", subprocess=True)
+    finally:
+        srv.shutdown()
+    assert res.ret == 0, res.stdout.str()[-2000:]
+    res.stdout.fnmatch_lines(["*WARNING history not updated*"])
+    assert bodies and bodies[0]["status"] == "pass" and bodies[0]["warnings"]

@@ -22,6 +22,7 @@ for the summary table and, with ``--update-baselines``, writes the baseline file
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -37,6 +38,7 @@ from . import paths
 from .errors import MedQAError
 
 RECORD_KEY = "medqa_record"
+INLINE_RECORD_KEY = "medqa_record_inline"  # a record a full disk could not take, carried in the report
 @dataclass
 class RunState:
     """What one pytest run carries between hooks (one object in the config's stash, no
@@ -52,6 +54,9 @@ class RunState:
     profile: Any = None
     baseline_before: dict[str, Any] | None = None
     finish_lines: list[str] = field(default_factory=list)
+    # what went wrong outside a case's own record (a post-run step, a crashed worker): (where, reason)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    records: list[dict[str, Any]] | None = None  # the session's records, gathered once at its end
 
 
 _state_key = pytest.StashKey[RunState]()
@@ -202,7 +207,33 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     if not _is_worker(config) and not (config.option.help or config.option.version):
-        _check_usage(config)
+        try:
+            _check_usage(config)
+        except pytest.UsageError as exc:
+            _ended_before_start(config, str(exc))
+            raise
+
+
+def _ended_before_start(config: pytest.Config, reason: str) -> None:
+    """A run refused at the start (an unreadable baseline, a bad option) never reaches the session
+    end: it still leaves a ``session.start`` error record, a history row and an alert, so a nightly
+    job whose baseline broke is not silent. Best effort: the usage error itself is what pytest prints."""
+    if config.option.collectonly:
+        return
+    from .session import error_record
+
+    try:
+        run_dir = _state(config).run_dir
+        rec = {**error_record(_profile_or_name(config), "(session)", "(session)", run_dir, reason,
+                              case_id="session.start"), "outcome": "failed"}
+        _state(config).records = [rec]
+        lines: list[str] = []
+        trends = _store_history(config, [rec], int(pytest.ExitCode.USAGE_ERROR), lines)
+        url = config.getoption("--alert-webhook")
+        if url:
+            _alert(config, url, [rec], int(pytest.ExitCode.USAGE_ERROR), trends, lines)
+    except Exception:  # nothing more can be said than the usage error pytest is about to print
+        pass
 
 
 def _check_usage(config: pytest.Config) -> None:
@@ -544,6 +575,8 @@ def run_case(config: pytest.Config, case: Case, properties: list[tuple[str, obje
     except Exception as exc:  # the case still ends as a record (status error) for history, summary and alerts
         err = session.error_record(run.profile, case.model, case.dataset, run.run_dir, f"{type(exc).__name__}: {exc}")
         properties.append((RECORD_KEY, err["_path"]))
+        if "_unwritten" in err:  # e.g. a full disk: the record reaches the session end in the report instead
+            properties.append((INLINE_RECORD_KEY, json.dumps({k: v for k, v in err.items() if k != "_path"})))
         if isinstance(exc, MedQAError):  # bad input or config: the message says what to fix, no traceback
             pytest.fail(f"{case.id}: {exc}", pytrace=False)
         raise
@@ -614,8 +647,21 @@ class _RecordCollector:
         self.records: list[tuple[str, str]] = []
         self.cases: dict[str, str] = {}  # nodeid of each benchmark case -> passed / failed / skipped
         self.skip_reasons: list[str] = []
+        self.inline: list[tuple[dict[str, Any], str]] = []  # records that could not be written to disk
+        self.recorded: set[str] = set()  # nodeids whose case left a record
+        self.unrecorded: dict[str, str] = {}  # nodeid -> why a failed case left no record
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """An xdist worker died (``kill -9``, a segfault, out of memory) while running a case."""
+        self.unrecorded.setdefault(crashitem, str(getattr(report, "longrepr", "") or "worker crashed"))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if RECORD_KEY in props:
+            self.recorded.add(report.nodeid)
+        elif report.failed and ("benchmark_case" in report.keywords or "crashed while running" in str(report.longrepr)):
+            self.unrecorded.setdefault(report.nodeid, _first_line(report.longrepr))
         if "benchmark_case" in report.keywords:
             if report.failed:
                 self.cases[report.nodeid] = "failed"
@@ -630,6 +676,25 @@ class _RecordCollector:
         for name, value in report.user_properties:
             if name == RECORD_KEY:
                 self.records.append((value, report.outcome))
+            elif name == INLINE_RECORD_KEY:
+                self.inline.append((json.loads(value), report.outcome))
+
+
+def _first_line(longrepr: Any) -> str:
+    """The reason a report gives, in one line: the ``E`` line of a traceback, else its last line."""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    text = str(getattr(longrepr, "reprcrash", None) and longrepr.reprcrash.message or longrepr or "failed")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    err = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+    return " ".join((err[:1] or lines[-1:] or ["failed"])[0].split())[:300]
+
+
+def _case_of(nodeid: str) -> str:
+    """``test_medqa.py::test_case[llama-wikidoc]`` or ``clinic.toml::llama-wikidoc`` -> the case id."""
+    if nodeid.endswith("]") and "[" in nodeid:
+        return nodeid[nodeid.rindex("[") + 1:-1]
+    return nodeid.rsplit("::", 1)[-1]
 
 
 _collector_key = pytest.StashKey[_RecordCollector]()
@@ -640,13 +705,64 @@ def _records_seen(config: pytest.Config) -> list[tuple[str, str]]:
 
 
 def _collected(config: pytest.Config) -> list[dict[str, Any]]:
+    """Every record of this run, gathered once: the files the cases wrote, the records a full disk
+    kept in memory, and an ``error`` record for each case that failed without leaving one (a
+    crashed worker, a setup error such as an unreadable baseline) - one path for what ended badly."""
+    st = _state(config)
+    if st.records is not None:
+        return st.records
     from .results.summary import load_records
+    from .session import error_record
 
-    outcome = {str(Path(p)): o for p, o in _records_seen(config)}
+    seen = config.stash[_collector_key]
+    outcome = {str(Path(p)): o for p, o in seen.records}
     recs = load_records([Path(p) for p in outcome])
     for r in recs:
         r["outcome"] = outcome.get(r["_path"], "unknown")
+    have = {r["case_id"] for r in recs}
+    for rec, out in seen.inline:
+        if rec["case_id"] not in have:
+            recs.append({**rec, "_path": "", "outcome": out})
+            have.add(rec["case_id"])
+    models = _case_models(config)
+    for nodeid, reason in sorted(seen.unrecorded.items()):
+        cid = _case_of(nodeid)
+        if nodeid in seen.recorded or cid in have:
+            continue
+        model, dataset = models.get(cid, ("", ""))
+        rec = error_record(_profile_or_name(config), model, dataset, st.run_dir, reason, case_id=cid)
+        recs.append({**rec, "outcome": "failed"})
+        have.add(cid)
+    st.records = recs
     return recs
+
+
+def _profile_or_name(config: pytest.Config) -> Any:
+    try:
+        return _profile(config)
+    except Exception:  # the profile itself may be what is broken
+        return _state(config).profile_ref
+
+
+def _case_models(config: pytest.Config) -> dict[str, tuple[str, str]]:
+    from .specs import case_name
+
+    prof = _profile_or_name(config)
+    if isinstance(prof, str):
+        return {}
+    return {case_name(m, d): (m, d) for d in prof.datasets for m in prof.models}
+
+
+def _session_problem(config: pytest.Config, records: list[dict[str, Any]], where: str, exc: BaseException) -> None:
+    """A step after the cases failed (disk full, a locked history, a broken baseline file): counted
+    as a ``(session)`` error record, so the summary, history, exit code and alert all see it."""
+    from .session import error_record
+
+    reason = f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    _state(config).problems.append((where, reason))
+    run_dir = _state(config).run_dir
+    records.append({**error_record(_profile_or_name(config), "(session)", "(session)", run_dir, reason,
+                                   case_id=f"session.{where}"), "outcome": "failed"})
 
 
 def _judged_nothing(config: pytest.Config) -> str:
@@ -677,56 +793,96 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     empty = _judged_nothing(config)
     if empty:
         terminalreporter.write_line(empty, red=True, bold=True)
-    if not _records_seen(config):
+    records = _state(config).records
+    if not records:
         return
-    from .results.summary import markdown_table, plain_table
+    from .results.summary import plain_table
 
-    records = _collected(config)
-    profile = _profile(config)
-    path = profile.resolve(str(profile.baseline))
-    base = _state(config).baseline_before  # deltas against the file as it was before the run
     tr = terminalreporter
-    tr.section(f"medqa-bench summary (profile {profile.name}; delta vs {path.name})")
-    tr.write_line(plain_table(records, base))
-    run_dir = _state(config).run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.md").write_text(
-        f"# medqa-bench run {_state(config).run_id} (profile {profile.name})\n\n" + markdown_table(records, base) + "\n"
-    )
-    tr.write_line(f"records and summary.md: {run_dir}")
+    base = _state(config).baseline_before  # deltas against the file as it was before the run
+    try:
+        profile = _profile(config)
+        tr.section(f"medqa-bench summary (profile {profile.name}; delta vs {profile.resolve(str(profile.baseline)).name})")
+        tr.write_line(plain_table(records, base))
+    except Exception as exc:  # the summary is a view; the verdict and exit code are already set
+        tr.write_line(f"medqa-bench: summary table not shown: {type(exc).__name__}: {exc}", red=True)
+    tr.write_line(f"records and summary.md: {_state(config).run_dir}")
     for line in _state(config).finish_lines:
-        tr.write_line(line)
+        tr.write_line(line, red=line.startswith("medqa-bench: ERROR"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the cases: record or judge aggregates, write the summary, store the history, alert.
+    Each step is guarded: one that fails (disk full, a locked history, a broken baseline file)
+    becomes a ``session.<step>`` error record and fails the run, and the steps after it still run,
+    so the summary, history (or its spool) and the alert all count it."""
     config = session.config
     if _is_worker(config) or not active(config):
         return
     if _judged_nothing(config) and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if not _records_seen(config):
-        return
     records = _collected(config)
+    if not records:
+        return
     lines: list[str] = []
     _state(config).finish_lines = lines  # printed by the terminal summary
-    _write_run_info(config)
+
+    def step(where: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            _session_problem(config, records, where, exc)
+            lines.append(f"medqa-bench: ERROR {_state(config).problems[-1][1]}")
+            return None
+
+    step("run-info", lambda: _write_run_info(config))
     if config.getoption("--update-baselines"):
         if int(exitstatus) == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: a partial run never rewrites a baseline
             lines.append("medqa-bench: interrupted; the baseline file was not changed")
         else:
-            lines.append(_record_baselines(config, records))
+            done = step("baseline", lambda: _record_baselines(config, records))
+            if done:
+                lines.append(done)
     else:
-        _judge_aggregates(session, records, lines)
+        step("aggregates", lambda: _judge_aggregates(session, records, lines))
         if config.getoption("--update-resources"):
-            from .baselines import record_resources
-
-            path = _profile(config).resolve(str(_profile(config).baseline))
-            done = record_resources(path, records)
-            lines.append(f"medqa-bench: time and memory of {len(done)} case(s) recorded into {path}")
-    trends = _store_history(config, records, int(exitstatus), lines)
+            step("resources", lambda: lines.append(_record_resources(config, records)))
+    step("summary", lambda: _write_summary(config, records))
+    ended_badly = any(r.get("verdict", {}).get("status") == "error" for r in records)
+    if ended_badly and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if _state(config).problems and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # The verdict and exit code are final here: the history is a log of them, and a history that
+    # cannot be written (locked past its deadline, a full disk) is a warning (its run spooled), not a failure.
+    try:
+        trends = _store_history(config, records, int(session.exitstatus), lines)
+    except Exception as exc:
+        trends = {}
+        lines.append(f"medqa-bench: WARNING history not updated: {type(exc).__name__}: {' '.join(str(exc).split())}")
     url = config.getoption("--alert-webhook")
     if url:
-        _alert(config, url, records, int(exitstatus), trends, lines)
+        _alert(config, url, records, int(session.exitstatus), trends, lines)
+
+
+def _record_resources(config: pytest.Config, records: list[dict[str, Any]]) -> str:
+    from .baselines import record_resources
+
+    path = _profile(config).resolve(str(_profile(config).baseline))
+    done = record_resources(path, records)
+    return f"medqa-bench: time and memory of {len(done)} case(s) recorded into {path}"
+
+
+def _write_summary(config: pytest.Config, records: list[dict[str, Any]]) -> None:
+    from .results.summary import markdown_table
+
+    profile = _profile_or_name(config)
+    name = profile if isinstance(profile, str) else profile.name
+    run_dir = _state(config).run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.md").write_text(
+        f"# medqa-bench run {_state(config).run_id} (profile {name})\n\n"
+        + markdown_table(records, _state(config).baseline_before) + "\n")
 
 
 def _judge_aggregates(session: pytest.Session, records: list[dict[str, Any]], lines: list[str]) -> None:
@@ -772,15 +928,19 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
     from .results.history import History
     from .results.trend import case_trends
 
-    profile = _profile(config)
+    profile = _profile_or_name(config)
+    name = profile if isinstance(profile, str) else profile.name
     hist = History(path)
     try:
-        seq = hist.add_run(_state(config).run_id, profile.name, records, {"exitstatus": exitstatus})
+        seq = hist.add_run(_state(config).run_id, name, records, {"exitstatus": exitstatus})
+        if isinstance(profile, str):  # the profile did not load: the run is stored, no trend to look for
+            lines.append(f"medqa-bench: run {_state(config).run_id} stored as #{seq} in {path}")
+            return {}
         hw_class = recorded_hardware_class(records[0].get("provenance", {}).get("hardware", {}))
-        trends = case_trends(hist, [r["case_id"] for r in records], profile.name, profile.gate.metric_tolerance, hw_class,
+        trends = case_trends(hist, [r["case_id"] for r in records if r.get("metrics")], profile.name, profile.gate.metric_tolerance, hw_class,
                              memory_slack_mib=profile.gate.memory_slack_mib)
     except MedQAError as exc:
-        lines.append(f"medqa-bench: history not updated: {exc}")
+        lines.append(f"medqa-bench: WARNING history not updated: {exc}")
         return {}
     lines.append(f"medqa-bench: run {_state(config).run_id} stored as #{seq} in {path}")
     for cid, per_metric in sorted(trends.items()):
@@ -794,9 +954,13 @@ def _alert(config: pytest.Config, url: str, records: list[dict[str, Any]], exits
            trends: dict[str, Any], lines: list[str]) -> None:
     from .results.alerts import payload, post
 
-    profile = _profile(config)
-    body = payload(_state(config).run_id, profile.name, records, exitstatus, trends,
+    profile = _profile_or_name(config)
+    body = payload(_state(config).run_id, profile if isinstance(profile, str) else profile.name, records, exitstatus, trends,
                    str(_state(config).run_dir / "summary.md"))
+    warnings = [ln.removeprefix("medqa-bench: ") for ln in lines if ln.startswith("medqa-bench: WARNING")]
+    if warnings:
+        body["text"] += "\n" + "\n".join(warnings)
+        body["warnings"] = warnings
     if body["status"] == "pass" and not config.getoption("--alert-always"):
         return
     try:

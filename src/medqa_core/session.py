@@ -142,22 +142,27 @@ def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunC
     return rec, verdict
 
 
-def error_record(profile: Profile, model: str, dataset: str, run_dir: Path, reason: str) -> CaseRecord:
+def error_record(profile: Profile | str, model: str, dataset: str, run_dir: Path, reason: str,
+                 case_id: str | None = None) -> CaseRecord:
     """The record of a case that failed before it could be judged (missing file, bad config,
     crash): status ``error`` with its one-line reason, so history, summary, JUnit and alerts
     count it like any other failure."""
     from .resources import git_sha, hardware, library_versions
     from .specs import case_name
 
-    cid = case_name(model, dataset)
+    cid = case_id or case_name(model, dataset)
+    name = profile if isinstance(profile, str) else profile.name
     line = " ".join(reason.split())[:500]
-    rec: CaseRecord = {"case_id": cid, "model": model, "dataset": dataset, "profile": profile.name, "metrics": {},
+    rec: CaseRecord = {"case_id": cid, "model": model, "dataset": dataset, "profile": name, "metrics": {},
            "base_metrics": {}, "resources": {}, "cached": {}, "runs": [],
            "provenance": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware(),
-                          "profile": profile.name},
+                          "profile": name},
            "verdict": {"status": "error", "note": line, "explain": f"{cid}: error ({line})", "checks": []},
-           "data_source": data_source(profile, dataset)}
+           "data_source": {} if isinstance(profile, str) else data_source(profile, dataset)}
     path = run_dir / f"{cid}.json"
-    path.write_text(json.dumps(rec, indent=1, allow_nan=False))
     rec["_path"] = str(path)
+    try:  # a full or unwritable disk must not lose the record: it is kept in memory for the session end
+        path.write_text(json.dumps({k: v for k, v in rec.items() if k != "_path"}, indent=1, allow_nan=False))
+    except OSError as exc:
+        rec["_unwritten"] = f"{path}: {exc.strerror or exc}"
     return rec
