@@ -39,6 +39,83 @@ def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+#: float rounding an encoder's cosine may carry past +/-1
+_EPS = 1e-6
+#: no time (s), memory (MiB), throughput or mean answer length reaches this: a larger number in a
+#: baseline is a typo or an edit, and its factor limit (x time_factor) could overflow
+MAX_MAGNITUDE = 1e12
+
+
+def value_range(name: str, bert_rescaled: bool = False) -> tuple[float | None, float | None, str]:
+    """(low, high, what it is) of a number a baseline records under ``name``: a score, a margin
+    (``margin:<control>:<metric>``, tuned minus control), ``answer_words``, ``degenerate`` or a
+    resource key. Scores are cosine similarities (BERTScore, USE): [-1, 1]; bert-score's
+    baseline rescaling (``bertscore_rescale``) maps them below -1, so rescaled BERTScore has no
+    lower bound. A name the registry does not know: any finite number."""
+    from .metrics.registry import MEASURES, RESOURCE_KEYS
+
+    if name.startswith("margin:"):
+        lo, hi, what = value_range(name.rsplit(":", 1)[1], bert_rescaled)
+        if lo is not None and hi is not None:
+            return lo - hi, hi - lo, f"margin of {what}"
+        return None, None, f"margin of {what}"
+    m = MEASURES.get(name)
+    if m is None and name in RESOURCE_KEYS:
+        m = next(x for x in MEASURES.values() if x.source[1] == RESOURCE_KEYS[name])
+    if m is None:
+        if name.endswith(("_seconds", "_work", "_busy", "_mib", "_per_s")):  # resources the registry does not gate
+            return 0.0, MAX_MAGNITUDE, "resource"
+        return None, None, name
+    if m.kind == "score":
+        return (None if bert_rescaled and name.startswith("bert_") else -1.0), 1.0, m.label
+    if m.kind == "rate":
+        return 0.0, 1.0, m.label
+    return 0.0, MAX_MAGNITUDE, m.label  # length, resource
+
+
+def _check_value(v: Any, name: str, where: str, rescaled: bool) -> None:
+    if not _num(v):
+        raise BaselineError(f"{where}: {v!r} is not a finite number")
+    lo, hi, what = value_range(name, rescaled)
+    if (lo is not None and v < lo - _EPS) or (hi is not None and v > hi + _EPS):
+        span = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+        raise BaselineError(f"{where} = {v!r}: outside {span}, the range of {what}; restore the file from git "
+                            "or record it again with --update-baselines")
+
+
+def _check_values(table: Any, where: str, rescaled: bool, skip: tuple[str, ...] = ()) -> None:
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise BaselineError(f"{where}: must be an object, got {type(table).__name__}")
+    for k, v in table.items():
+        if k not in skip:
+            _check_value(v, k, f"{where}.{k}", rescaled)
+
+
+def _check_spread(runs: list[dict[str, Any]], section: str, where: str) -> None:
+    """The between-run variance of each metric over the runs must be a finite number: it is the
+    gate's noise band, and an inf or nan there would switch the check off."""
+    names = {k for r in runs for k in (r.get(section) or {})}
+    for k in sorted(names):
+        y = np.asarray([r[section][k] for r in runs if k in (r.get(section) or {})], dtype=np.float64)
+        if y.size < 2:
+            continue
+        with np.errstate(all="ignore"):
+            var = float(np.var(y, ddof=1))
+        if not math.isfinite(var):
+            raise BaselineError(f"{where}.runs[*].{section}.{k}: the runs' variance is not finite ({var}); "
+                                "the values are too large to be real scores")
+
+
+def _rescaled(case: dict[str, Any]) -> bool:
+    """Whether the case's BERTScore was rescaled (its recorded scorer invariant says so)."""
+    inv = case.get("invariants")
+    scorer = inv.get("scorer") if isinstance(inv, dict) else None
+    bert = scorer.get("bertscore", "") if isinstance(scorer, dict) else ""
+    return isinstance(bert, str) and "|rescale" in bert
+
+
 def validate(data: Any, path: Path | str) -> dict[str, Any]:
     """Check the schema; raise :class:`BaselineError` naming the file and the offending key."""
     if not isinstance(data, dict):
@@ -48,6 +125,15 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
     cases = data.get("cases")
     if not isinstance(cases, dict):
         raise BaselineError(f"{path}: 'cases' must be an object mapping case ids to results")
+    models = data.get("models")
+    if models is not None:  # published training minutes (paper.json): a time limit is minutes x time_factor
+        if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+            raise BaselineError(f"{path}: models must be an object of objects")
+        for name, m in models.items():
+            if "training_minutes" in m:
+                _check_value(m["training_minutes"], "train_seconds", f"{path}: models.{name}.training_minutes", False)
+    spec = (data.get("scorer") or {}).get("spec") if isinstance(data.get("scorer"), dict) else None
+    file_rescaled = isinstance(spec, dict) and spec.get("bertscore_rescale") is True
     for cid, case in cases.items():
         where = f"{path}: cases.{cid}"
         if not isinstance(case, dict) or not isinstance(case.get("metrics"), dict):
@@ -58,9 +144,19 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
         for section in ("resources", "per_example", "base_metrics", "spread", "invariants", "identity", "controls"):
             if section in case and not isinstance(case[section], dict):
                 raise BaselineError(f"{where}.{section}: must be an object, got {type(case[section]).__name__}")
+        rescaled = file_rescaled or _rescaled(case)
+        _check_values(case["metrics"], f"{where}.metrics", rescaled)
+        _check_values(case.get("base_metrics"), f"{where}.base_metrics", rescaled)
+        for name, ctl in (case.get("controls") or {}).items():
+            _check_values(ctl, f"{where}.controls.{name}", rescaled)
+        for k, v in (case.get("spread") or {}).items():
+            if not (_num(v) and v >= 0):
+                raise BaselineError(f"{where}.spread.{k} = {v!r}: must be a finite number >= 0 (a standard deviation)")
         for k, v in case.get("resources", {}).items():
-            if k != "device" and not _num(v):
-                raise BaselineError(f"{where}.resources.{k}: not a finite number")
+            if k != "device":
+                if not _num(v):
+                    raise BaselineError(f"{where}.resources.{k}: not a finite number")
+                _check_value(v, k, f"{where}.resources.{k}", rescaled)
         runs = case.get("runs", [])
         if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in runs):
             raise BaselineError(f"{where}.runs: must be a list of objects with 'metrics'")
@@ -68,12 +164,20 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
             for m, v in r["metrics"].items():
                 if not _num(v):
                     raise BaselineError(f"{where}.runs[{i}].metrics.{m}: not a finite number")
-            _check_per(r.get("per_example"), f"{where}.runs[{i}]")
-        _check_per(case.get("per_example"), where)
+            _check_values(r["metrics"], f"{where}.runs[{i}].metrics", rescaled)
+            _check_values(r.get("margins"), f"{where}.runs[{i}].margins", rescaled)
+            _check_values(r.get("resources"), f"{where}.runs[{i}].resources", rescaled, skip=("device",))
+            tokens = r.get("tokens_seen")
+            if tokens is not None and not (_num(tokens) and tokens >= 0):
+                raise BaselineError(f"{where}.runs[{i}].tokens_seen = {tokens!r}: must be a number >= 0")
+            _check_per(r.get("per_example"), f"{where}.runs[{i}]", rescaled)
+        _check_spread(runs, "metrics", where)
+        _check_spread(runs, "margins", where)
+        _check_per(case.get("per_example"), where, rescaled)
     return data
 
 
-def _check_per(per: Any, where: str) -> None:
+def _check_per(per: Any, where: str, rescaled: bool = False) -> None:
         if per is not None:
             ids = per.get("ids") if isinstance(per, dict) else None
             if not isinstance(ids, list):
@@ -81,6 +185,14 @@ def _check_per(per: Any, where: str) -> None:
             for m, vals in per.items():
                 if m != "ids" and (not isinstance(vals, list) or len(vals) != len(ids) or not all(map(_num, vals))):
                     raise BaselineError(f"{where}.per_example.{m}: must be {len(ids)} finite numbers")
+                if m != "ids" and vals:
+                    lo, hi, _ = value_range(m, rescaled)
+                    arr = np.asarray(vals, dtype=np.float64)
+                    bad = np.flatnonzero(((arr < lo - _EPS) if lo is not None else False)
+                                         | ((arr > hi + _EPS) if hi is not None else False))
+                    if bad.size:
+                        j = int(bad[0])
+                        _check_value(vals[j], m, f"{where}.per_example.{m}[{j}]", rescaled)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -94,8 +206,13 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def write(path: Path, data: dict[str, Any]) -> None:
-    """Validate, then write atomically (temp file + rename): a crash never leaves half a file."""
+    """Validate, then write atomically (temp file + rename): a crash never leaves half a file.
+
+    A symlinked baseline (``baselines/tiny.json -> ../shared/tiny.json``) is written through the
+    link: the temp file goes beside the real file and replaces it, so the link stays a link and
+    the file it names gets the new values."""
     validate(data, path)
+    path = Path(os.path.realpath(path))  # every link in the path followed; a dangling one: its target
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
@@ -140,11 +257,14 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
     first = runs[0]
     gated = [m for m in first["metrics"] if all(m in r["metrics"] for r in runs)]
     vals = {m: np.asarray([float(r["metrics"][m]) for r in runs]) for m in gated}
+    with np.errstate(all="ignore"):  # an overflowing mean or spread is inf here; write()'s validate refuses it
+        means = {m: round(float(v.mean()), 6) for m, v in vals.items()}
+        spreads = {m: round(float(v.std(ddof=1)), 6) if v.size > 1 else 0.0 for m, v in vals.items()}
     res_keys = [k for k, v in first["resources"].items() if k != "device" and _num(v)
                 and all(_num(r["resources"].get(k)) for r in runs)]
     return {
-        "metrics": {m: round(float(v.mean()), 6) for m, v in vals.items()},
-        "spread": {m: round(float(v.std(ddof=1)), 6) if v.size > 1 else 0.0 for m, v in vals.items()},
+        "metrics": means,
+        "spread": spreads,
         "runs": [{"seed": r["seed"], "metrics": r["metrics"], "margins": r.get("margins", {}),
                   "per_example": r["per_example"],
                   "tokens_seen": r["invariants"].get("tokens_seen"),

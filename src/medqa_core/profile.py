@@ -269,20 +269,125 @@ def _locate_model(prof: Profile, spec: ModelSpec, where: str) -> ModelSpec:
     return spec
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric profile key allows: ``lo``/``hi`` bounds (None = unbounded), open or
+    closed, and whether it must be an integer."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+
+    def holds(self, value: Any) -> bool:
+        if not _number(value) or (self.integer and not isinstance(value, int)):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def text(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        lo, hi = (None if b is None else str(b) if isinstance(b, int) else f"{b:g}" for b in (self.lo, self.hi))
+        if lo is not None and hi is not None:
+            return f"{kind} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"{kind} {'>' if self.lo_open else '>='} {lo}"
+        if hi is not None:
+            return f"{kind} {'<' if self.hi_open else '<='} {hi}"
+        return f"a finite {kind.removeprefix('a ').removeprefix('an ')}"
+
+
+_COUNT = Range(1, integer=True)
+_POSITIVE = Range(0, lo_open=True)
+#: numpy's seeds (the Trainer seeds numpy too) are 32-bit unsigned integers
+_SEED = Range(0, 2**32 - 1, integer=True)
+#: Allowed values of every numeric key, per table (the attribute of Profile holding it). Keys
+#: checked elsewhere (split fractions, gate alphas and tolerances, the scorer's layer) are not
+#: repeated here.
+RANGES: dict[str, dict[str, Range]] = {
+    "train": {"steps": _COUNT, "learning_rate": _POSITIVE, "batch_size": _COUNT, "max_length": _COUNT,
+              "lora_r": _COUNT, "lora_alpha": _COUNT, "lora_dropout": Range(0, 1, hi_open=True),
+              "warmup_ratio": Range(0, 1), "seed": _SEED, "num_processes": _COUNT},
+    "pretrain": {"steps": _COUNT, "learning_rate": _POSITIVE, "batch_size": _COUNT, "block_size": _COUNT,
+                 "seed": _SEED},
+    "generation": {"max_new_tokens": _COUNT, "batch_size": _COUNT, "repetition_penalty": _POSITIVE},
+    # a factor below 1 would fail a run that is exactly as fast/small as its baseline
+    "gate": {"time_factor": Range(1), "memory_factor": Range(1), "memory_slack_mib": Range(0)},
+}
+
+#: The optimizers each trainer builds. ``lean``: train/lean.py's ``_optimizer``. ``sft``: the
+#: Trainer's ``optim`` names (transformers' ``OptimizerNames``, transformers 5; the test suite
+#: checks each is still known to the installed transformers).
+LEAN_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")
+SFT_OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw",
+)
+QUANTIZATIONS = ("none", "nf4")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str, hint: str = "") -> None:
+    """``value`` must be one of ``allowed``: else one line naming the key, the value, the closest
+    allowed name and the choices."""
+    if isinstance(value, str) and value in allowed:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(value, allowed, n=1) if isinstance(value, str) else []
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{where} = {value!r}{guess}: choose one of {list(allowed)}{hint}")
+
+
+def _check_ranges(prof: Profile, where: str) -> None:
+    for section, ranges in RANGES.items():
+        table = getattr(prof, section)
+        if table is None:  # no [pretrain]
+            continue
+        for key, rng in ranges.items():
+            value = getattr(table, key)
+            if not rng.holds(value):
+                raise ConfigError(f"{where} [{section}] {key} = {value!r}: must be {rng.text()}")
+
+
+def _check_train(train: TrainConfig, where: str) -> None:
+    _choice(train.quantization, QUANTIZATIONS, f"{where} quantization")
+    _choice(train.trainer, TRAINERS, f"{where} trainer", " ('sft': trl SFTTrainer, 'lean': the plain loop)")
+    if train.trainer == "lean":
+        _choice(train.optimizer, LEAN_OPTIMIZERS, f"{where} optimizer",
+                " under trainer = 'lean' (or trainer = 'sft' for the Trainer's others)")
+    else:
+        _choice(train.optimizer, SFT_OPTIMIZERS, f"{where} optimizer", " (the Trainer's optim names)")
+    if train.num_processes > 1 and train.trainer != "sft":
+        raise ConfigError(f"{where} num_processes={train.num_processes} needs trainer = 'sft' "
+                          "(data-parallel training goes through the Trainer)")
+    if train.batch_size % train.num_processes:
+        raise ConfigError(f"{where} batch_size = {train.batch_size}: must be divisible by num_processes = "
+                          f"{train.num_processes} (each process takes batch_size / num_processes rows)")
+    if train.packing and train.trainer == "sft":
+        # trl's padding_free does not truncate rows to max_length, so SFTTrainer refuses it at
+        # run time ("When `padding_free=True` without packing, `max_length` is not enforced").
+        raise ConfigError(f"{where} packing = true needs trainer = 'lean' (trl's padding_free under trainer = "
+                          "'sft' cannot enforce max_length and fails at run time); set trainer = \"lean\" or "
+                          "packing = false")
+
+
 def _validate(prof: Profile, where: str) -> None:
     """Checks that span tables (run on load and after --set overrides)."""
+    _check_ranges(prof, where)
     _check_gate(prof.gate, f"{where} [gate]")
     prof.scorer.check(f"{where} [scorer]")
     _check_split(prof.split, f"{where} [split]")
     for d in prof.datasets.values():
         _check_dataset(d, f"{where} [datasets.{d.name}]")
-    if prof.train.quantization not in ("none", "nf4"):
-        raise ConfigError(f"{where} [train] quantization={prof.train.quantization!r}: use 'none' or 'nf4'")
-    if prof.train.trainer not in TRAINERS:
-        raise ConfigError(f"{where} [train] trainer={prof.train.trainer!r}: use 'sft' (trl SFTTrainer) or 'lean' (plain loop)")
-    if prof.train.num_processes > 1 and prof.train.trainer != "sft":
-        raise ConfigError(f"{where} [train] num_processes={prof.train.num_processes} needs trainer = 'sft' "
-                          "(data-parallel training goes through the Trainer)")
+    _check_train(prof.train, f"{where} [train]")
 
 
 def _flag(raw: dict[str, Any], key: str, where: str) -> bool:
@@ -311,7 +416,10 @@ def _check_split(split: SplitConfig, where: str) -> None:
 
 def _check_dataset(d: DatasetSpec, where: str) -> None:
     from .data.cleaning import RULES
+    from .data.datasets import FORMATS
 
+    if d.format is not None:
+        _choice(d.format, FORMATS, f"{where} format", " (or leave it out: the file's suffix decides)")
     unknown = [r for r in d.clean if r not in RULES]
     if unknown:
         raise ConfigError(f"{where} clean = {list(d.clean)!r}: unknown rule(s) {unknown}; rules are {sorted(RULES)}")

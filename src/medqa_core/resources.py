@@ -248,8 +248,30 @@ _THREADS: int | None = None
 
 def thread_count(n_workers: int) -> int:
     """Threads per process when ``n_workers`` processes share the cores (``MEDQA_THREADS`` overrides)."""
-    env = os.environ.get("MEDQA_THREADS")
-    return int(env) if env else max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    env = os.environ.get("MEDQA_THREADS", "").strip()
+    if not env:
+        return max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    if not (env.isascii() and env.isdigit()) or int(env) < 1:
+        raise _threads_error(f"MEDQA_THREADS={env!r}: must be a whole number of threads >= 1 (e.g. MEDQA_THREADS=1), "
+                             "or unset to split the cores between the workers")
+    return int(env)
+
+
+def _threads_error(message: str) -> Exception:
+    """A bad ``MEDQA_THREADS`` is a :class:`ConfigError`; it is read in ``pytest_configure``, where
+    only a ``pytest.UsageError`` prints as one ``ERROR:`` line (anything else is an INTERNALERROR
+    traceback), so under pytest the error is both."""
+    from .errors import ConfigError
+
+    try:
+        import pytest
+    except ImportError:  # a torchrun worker of an install without pytest
+        return ConfigError(message)
+
+    class ThreadsError(ConfigError, pytest.UsageError):
+        pass
+
+    return ThreadsError(message)
 
 
 _APPLIED = False

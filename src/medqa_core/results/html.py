@@ -134,7 +134,8 @@ def to_markdown(rep: Report, images: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for status, _ in _verdicts(rep):
         counts[status] = counts.get(status, 0) + 1
-    out = [f"# {rep.title}", "", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), "",
+    # the title (a profile name, a run id) and the statuses come from files: text, never raw HTML
+    out = [f"# {md_cell(rep.title)}", "", "Verdicts: " + ", ".join(f"{md_cell(k)} {v}" for k, v in sorted(counts.items())), "",
            "## Results (delta vs baseline)", "", markdown_table(rep.records, rep.baseline), "",
            "## Base model, controls and power", "", details_markdown(rep.records), ""]
     for name, alt in (("bars", "scores vs baseline"), ("history", "history per case")):
