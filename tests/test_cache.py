@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -316,3 +318,200 @@ def test_orphaned_temp_dirs_of_a_killed_build_are_removed(tmp_path):
     (orphan / "partial.bin").write_bytes(b"x")
     cache.get_or_build("adapter", payload, Builder())
     assert not orphan.exists()
+
+
+# ---------------------------------------------------------------- robustness (issue 24)
+
+
+def _reseal(meta_path: Path, change) -> None:
+    """Rewrite meta.json with ``change(meta)`` applied and a seal that matches the new content
+    (what a tool that edits the cache by hand would write)."""
+    meta = json.loads(meta_path.read_text())
+    meta.pop("meta_sha256", None)
+    change(meta)
+    meta["meta_sha256"] = content_key(meta)
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("what", ["empty", "empty-sealed", "no-stats", "no-key", "no-inputs", "other-key"])
+def test_meta_without_its_required_fields_is_rebuilt_never_raised(tmp_path, what, caplog):
+    """A meta.json of ``{}`` (or one lacking a field the entry's reader needs) used to be served,
+    and the adapter stage then died with KeyError 'stats'. It is a damaged entry: rebuilt, with
+    one warning line."""
+    cache = Cache(tmp_path)
+    payload = {"p": 20}
+    e = cache.get_or_build("adapter", payload, Builder(meta={"stats": {"steps": 3}}), required=("stats",))
+    meta_path = e.path / "meta.json"
+    if what == "empty":
+        meta_path.write_text("{}")
+    else:
+        drop = {"empty-sealed": list(e.meta), "no-stats": ["stats"], "no-key": ["key"], "no-inputs": ["inputs"]}
+        _reseal(meta_path, lambda m: [m.pop(k) for k in drop[what]] if what in drop else m.update(key="f" * 64))
+    assert cache.entry("adapter", e.key, required=("stats",)) is None
+    b = Builder(meta={"stats": {"steps": 3}})
+    with caplog.at_level("WARNING", logger="medqa_core.cache"):
+        again = cache.get_or_build("adapter", payload, b, required=("stats",))
+    assert b.calls == 1 and again.built and again.meta["stats"] == {"steps": 3}
+    warned = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(warned) == 1 and e.key[:12] in warned[0] and "meta.json" in warned[0] and "\n" not in warned[0]
+    assert cache.entry("adapter", e.key, required=("stats",)) is not None
+
+
+@pytest.mark.parametrize("strip", ["files-and-seal", "files-resealed", "emptied-manifest", "malformed-manifest"])
+def test_entry_stripped_of_its_checksums_is_rebuilt_not_served(tmp_path, strip, caplog):
+    """An entry whose meta.json lost its checksums used to be served as it read, so a corrupt
+    weight file loaded. Without a manifest covering every file it is damaged and rebuilt."""
+    cache = Cache(tmp_path)
+    payload = {"p": 21}
+    e = cache.get_or_build("adapter", payload, Builder())
+    (e.path / "out.txt").write_text("corrupt weights")  # and its checksum is gone with the manifest
+    meta_path = e.path / "meta.json"
+    if strip == "files-and-seal":
+        meta = json.loads(meta_path.read_text())
+        del meta["files"], meta["meta_sha256"]
+        meta_path.write_text(json.dumps(meta))
+    else:
+        change = {"files-resealed": lambda m: m.pop("files"),
+                  "emptied-manifest": lambda m: m.update(files={}),
+                  "malformed-manifest": lambda m: m.update(files={"out.txt": 5, "nested/x.bin": "?"})}[strip]
+        _reseal(meta_path, change)
+    assert cache.entry("adapter", e.key) is None
+    b = Builder()
+    with caplog.at_level("WARNING", logger="medqa_core.cache"):
+        again = cache.get_or_build("adapter", payload, b)
+    assert b.calls == 1 and again.built and (again.path / "out.txt").read_text() == "artefact"
+    assert any("damaged" in r.getMessage() and e.key[:12] in r.getMessage() for r in caplog.records)
+
+
+def test_a_file_added_to_an_entry_after_it_was_built_makes_it_damaged(tmp_path):
+    cache = Cache(tmp_path)
+    e = cache.get_or_build("adapter", {"p": 22}, Builder())
+    (e.path / "nested" / "planted.bin").write_bytes(b"not built here")
+    assert cache.entry("adapter", e.key) is None
+    assert cache.get_or_build("adapter", {"p": 22}, Builder()).built
+
+
+def _first_builder(root: str, started: str, go: str, queue) -> None:  # runs in a spawned process
+    from medqa_core.cache import Cache
+
+    def build(tmp: Path) -> dict:
+        Path(started).write_text(str(tmp))
+        deadline = time.monotonic() + 60
+        while not Path(go).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("never told to go on")
+            time.sleep(0.02)
+        (tmp / "data.txt").write_text("from-the-first-builder")  # fails if another process deleted tmp
+        return {"builder": "first"}
+
+    try:
+        e = Cache(root).get_or_build("race", {"case": "lock-deleted"}, build)
+        queue.put(("ok", str(e.path), (e.path / "data.txt").read_text(), e.built))
+    except BaseException as exc:  # report instead of hanging the parent
+        queue.put(("error", repr(exc), "", False))
+
+
+def test_a_lock_file_deleted_while_held_lets_no_one_delete_the_live_build(tmp_path, caplog):
+    """Process A holds the key's lock and builds; the lock file is deleted (someone cleaning the
+    cache's locks/); process B then gets a lock of its own. B must neither delete A's in-progress
+    directory nor replace its entry: it waits for A's live build and serves A's entry."""
+    import threading
+
+    ctx = mp.get_context("spawn")
+    root, started, go = tmp_path / "cache", tmp_path / "started", tmp_path / "go"
+    queue = ctx.Queue()
+    first = ctx.Process(target=_first_builder, args=(str(root), str(started), str(go), queue))
+    first.start()
+    out: dict = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first_tmp = Path(started.read_text())
+        [lock] = (root / "locks").glob("race-*.lock")
+        lock.unlink()
+        second = Builder(content="from-the-second-builder")
+
+        def run_second():
+            out["entry"] = Cache(root).get_or_build("race", {"case": "lock-deleted"}, second)
+
+        with caplog.at_level("WARNING", logger="medqa_core.cache"):
+            t = threading.Thread(target=run_second)
+            t.start()
+            time.sleep(1.0)
+            assert first_tmp.is_dir(), "the second process deleted the first one's build in progress"
+            assert second.calls == 0
+            go.write_text("go")
+            t.join(timeout=60)
+        result = queue.get(timeout=60)
+    finally:
+        go.touch()
+        first.join(timeout=30)
+    assert result[0] == "ok", result
+    assert result[3] is True and result[2] == "from-the-first-builder"
+    entry = out["entry"]
+    assert not entry.built and second.calls == 0
+    assert entry.path == Path(result[1]) and (entry.path / "data.txt").read_text() == "from-the-first-builder"
+    assert any("being built by another process" in r.getMessage() for r in caplog.records)
+    assert leftovers(Cache(root), "race", entry.key) == [entry.path]
+
+
+def test_a_sound_entry_that_appears_during_a_build_wins_and_the_late_build_is_discarded(tmp_path):
+    """Two builders of one key that both got past the lock: the finished directory is renamed into
+    place atomically; the one that finds a sound entry there discards its own and serves it
+    (it never deletes the other's)."""
+    cache = Cache(tmp_path / "cache")
+    payload = {"p": 23}
+    winner = Cache(tmp_path / "elsewhere").get_or_build("adapter", payload, Builder(content="winner"))
+    path = cache.path_for("adapter", winner.key)
+
+    def late_build(tmp: Path) -> dict:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(winner.path, path)  # the other builder finished first
+        (tmp / "out.txt").write_text("loser")
+        return {"who": "late"}
+
+    e = cache.get_or_build("adapter", payload, late_build)
+    assert not e.built and e.path == path and "who" not in e.meta
+    assert (path / "out.txt").read_text() == "winner"
+    assert leftovers(cache, "adapter", winner.key) == [path]
+
+
+def test_temp_dirs_are_removed_only_when_their_builder_is_provably_gone(tmp_path):
+    """A build killed earlier on this host (its process no longer runs) leaves a directory that
+    the next build of the key removes; another host's build directory cannot be checked and is
+    left alone; a live builder's is waited for, and removed once that builder dies."""
+    import subprocess
+    import sys
+
+    from medqa_core import cache as cache_mod
+
+    cache = Cache(tmp_path)
+    payload = {"p": 24}
+    key = content_key(payload)
+    parent = cache.path_for("adapter", key).parent
+    parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    tag = cache_mod._host_tag()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        start = cache_mod._started(sleeper.pid)
+        dirs = {
+            "gone": parent / f".{key[:12]}-{tag}-{dead_pid}-12345-abcd1234",
+            "remote": parent / f".{key[:12]}-{'0' * 12}-{os.getpid()}-1-abcd1234",
+            "live-then-gone": parent / f".{key[:12]}-{tag}-{sleeper.pid}-{start}-abcd1234",
+        }
+        for d in dirs.values():
+            d.mkdir()
+            (d / "partial.bin").write_bytes(b"x")
+        t0 = time.monotonic()
+        e = cache.get_or_build("adapter", payload, Builder())
+        waited = time.monotonic() - t0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert e.built
+    assert waited > 0.5  # it waited for the live builder rather than building beside it
+    assert not dirs["gone"].exists() and not dirs["live-then-gone"].exists()
+    assert dirs["remote"].exists()

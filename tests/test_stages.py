@@ -53,7 +53,8 @@ def test_answers_generate_each_distinct_question_once_and_keep_question_order(tm
     assert fake_generation == [["b?", "a?", ""]]
     assert art.value == [f"A: {q}" for q in questions]
     assert art.stage == "answers" and art.built and Path(art.source).is_dir()
-    assert art.key == content_key(stages.answers_payload(BASE.key, ["b?", "a?", ""], GenerationConfig(), "cpu"))
+    assert art.key == content_key(stages.answers_payload(BASE.key, None, ["b?", "a?", ""], GenerationConfig(),
+                                                                "cpu", spec=SPEC))
     again = stages.answers(cache, SPEC, BASE, None, questions, GenerationConfig(), "cpu")
     assert fake_generation == [["b?", "a?", ""]], "a warm entry generates nothing"
     assert (again.built, again.key, again.value) == (False, art.key, art.value)
@@ -115,3 +116,33 @@ def test_missing_checkpoint_is_one_line_naming_the_profile(tmp_path):
         stages.base(PROFILE, spec, Cache(tmp_path / "cache"))
     msg = str(info.value)
     assert "nowhere" in msg and str(PROFILE.path) in msg and "make_tiny_bases.py" in msg and "\n" not in msg
+
+
+def test_adapter_entry_with_an_empty_meta_is_rebuilt_not_a_key_error(tmp_path, monkeypatch, caplog):
+    """A cached adapter whose meta.json is ``{}`` used to be served and die with KeyError 'stats';
+    it is a damaged entry: rebuilt, with one warning."""
+    from medqa_core.train import finetune
+    from medqa_core.train.finetune import TrainStats
+
+    trained = []
+
+    def fake_fine_tune(model, tok, spec, train, cfg, out_dir, device):
+        trained.append(out_dir)
+        out_dir.mkdir()
+        (out_dir / "adapter_model.safetensors").write_bytes(b"lora")
+        return TrainStats(1.0, 10.0, 10, 5, 50, 1.0, 2.0, 3.0, 2.0, "cpu", steps_run=2, rows=1)
+
+    monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(bases, "free_memory", lambda: None)
+    cache = Cache(tmp_path)
+    rows = [stages.QAExample("i", "q?", "a.")]
+    run = lambda: stages.adapter(cache, BASE, SPEC, rows, PROFILE.train, "cpu",  # noqa: E731
+                                 load_model=lambda: object(), load_tokenizer=lambda: object())
+    first = run()
+    assert first.built and first.value.steps_run == 2 and len(trained) == 1
+    (Path(first.source).parent / "meta.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="medqa_core.cache"):
+        again = run()
+    assert again.built and again.key == first.key and again.value == first.value and len(trained) == 2
+    assert [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()] != []
+    assert run().built is False and len(trained) == 2

@@ -46,6 +46,11 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def generation_prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    """The prompt tokens :func:`generate_answers` feeds the model for ``question``."""
+    return list(tokenizer(build_prompt(tokenizer, question), add_special_tokens=add_special_tokens(tokenizer))["input_ids"])
+
+
 def generate_answers(
     model: Any, tokenizer: Any, questions: list[str], cfg: GenerationConfig, device: str = "cpu",
     settings: dict[str, Any] | None = None, progress_stage: str = "generate",

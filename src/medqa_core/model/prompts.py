@@ -11,6 +11,9 @@ from typing import Any
 
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 
+#: the question whose prompt tokens stand for the layout (training vs generation, run vs baseline)
+CANARY_QUESTION = "What is the usual treatment for a mild sprained ankle?"
+
 
 def build_prompt(tokenizer: Any, question: str) -> str:
     if getattr(tokenizer, "chat_template", None):
