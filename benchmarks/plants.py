@@ -79,6 +79,27 @@ PLANTS: tuple[Plant, ...] = (
           "model/generation.py", "out = model.generate(**enc, **kwargs, use_cache=True)",
           "out = [model.generate(**enc, **kwargs, use_cache=True) for _ in range(5)][-1]"),
     Plant("lr_div10", "learning rate / 10 (profile)", ("noise",), overrides=("train.learning_rate=2e-4",)),
+    # the recipe as applied (train/applied.py, gate.judge_recipe): changes the scores may not show
+    Plant("lora_alpha_x2", "LoRA alpha doubled in the trainer (scaling 4 instead of 2)", ("recipe:lora_scaling",),
+          "model/params.py", "lora_alpha=cfg.lora_alpha,", "lora_alpha=cfg.lora_alpha * 2,"),
+    Plant("lora_dropout_on", "LoRA dropout 0.05 in the trainer (profile says 0)", ("recipe:lora_dropout",),
+          "model/params.py", "lora_dropout=cfg.lora_dropout,\n        target_modules",
+          "lora_dropout=0.05,\n        target_modules"),
+    Plant("weight_decay", "AdamW weight decay 0.01 in the lean loop (the recipe has none)", ("recipe:optimizer",),
+          "train/lean.py", "torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)",
+          "torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.01)"),
+    Plant("linear_schedule", "linear decay instead of cosine after warm-up", ("recipe:lr_at_log",),
+          "train/lean.py", "return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))",
+          "return max(0.0, 1.0 - progress)"),
+    Plant("no_eos", "EOS no longer appended to the training completions", ("recipe:untruncated_rows_without_eos",),
+          "train/lean.py", 'completion = r["completion"] if r["completion"].endswith(eos) else r["completion"] + eos',
+          'completion = r["completion"]'),
+    Plant("loss_on_prompt", "the loss computed on the prompt tokens too", ("recipe:rows_without_prompt",),
+          "train/lean.py", "out.append((ids, ([-100] * n + full[n:])[:max_length]))",
+          "out.append((ids, list(full[:max_length])))"),
+    Plant("train_prompt_space", "training prompts end in a space that generation prompts lack", ("recipe:prompt_layout",),
+          "model/prompts.py", 'return [{"prompt": build_prompt(tokenizer, q), "completion": " " + a} for q, a in pairs]',
+          'return [{"prompt": build_prompt(tokenizer, q) + " ", "completion": a} for q, a in pairs]'),
 )
 BY_NAME = {p.name: p for p in PLANTS}
 

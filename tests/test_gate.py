@@ -1033,3 +1033,15 @@ def test_resources_are_compared_like_with_like():
     assert mem.passed and mem.baseline == 150.0 and "first run" in mem.detail  # x2.4 of the mean, x1.07 like for like
     cached = next(c for c in v.checks if c.name == "train_work")
     assert cached.passed and cached.value == "cached" and "not measured" in cached.detail
+
+
+def test_a_band_from_overflowing_runs_is_an_error_not_a_pass():
+    """Runs at 1e308 overflow the variance to inf, and an infinite band passed any drop."""
+    from medqa_core.errors import BaselineError
+    from medqa_core.gate import band
+
+    case = {"case_id": "x", "runs": [{"metrics": {"bert_f1": 1e308}}, {"metrics": {"bert_f1": -1e308}}]}
+    with pytest.raises(BaselineError, match="non-finite"):
+        band(case, "bert_f1", (0.0, 0.0))
+    ok = band({"runs": [{"metrics": {"bert_f1": 0.5}}, {"metrics": {"bert_f1": 0.52}}]}, "bert_f1", (0.0, 0.0))
+    assert ok is not None and abs(ok.var - 0.0002) < 1e-12

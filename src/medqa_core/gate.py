@@ -361,8 +361,15 @@ def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band 
     sc = float(np.var(y, ddof=1)) if dc else 0.0
     if d0 + dc == 0:
         return None  # one run and no pool: no noise estimate
-    var = (d0 * s0 + dc * sc) / (d0 + dc)
-    return Band(float(y.mean()), var, d0 + dc, int(y.size))
+    with np.errstate(over="ignore", invalid="ignore"):
+        var = (d0 * s0 + dc * sc) / (d0 + dc)
+        mean = float(y.mean())
+    if not (math.isfinite(mean) and math.isfinite(var)):  # an infinite band would pass any value
+        from .errors import BaselineError
+
+        raise BaselineError(f"baseline case {case.get('case_id', '?')!r}, {metric}: its runs give a non-finite "
+                            f"mean or variance ({mean}, {var}); the baseline is corrupt - restore it from git")
+    return Band(mean, var, d0 + dc, int(y.size))
 
 
 def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effect: float, one_sided: bool,
@@ -440,6 +447,34 @@ def judge_invariants(current: dict[str, Any], baseline: dict[str, Any], same_see
         else:
             ok = cur == base
         out.append(Check(key, cur, base, ok, "invariant", "" if ok else "(must be identical)"))
+    return out
+
+
+def judge_recipe(current: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+    """The recipe as applied (train/applied.py), exactly: a failing ``recipe:<setting>`` check for
+    each setting that differs from what the profile asked (within the run: a trainer that trains
+    something else), ``recipe:prompt_layout`` when training saw other prompt tokens than generation
+    feeds, and ``recipe:<setting>`` for each setting that differs from the baseline's (the recipe
+    changed). Nothing for a run whose adapter recorded no recipe (an older cache entry)."""
+    from .train.applied import compare
+
+    got = current.get("recipe")
+    if not got:
+        return []
+    out: list[Check] = []
+    for key, g, w in compare(got, current.get("recipe_asked") or {}):
+        out.append(Check(f"recipe:{key}", g, w, False, "invariant", "(the trainer applied another value than the profile asks)"))
+    gen_ids = current.get("generation_prompt_ids")
+    if gen_ids and got.get("train_prompt_ids") and gen_ids != got["train_prompt_ids"]:
+        out.append(Check("recipe:prompt_layout", got["train_prompt_ids"], gen_ids, False, "invariant",
+                         "(training rows start with other prompt tokens than generation feeds)"))
+    named = {c.name for c in out}
+    for key, g, w in compare(got, baseline.get("recipe") or {}):
+        if f"recipe:{key}" not in named:
+            out.append(Check(f"recipe:{key}", g, w, False, "invariant", "(differs from the baseline's; must be identical)"))
+    if not out:
+        out.append(Check("recipe", "as asked", "as asked", True, "invariant",
+                         f"{len(got)} settings read back from the trained objects"))
     return out
 
 
@@ -614,7 +649,8 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
     for run in runs:
         inv = run.get("invariants", {})
         same_seed = run["seed"] in base_tokens
-        for c in judge_invariants(inv, {**base_inv, "tokens_seen": base_tokens.get(run["seed"])}, same_seed):
+        for c in (judge_invariants(inv, {**base_inv, "tokens_seen": base_tokens.get(run["seed"])}, same_seed)
+                  + judge_recipe(inv, base_inv)):
             if len(runs) > 1:
                 c.name += f"@seed{run['seed']}"
             checks.append(c)

@@ -252,6 +252,11 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         "lora_closed_form": _closed_form(spec, cfg),
         "generation": gen_meta.get("settings"),
         "prompt_digest": gen_meta.get("prompt_digest"),
+        # the recipe as applied, read back from the objects that trained (train/applied.py), what the
+        # profile asked, and the prompt tokens generation feeds for the canary question
+        **({"recipe": stats.recipe["applied"], "recipe_asked": stats.recipe["asked"]}
+           if stats.recipe.get("applied") else {}),
+        **({"generation_prompt_ids": gen_meta["prompt_ids"]} if gen_meta.get("prompt_ids") else {}),
         "scorer": metrics_mod.fingerprint(ctx.scorer_config()),
         "scorer_spec": metrics_mod.spec_digest(ctx.scorer_config()),  # identity against published baselines
         "scorer_canary": scorer_canary(ctx),

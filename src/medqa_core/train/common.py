@@ -3,7 +3,7 @@ weights, the loss check."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache import content_key
@@ -31,6 +31,7 @@ class TrainStats:
     rows: int = 0  # training rows the loop was given
     rows_digest: str = ""  # content digest of those rows (prompt + completion text)
     train_cpu_seconds: float = 0.0  # CPU seconds of the training loop, all threads of this process
+    recipe: dict[str, Any] = field(default_factory=dict)  # the recipe as applied (train/applied.py)
 
 
 def mixed_precision(device: str, family: str | None = None) -> str:
@@ -67,8 +68,10 @@ def check_losses(spec: ModelSpec, losses: list[float]) -> None:
 
 
 def make_stats(seconds: float, cpu: float, tokens: int, trainable: int, total: int, mem: PeakMemory, losses: list[float],
-           device: str, pad_fraction: float, trainer: str, steps_run: int, rows: list[dict[str, Any]]) -> TrainStats:
+           device: str, pad_fraction: float, trainer: str, steps_run: int, rows: list[dict[str, Any]],
+           recipe: dict[str, Any] | None = None) -> TrainStats:
     return TrainStats(
+        recipe=recipe or {},
         steps_run=steps_run,
         rows=len(rows),
         rows_digest=content_key(rows)[:16],

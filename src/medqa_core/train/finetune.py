@@ -16,6 +16,7 @@ from typing import Any
 from ..data.datasets import QAExample
 from ..model.prompts import training_rows
 from ..specs import ModelSpec, TrainConfig
+from . import applied
 from .common import TrainStats
 from .lean import fine_tune_lean
 from .sft import fine_tune_sft
@@ -33,10 +34,15 @@ def fine_tune(
     tokenizer.padding_side = "right"
     try:
         if cfg.trainer == "lean":
-            return fine_tune_lean(model, tokenizer, spec, rows, cfg, out_dir, device)
-        return fine_tune_sft(model, tokenizer, spec, rows, cfg, out_dir, device)
+            stats = fine_tune_lean(model, tokenizer, spec, rows, cfg, out_dir, device)
+        else:
+            stats = fine_tune_sft(model, tokenizer, spec, rows, cfg, out_dir, device)
     finally:
         tokenizer.padding_side = "left"
+    # what the profile asked, computed without the trainers' code (train/applied.py), beside what ran
+    stats.recipe = {"applied": stats.recipe,
+                    "asked": applied.asked(spec, cfg, stats.trainable_params, applied.logged_steps(cfg.steps))}
+    return stats
 
 
 __all__ = ["TrainStats", "fine_tune"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
+from . import applied
 from ..errors import TrainingError
 from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
@@ -68,6 +69,16 @@ def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> 
         ids = full[:max_length]
         out.append((ids, ([-100] * n + full[n:])[:max_length]))
     return out
+
+
+def canary_prompt_ids(tokenizer: Any) -> list[int]:
+    """The prompt tokens a training row for the canary question starts with (the layout training
+    sees; generation records the tokens it feeds for the same question)."""
+    from ..model.prompts import CANARY_QUESTION, training_rows
+
+    [(ids, labels)] = encode_rows(tokenizer, training_rows(tokenizer, [(CANARY_QUESTION, "x")]), 10_000)
+    n = next((i for i, t in enumerate(labels) if t != -100), len(labels))
+    return ids[:n]
 
 
 def _ids(enc: Any) -> list[int]:
@@ -161,6 +172,9 @@ def fine_tune_lean(
     amp, scaler = _amp(device, spec.family)
     every = max(1, cfg.steps // 10)
     losses: list[float] = []
+    rates: list[float] = []  # the learning rate at each logged step, as the Trainer logs it
+    recipe = applied.applied(peft_model, opt, [], examples, tokenizer, cfg.max_length,  # before any step
+                             canary_prompt_ids(tokenizer))
     tokens = pad = fed = 0
     run_loss = torch.zeros((), device=device)
     steps_run = 0
@@ -188,17 +202,20 @@ def fine_tune_lean(
                 scaler.update()
             else:
                 opt.step()
+            step_lr = applied.lr_of_step(opt)
             sched.step()
             opt.zero_grad(set_to_none=True)
             steps_run += 1
             run_loss += logged
             if step % every == 0 or step == cfg.steps:  # mean loss since the last log, like the Trainer's
                 losses.append(float(run_loss) / (step - (len(losses) * every)))
+                rates.append(step_lr)
                 run_loss.zero_()
             # the loss shown: the last logged mean, or this step's before the first log
             if tracker.due(step):  # (float() of the loss would sync a GPU: only when shown)
                 tracker.update(step, loss=losses[-1] if losses else float(logged))
     check_losses(spec, losses)
     peft_model.save_pretrained(str(out_dir))
+    recipe["lr_at_log"] = applied.lr_trace(rates)
     return make_stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
-                  steps_run, rows)
+                  steps_run, rows, recipe)

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
+from . import applied
+from .lean import canary_prompt_ids
 from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
@@ -85,10 +87,30 @@ def fine_tune_sft(
             trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         check_losses(spec, losses)
+        rates = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
+        recipe = applied.applied(peft_model, trainer.optimizer, rates, _examples(trainer.train_dataset, cfg.max_length),
+                                 tokenizer, cfg.max_length, canary_prompt_ids(tokenizer))
         tokens = int(trainer.state.num_input_tokens_seen)
         peft_model.save_pretrained(str(out_dir))
     return make_stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device,
-                  counter.pad / counter.total if counter.total else 0.0, "sft", int(trainer.state.global_step), rows)
+                  counter.pad / counter.total if counter.total else 0.0, "sft", int(trainer.state.global_step), rows,
+                  recipe)
+
+
+def _examples(dataset: Any, max_length: int) -> list[tuple[list[int], list[int]]] | None:
+    """(input ids, labels) of the rows as trl prepared them (its ``labels`` column, -100 where no
+    loss; or, in trl versions without it, its ``completion_mask``), truncated to ``max_length``;
+    None when trl keeps neither."""
+    cols = dataset.column_names
+    if "labels" in cols:
+        return [(list(i)[:max_length], list(lab)[:max_length]) for i, lab in zip(dataset["input_ids"], dataset["labels"])]
+    if "completion_mask" in cols:
+        out = []
+        for ids, mask in zip(dataset["input_ids"], dataset["completion_mask"]):
+            ids, mask = list(ids)[:max_length], list(mask)[:max_length]
+            out.append((ids, [t if m else -100 for t, m in zip(ids, mask)]))
+        return out
+    return None
 
 
 def _progress_callback(steps: int) -> Any:
