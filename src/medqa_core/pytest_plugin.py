@@ -57,6 +57,7 @@ class RunState:
     # what went wrong outside a case's own record (a post-run step, a crashed worker): (where, reason)
     problems: list[tuple[str, str]] = field(default_factory=list)
     records: list[dict[str, Any]] | None = None  # the session's records, gathered once at its end
+    started: float = field(default_factory=time.time)  # run.toml's `started` (merge orders attempts by it)
 
 
 _state_key = pytest.StashKey[RunState]()
@@ -96,6 +97,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="where each run writes its records and summary (default <rootdir>/.medqa-results)")
     g.addoption("--data-dir", default=os.environ.get("MEDQA_DATA_DIR"),
                 help="directory holding the dataset files named in the profile (default: the profile's data_dir)")
+    g.addoption("--history-keep-runs", type=int, default=None,
+                help="after storing the run, keep only the newest N runs of the profile in the history "
+                     "(default: env MEDQA_HISTORY_KEEP_RUNS, else keep all)")
+    g.addoption("--history-keep-days", type=float, default=None,
+                help="after storing the run, drop the profile's runs older than D days from the history "
+                     "(default: env MEDQA_HISTORY_KEEP_DAYS, else keep all)")
     g.addoption("--history", default=os.environ.get("MEDQA_HISTORY"),
                 help="append-only SQLite run history (default <cache dir>/history.sqlite; 'none' = do not record; env MEDQA_HISTORY)")
     g.addoption("--alert-webhook", default=os.environ.get("MEDQA_ALERT_WEBHOOK"),
@@ -344,7 +351,7 @@ def history_path(config: pytest.Config) -> Path | None:
     return paths.history_file(config.getoption("--history"), _cache_dir(config))
 
 
-def _write_run_info(config: pytest.Config) -> None:
+def _write_run_info(config: pytest.Config, exitstatus: int | None = None) -> None:
     """``run.toml`` in the run directory: the profile as given (a name, or a file's absolute path),
     its overrides, the baseline, history and cache this run used, so the ``medqa-bench`` commands
     find them from the run directory without the options repeated."""
@@ -366,6 +373,8 @@ def _write_run_info(config: pytest.Config) -> None:
         "history": str(hist.expanduser().resolve()) if hist is not None else None,
         "cache_dir": str(_cache_dir(config).expanduser().resolve()),
         "update_baselines": bool(config.getoption("--update-baselines")),
+        "exitstatus": exitstatus, "started": round(_state(config).started, 3),
+        "finished": round(time.time(), 3) if exitstatus is not None else None,
     })
 
 
@@ -835,7 +844,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             lines.append(f"medqa-bench: ERROR {_state(config).problems[-1][1]}")
             return None
 
-    step("run-info", lambda: _write_run_info(config))
     if config.getoption("--update-baselines"):
         if int(exitstatus) == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: a partial run never rewrites a baseline
             lines.append("medqa-bench: interrupted; the baseline file was not changed")
@@ -851,6 +859,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     ended_badly = any(r.get("verdict", {}).get("status") == "error" for r in records)
     if ended_badly and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if _state(config).problems and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    step("run-info", lambda: _write_run_info(config, int(session.exitstatus)))  # with the exit code, for merge
     if _state(config).problems and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     # The verdict and exit code are final here: the history is a log of them, and a history that
@@ -930,7 +941,8 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
 
     profile = _profile_or_name(config)
     name = profile if isinstance(profile, str) else profile.name
-    hist = History(path)
+    hist = History(path, keep_runs=config.getoption("--history-keep-runs"),
+                   keep_days=config.getoption("--history-keep-days"))
     try:
         seq = hist.add_run(_state(config).run_id, name, records, {"exitstatus": exitstatus})
         if isinstance(profile, str):  # the profile did not load: the run is stored, no trend to look for

@@ -10,6 +10,13 @@ group is then one run for ``history``, ``report`` and ``trend`` (docs/multi-runn
 This module reads and checks run directories (:func:`read_run_dir`), picks the default group id
 (:func:`default_group`), and sums a night up for the regression issue (:func:`night_status`,
 :func:`issue_body`). ``python -m medqa_core.results.merge issue ...`` writes ``issue.md`` and ``status``.
+
+A night's status comes from the case verdicts and the runs' pytest exit codes, never from the
+mere absence of a failing verdict: ``ok`` only when every case passed (``pass`` or
+``improvement``), every family/suite verdict passed and no run exited nonzero. Attempts of
+the same case (a re-run job) are ordered by their recorded time (``run.toml``'s ``started`` /
+``finished``, else the records' own time stamps, else the start time in the run id), never
+by the artifact folder they were downloaded to; the newest attempt stands for the night.
 """
 from __future__ import annotations
 
@@ -36,6 +43,13 @@ RUN_ID_RE = re.compile(r"^(\d{8})-(\d{6})-[0-9a-f]{6}$")
 GROUP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: JSON files of a run directory that are not case records
 NOT_RECORDS = frozenset({"aggregates.json"})
+#: verdict statuses a night passes with; any other (regression, changed, error, incomparable,
+#: no-baseline, or none at all) keeps the night from ``ok``
+PASSING = frozenset({"pass", "improvement"})
+#: pytest's exit codes other than 0
+EXIT_NAMES = {1: "tests failed", 2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+#: run.toml / record keys holding when a run (or case) ran: epoch seconds or an ISO 8601 time
+TIME_KEYS = ("started", "finished", "timestamp", "created")
 
 
 class MergeError(MedQAError):
@@ -82,12 +96,56 @@ def read_run_dir(path: Path | str) -> ImportRun:
     if len(profiles) > 1:
         (p1, f1), (p2, f2) = list(profiles.items())[:2]
         raise MergeError(f"{f2}: profile {p2!r}, but {f1.name} of the same run says {p1!r}")
-    return ImportRun(run_id=d.name, profile=next(iter(profiles)), records=records, created=_created(d, files),
-                     source=str(d))
+    from .summary import read_run_info
+
+    info = read_run_info(d)
+    meta: dict[str, Any] = {}
+    code = info.get("exitstatus")
+    if isinstance(code, int) and not isinstance(code, bool):
+        meta["exitstatus"] = code
+    for k in TIME_KEYS:
+        t = _epoch(info.get(k))
+        if t is not None:
+            meta[k] = t
+    return ImportRun(run_id=d.name, profile=next(iter(profiles)), records=records,
+                     created=_created(d, files, info, records), source=str(d), meta=meta)
 
 
-def _created(d: Path, files: list[Path]) -> float:
-    """When the run started: from its id (the plugin's local start time), else the oldest record file."""
+def _epoch(value: Any) -> float | None:
+    """Epoch seconds from a number, an ISO 8601 string or a TOML date-time; None if it is none of these."""
+    import datetime as dt
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, dt.datetime):
+        try:
+            return value.timestamp()  # a naive time is local time, as the plugin's run ids
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _created(d: Path, files: list[Path], info: dict[str, Any] | None = None,
+             records: list[CaseRecord] | None = None) -> float:
+    """When the run ran, for ordering attempts: ``run.toml``'s ``started`` (else ``finished``, ...),
+    else the earliest time stamp in its records (``started`` / ``timestamp`` / ... at the top or in
+    ``provenance``), else the start time in its id (the plugin's local time), else the oldest
+    record file's mtime (a download's, when nothing better is known)."""
+    for k in TIME_KEYS:
+        t = _epoch((info or {}).get(k))
+        if t is not None:
+            return t
+    stamps = [t for r in records or [] for src in (r, r.get("provenance") or {}) for k in TIME_KEYS
+              if (t := _epoch(src.get(k) if isinstance(src, dict) else None)) is not None]
+    if stamps:
+        return min(stamps)
     m = RUN_ID_RE.match(d.name)
     if m:
         try:
@@ -141,11 +199,30 @@ def merge(run_dirs: Sequence[Path | str], history: Path | str, group: str | None
 # ---------------------------------------------------------------- the night as one issue body
 
 
-def failing_cases(records: list[CaseRecord]) -> list[dict[str, Any]]:
-    """Records whose verdict fails the gate (gate.FAILING) or whose pytest outcome failed."""
-    from ..gate import FAILING
+def case_problem(record: CaseRecord) -> str | None:
+    """Why a case keeps the night from ``ok`` (its verdict status, ``failed`` for a failed pytest
+    outcome, ``not judged`` without a verdict), or None when it passed."""
+    status = (record.get("verdict") or {}).get("status")
+    if record.get("outcome") == "failed":
+        return status if status and status not in PASSING else "failed"
+    if status in PASSING:
+        return None
+    return status or "not judged"
 
-    return [r for r in records if (r.get("verdict") or {}).get("status") in FAILING or r.get("outcome") == "failed"]
+
+def failing_cases(records: list[CaseRecord]) -> list[dict[str, Any]]:
+    """Records that did not pass: a failing verdict (gate.FAILING), a verdict the gate could not
+    give (``incomparable``, ``no-baseline``), none at all, or a failed pytest outcome."""
+    return [r for r in records if case_problem(r) is not None]
+
+
+def _exit_code(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def bad_exits(exits: dict[str, int | None] | None) -> dict[str, int]:
+    """The runs that exited nonzero: run id -> pytest exit code (unknown codes are left out)."""
+    return {rid: int(c) for rid, c in (exits or {}).items() if isinstance(c, int) and c != 0}
 
 
 def group_aggregates(records: list[CaseRecord], gate: Any) -> list[Any]:
@@ -157,14 +234,29 @@ def group_aggregates(records: list[CaseRecord], gate: Any) -> list[Any]:
     return aggregates(records, gate)
 
 
-def night_status(records: list[CaseRecord], aggs: list[Any]) -> str:
-    """``regressed`` when a case fails (or ended in error) or a family/suite verdict fails, else ``ok``."""
-    return "regressed" if failing_cases(records) or any(not a.passed for a in aggs) else "ok"
+def night_status(records: list[CaseRecord], aggs: list[Any], exits: dict[str, int | None] | None = None) -> str:
+    """The night in one word, from the verdicts and the runs' pytest exit codes (``exits``: run id
+    -> code, None where unknown):
+
+    * ``error``: a run did not complete (exit code other than 0 and 1: interrupted, internal or
+      usage error, no tests collected), or no case record at all; its numbers are not the night's;
+    * ``regressed``: a case did not pass (``regression``, ``changed``, ``error``, ``incomparable``,
+      ``no-baseline``, no verdict, or a failed pytest outcome), a family/suite verdict failed, or
+      a run exited 1 (tests failed);
+    * ``ok``: none of these."""
+    codes = bad_exits(exits)
+    if not records or any(c != 1 for c in codes.values()):
+        return "error"
+    if failing_cases(records) or any(not a.passed for a in aggs) or codes:
+        return "regressed"
+    return "ok"
 
 
 def issue_body(group: str, profile: str, records: list[CaseRecord], aggs: list[Any],
-               trends: dict[str, dict[str, list[Any]]], runs: list[Any], status: str) -> str:
-    """The regression-issue body of one night: every family in one text."""
+               trends: dict[str, dict[str, list[Any]]], runs: list[Any], status: str,
+               exits: dict[str, int | None] | None = None) -> str:
+    """The regression-issue body of one night: every family in one text (``exits``: run id ->
+    pytest exit code, shown per run; a nonzero one is named under the failing cases)."""
     from .summary import md_cell, md_fence
 
     counts: dict[str, int] = {}
@@ -173,23 +265,34 @@ def issue_body(group: str, profile: str, records: list[CaseRecord], aggs: list[A
         counts[s] = counts.get(s, 0) + 1
     families = sorted({r["model"] for r in records})
     bad = failing_cases(records)
+    exits = exits or {}
+    codes = bad_exits(exits)
     out = [f"# medqa-bench nightly, profile {profile}: {status} (group {group})", "",
            f"{len(records)} case(s) from {len(runs)} run(s), families {', '.join(families)}: "
            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", ""]
-    out += ["## Runs", "", "| run | families | hardware | git sha | cases |", "|---|---|---|---|---|"]
+    out += ["## Runs", "", "| run | families | hardware | git sha | cases | exit |", "|---|---|---|---|---|---|"]
     for run in runs:
         recs = [r for r in records if r.get("_run") == run.run_id]
+        code = exits.get(run.run_id)
         out.append("| " + " | ".join(md_cell(c) for c in (
             run.run_id, ", ".join(sorted({r["model"] for r in recs})) or "-", run.hardware_class or "-",
-            (run.git_sha or "-")[:12], str(len(recs)))) + " |")
+            (run.git_sha or "-")[:12], str(len(recs)),
+            "-" if code is None else f"{code}" + (f" ({EXIT_NAMES[code]})" if code in EXIT_NAMES else ""))) + " |")
     out += ["", "## Failing cases", ""]
     if bad:
         for r in bad:
             v = r.get("verdict") or {}
-            out += [f"### {md_cell(r['case_id'])}: {md_cell(v.get('status') or r.get('outcome') or 'failed')}", ""]
-            out += md_fence(v.get("explain") or f"{r['case_id']}: {v.get('status') or 'failed'}") + [""]
-    else:
+            problem = case_problem(r) or "failed"
+            out += [f"### {md_cell(r['case_id'])}: {md_cell(problem)}", ""]
+            out += md_fence(v.get("explain") or f"{r['case_id']}: {problem}") + [""]
+    elif status == "ok":
         out += ["None.", ""]
+    else:
+        out += ["No case record failed, but the night is not ok (see below).", ""]
+    if codes:
+        out += ["Runs that exited nonzero (pytest exit code): " + ", ".join(
+            f"{md_cell(rid)} {c}" + (f" ({EXIT_NAMES[c]})" if c in EXIT_NAMES else "") for rid, c in codes.items())
+            + ".", ""]
     out += ["## Family and suite verdicts", ""]
     if aggs:
         failed = [a for a in aggs if not a.passed]
@@ -214,9 +317,12 @@ def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
     hist = History(history)
     gid = hist.resolve(group)
     members = hist.groups().get(gid, [gid])
-    runs = [r for r in hist.runs(grouped=False) if r.run_id in members]
+    meta = hist.run_meta(members)
+    # in the order they ran (recorded time), not the order their artifact folders were listed in
+    runs = sorted((r for r in hist.runs(grouped=False) if r.run_id in members), key=lambda r: (r.created, r.seq))
+    exits = {r.run_id: _exit_code(meta.get(r.run_id, {}).get("exitstatus")) for r in runs}
     records: list[CaseRecord] = []
-    for run in runs:  # keep which run each case came from (a case twice: the newest run's)
+    for run in runs:  # keep which run each case came from (a case twice: the newest attempt's)
         for rec in hist.records(run.run_id):
             rec["_run"] = run.run_id
             records = [r for r in records if r["case_id"] != rec["case_id"]] + [rec]
@@ -230,10 +336,10 @@ def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
         gate, tols, slack = GateConfig(), {}, 0.0
     aggs = group_aggregates(records, gate)
     trends = case_trends(hist, [r["case_id"] for r in records], profile_name, tols, memory_slack_mib=slack)
-    status = night_status(records, aggs)
+    status = night_status(records, aggs, exits)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "issue.md").write_text(issue_body(gid, profile_name, records, aggs, trends, runs, status))
+    (out / "issue.md").write_text(issue_body(gid, profile_name, records, aggs, trends, runs, status, exits))
     (out / "status").write_text(status + "\n")
     return status
 
