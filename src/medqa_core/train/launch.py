@@ -11,13 +11,16 @@ trl ``SFTTrainer`` recipe, which goes data-parallel (DDP via accelerate) by itse
 per-device batch is ``batch_size / N``, so the global batch and the number of optimiser steps
 stay those of the profile. Process 0 saves the adapter and the training stats; the pytest
 process that launched it stores them in the cache like any other adapter. Use it with pytest
-run without ``-n`` (xdist pins each worker to one GPU).
+run without ``-n`` (xdist pins each worker to one GPU). torchrun and its workers run in their own
+process group, killed after ``MEDQA_TORCHRUN_TIMEOUT`` seconds (default 12 h): the case then
+ends in error with the log tail instead of hanging.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +29,60 @@ from typing import Any
 from ..errors import TrainingError
 
 LOG_TAIL = 25
+#: seconds torchrun may take before it and its workers are killed (env MEDQA_TORCHRUN_TIMEOUT):
+#: a hung rendezvous or NCCL collective then fails the case with its log tail instead of holding
+#: the GPUs until the CI job's own timeout kills everything without a record. The default covers
+#: the slowest paper case on two T4s (Table 1: 438 min of training) with room to spare.
+DEFAULT_TIMEOUT_S = 12 * 3600
+#: seconds between SIGTERM and SIGKILL for the process group
+KILL_GRACE_S = 30
+
+
+def torchrun_timeout() -> float:
+    raw = os.environ.get("MEDQA_TORCHRUN_TIMEOUT", "").strip()
+    if not raw:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise TrainingError(f"MEDQA_TORCHRUN_TIMEOUT={raw!r}: expected seconds (a number > 0)") from None
+    if value <= 0:
+        raise TrainingError(f"MEDQA_TORCHRUN_TIMEOUT={raw!r}: expected seconds (a number > 0)")
+    return value
+
+
+def run_bounded(cmd: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own process group; after ``timeout_s`` seconds the whole group (torchrun
+    and every worker it started) gets SIGTERM, then SIGKILL after :data:`KILL_GRACE_S`.
+    Returns (exit code, or None when it timed out; stdout + stderr)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_group(proc.pid, signal.SIGTERM)
+    try:  # communicate, not wait: a worker blocked on a full pipe would never exit
+        out, _ = proc.communicate(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        out = None
+    _kill_group(proc.pid, signal.SIGKILL)  # whatever of the group outlived SIGTERM (a worker stuck in a collective)
+    if out is None:
+        out, _ = proc.communicate()
+    return None, out or ""
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group is gone already
+        pass
+
+
+def torchrun_command(num_processes: int, job_file: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+            "-m", "medqa_core.train.launch", str(job_file)]
 
 
 def run_distributed(job: dict[str, Any], num_processes: int, work_dir: Path) -> dict[str, Any]:
@@ -43,15 +100,19 @@ def run_distributed(job: dict[str, Any], num_processes: int, work_dir: Path) -> 
     env = dict(os.environ)
     if job.get("device") != "cuda":  # CPU processes split the cores instead of each taking all
         env["MEDQA_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_processes))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
-           "-m", "medqa_core.train.launch", str(job_file)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    timeout_s = torchrun_timeout()
+    rc, out = run_bounded(torchrun_command(num_processes, job_file), env, timeout_s)
     stats_file = work_dir / "stats.json"
-    if proc.returncode != 0 or not stats_file.is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-LOG_TAIL:])
+    tail = "\n".join(out.strip().splitlines()[-LOG_TAIL:])
+    if rc is None:
+        raise TrainingError(
+            f"torchrun training of {job['case']} on {num_processes} processes did not finish within {timeout_s:.0f} s "
+            f"(MEDQA_TORCHRUN_TIMEOUT); it and its workers were killed; last lines:\n{tail}"
+        )
+    if rc != 0 or not stats_file.is_file():
         raise TrainingError(
             f"torchrun training of {job['case']} on {num_processes} processes failed "
-            f"(exit {proc.returncode}); last lines:\n{tail}"
+            f"(exit {rc}); last lines:\n{tail}"
         )
     return json.loads(stats_file.read_text())
 
