@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
-from . import applied
 from ..errors import TrainingError
 from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
+from . import applied
 from .common import TrainStats, check_losses, make_stats, mixed_precision, trainable_to_fp32
 
 

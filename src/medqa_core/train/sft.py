@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
-from . import applied
-from .lean import canary_prompt_ids
 from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
+from . import applied
 from .common import TrainStats, check_losses, make_stats, mixed_precision, trainable_to_fp32
+from .lean import canary_prompt_ids
 
 
 def sft_config(cfg: TrainConfig, out_dir: str, device: str, family: str | None = None) -> Any:
