@@ -39,6 +39,7 @@ def fake_generation(monkeypatch):
     monkeypatch.setattr(bases, "load_tokenizer", lambda *a, **k: object())
     monkeypatch.setattr(bases, "load_base", lambda *a, **k: Model())
     monkeypatch.setattr(generation, "generate_answers", generate)
+    monkeypatch.setattr(generation, "generation_prompt_ids", lambda tok, q: [len(q)])
     monkeypatch.setattr(prompts, "build_prompt", lambda tok, q: f"Q: {q}")
     import peft
 
