@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from medqa_core.resources import PeakMemory
 
-
 PROBE = """
 from medqa_core.resources import PeakMemory
 with PeakMemory("cpu") as mem:

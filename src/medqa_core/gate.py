@@ -31,15 +31,22 @@ Looping answers also have an absolute ceiling that needs no baseline (:data:`MAX
 ``[gate] max_degenerate``): a run whose tuned answers are that degenerate fails as a
 ``regression``, also while recording a baseline.
 
-Aggregates (family = one model's cases, suite = every case of the run) combine the cases'
-one-sided p-values with Stouffer's method, ``Z = sum(z_i) / sqrt(N)``, and flag a drop when
-``Z < -z(1 - alpha_aggregate)`` and the mean delta exceeds the aggregate minimum effect. A code
+Aggregates (family = one model's cases, suite = every case of the run; :func:`aggregates`)
+turn each case's t into a normal z through its own t distribution and combine them with
+Stouffer's method, ``Z = sum(z_i) / sqrt(N)``. Like a case's check they are two-sided: a drop
+fails when ``Z < -z(1 - alpha_aggregate)`` and the mean delta is below minus the aggregate
+minimum effect, and a rise fails when ``Z > z(1 - alpha_aggregate)`` and the mean delta is above
+it (the aggregate's counterpart of ``changed``), unless the metric is in ``[gate] one_sided``;
+for a lower-is-better measure (``degenerate``) the two directions swap roles. A code
 change that hurts training hurts every case a little; this sees it when no single case can.
 
 Controls (does the task need the fine-tuned adapter and the question?): per question, the
 tuned answer's score minus the control's (base model; tuned adapter with the question removed;
-tuned answers against shuffled references). The tuned model must beat each control: the
-one-sided paired bootstrap bound at ``control_alpha`` must exclude zero.
+tuned answers against shuffled references). Each margin is gated like a score, one-sided (a
+shrinking margin is a ``regression``), once the baseline holds margins; a control listed in
+``[gate] require_controls`` must also be beaten outright in every run, on the metrics of
+``require_beats_base``: the one-sided paired bootstrap bound at ``control_alpha`` must exclude
+zero (:func:`judge_control`).
 
 Exact invariants (no statistics): optimizer steps, training rows and their digest, tokens seen
 (same seed only), trainable parameters (and the closed-form LoRA count), test ids, generation
@@ -544,8 +551,10 @@ class Aggregate:
 def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_effect: float, one_sided: bool,
               higher_is_better: bool = True) -> Aggregate | None:
     """Stouffer's combination of the cases' t statistics (each turned into a normal z through its
-    own t distribution). MDE: the uniform drop ``d`` that gives ``Z = z_alpha + z_power``:
-    ``d = (z_{1-alpha} + z_power) * sqrt(N) / sum(1 / se_i)``."""
+    own t distribution). It fails (``passed`` False) on a move beyond ``z(1 - alpha)`` *and*
+    ``min_effect`` either way: the worse way always, the better way (a score up, looping answers down) unless
+    ``one_sided``, as a case's ``changed``. MDE: the uniform drop ``d`` that gives
+    ``Z = z_alpha + z_power``: ``d = (z_{1-alpha} + z_power) * sqrt(N) / sum(1 / se_i)``."""
     from scipy import stats
 
     usable = [c for c in checks if c.kind == "noise" and c.t is not None and c.se and math.isfinite(c.t)]
@@ -743,7 +752,9 @@ def judge_degenerate_ceiling(run: dict[str, Any], ceiling: float | None) -> Chec
 
 
 def aggregates(records: list[dict[str, Any]], gate: Any) -> list[Aggregate]:
-    """Family (per model) and suite verdicts per gated metric over the judged cases of a run."""
+    """Family (per model) and suite verdicts per gated metric over the judged cases of a run;
+    each fails on a drop and, unless the metric is in ``[gate] one_sided``, on a rise
+    (:func:`aggregate`)."""
     by_metric: dict[str, list[tuple[str, Check]]] = {}
     for rec in records:
         for c in (rec.get("verdict") or {}).get("checks", []):

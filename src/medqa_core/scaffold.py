@@ -471,8 +471,9 @@ def render(name: str, data: Path, model: ModelChoice, dataset: dict[str, Any], s
         if key in table and not str(table[key]).startswith(paths.SHIPPED_PREFIX) and Path(str(table[key])).is_absolute():
             table[key] = _rel(Path(str(table[key])), where)
     lines = [f"# Written by `medqa-bench init` from {source}.",
-             "# Edit freely: the recipe is a starting point (docs/profiles.md lists every key). Paths are relative",
-             "# to this file (medqa:... = shipped with medqa-bench), so the repository can be cloned anywhere.",
+             "# Edit freely: the recipe is a starting point (medqa-bench's docs/profiles.md lists the keys of",
+             "# every table). Paths are relative to this file (medqa:... = shipped with medqa-bench), so the",
+             "# repository can be cloned anywhere.",
              *(f"{k} = {toml_value(v)}" for k, v in top.items()), ""]
     for sec in ("train", "generation", "split", "gate"):
         lines += _table(sec, sections.get(sec, {}))

@@ -93,7 +93,7 @@ class DatasetSpec:
     hub_id: str | None = None
     format: str | None = None  # json | jsonl | csv | parquet; None = from the file suffix
     # Cleaning rules (names in cleaning.RULES) applied in order before empty/duplicate checks,
-    # and length caps in characters (longer rows are dropped); see README "Data cleaning".
+    # and length caps in characters (longer rows are dropped); see docs/data.md, "Data: files, cleaning, split, leakage".
     clean: tuple[str, ...] = ()
     max_question_chars: int | None = None
     max_answer_chars: int | None = None

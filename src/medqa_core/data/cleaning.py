@@ -3,7 +3,7 @@
 Each rule rewrites one field (question or answer) and is named in a dataset's ``clean`` list
 in the profile, e.g. ``clean = ["question_prefix", "question_greeting", "answer_greeting",
 "answer_signoff"]``. The loader counts, per rule, how many rows it changed; rows left empty
-by cleaning are then dropped as empty (and counted there). See README "Data cleaning".
+by cleaning are then dropped as empty (and counted there). See docs/data.md, "Data: files, cleaning, split, leakage".
 
 - ``question_prefix``: a leading ``Q.`` / ``Q:`` / ``Question:`` (AI Medical Chatbot titles).
 - ``question_greeting``: leading ``Hi doctor,``, ``Hello,``, ``Dear sir,`` ... (patient posts).
