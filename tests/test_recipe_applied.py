@@ -80,3 +80,20 @@ def test_the_gate_names_each_setting_that_moved():
     changed = judge_recipe(inv, {"recipe": {**applied_, "supervised_tokens": 800}})
     assert [c.name for c in changed] == ["recipe:supervised_tokens"] and "baseline" in changed[0].detail
     assert judge_recipe({"train_steps": 3}, {}) == []  # an adapter built before recipes were recorded
+
+
+def test_cpu_bf16_trains_under_bf16_autocast_or_is_refused(setup, tmp_path, monkeypatch):
+    """``[train] cpu_bf16``: bf16 autocast where the CPU has it natively (the recipe says so),
+    one line refusing it where it has not (never emulated)."""
+    from medqa_core import resources
+    from medqa_core.errors import TrainingError
+
+    monkeypatch.setattr(resources, "native_cpu_bf16", lambda: False)
+    with pytest.raises(TrainingError, match="no native bf16"):
+        _train(setup, tmp_path / "a", trainer="lean", cpu_bf16=True)
+    monkeypatch.setattr(resources, "native_cpu_bf16", lambda: True)  # autocast runs anywhere; speed needs native
+    spec, cfg, stats = _train(setup, tmp_path / "b", trainer="lean", cpu_bf16=True)
+    assert stats.recipe["applied"]["autocast"] == "bfloat16" == stats.recipe["asked"]["autocast"]
+    _, _, plain = _train(setup, tmp_path / "c", trainer="lean")
+    assert plain.recipe["applied"]["autocast"] == "none"
+    assert stats.loss_last != plain.loss_last  # other numbers: bf16 is a different recipe

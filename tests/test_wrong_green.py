@@ -59,6 +59,7 @@ CHANGES: dict[tuple[type, str], Any] = {
     (TrainConfig, "trainer"): "sft",
     (TrainConfig, "packing"): True,
     (TrainConfig, "num_processes"): "NOT RUN: torchrun over several GPUs",
+    (TrainConfig, "cpu_bf16"): True,  # bf16 autocast where native; refused (both ways alike) elsewhere
     (GenerationConfig, "max_new_tokens"): 6,
     (GenerationConfig, "batch_size"): 3,
     (GenerationConfig, "repetition_penalty"): 1.3,

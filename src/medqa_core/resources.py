@@ -389,3 +389,14 @@ def torch_threads() -> int:
         return max(1, torch.get_num_threads())
     except ImportError:  # pragma: no cover
         return 1
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo); the
+    ``[train] cpu_bf16`` lever is refused elsewhere rather than emulated."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

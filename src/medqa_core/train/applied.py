@@ -91,7 +91,8 @@ def applied(peft_model: Any, opt: Any, rates: list[float], examples: list[tuple[
     return out
 
 
-def asked(spec: ModelSpec, cfg: TrainConfig, n_params: int, logged_steps: list[int]) -> dict[str, Any]:
+def asked(spec: ModelSpec, cfg: TrainConfig, n_params: int, logged_steps: list[int],
+          device: str = "cpu") -> dict[str, Any]:
     """What the profile asks for, computed without the trainers' code: the values
     :func:`applied` must equal within one run."""
     import torch
@@ -110,7 +111,8 @@ def asked(spec: ModelSpec, cfg: TrainConfig, n_params: int, logged_steps: list[i
             "lora_targets": sorted(spec.target_modules), "trainable_non_lora": 0,
             "optimizer": [{"lr": _r(cfg.learning_rate), "weight_decay": RECIPE_OPTIMIZER["weight_decay"],
                            "betas": RECIPE_OPTIMIZER["betas"], "eps": RECIPE_OPTIMIZER["eps"], "params": n_params}],
-            "lr_at_log": lr_trace(rates), "untruncated_rows_without_eos": 0, "rows_without_prompt": 0}
+            "lr_at_log": lr_trace(rates), "untruncated_rows_without_eos": 0, "rows_without_prompt": 0,
+            **({"autocast": "bfloat16" if cfg.cpu_bf16 else "none"} if device == "cpu" else {})}
 
 
 def logged_steps(steps: int) -> list[int]:

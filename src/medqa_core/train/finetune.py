@@ -41,7 +41,8 @@ def fine_tune(
         tokenizer.padding_side = "left"
     # what the profile asked, computed without the trainers' code (train/applied.py), beside what ran
     stats.recipe = {"applied": stats.recipe,
-                    "asked": applied.asked(spec, cfg, stats.trainable_params, applied.logged_steps(cfg.steps))}
+                    "asked": applied.asked(spec, cfg, stats.trainable_params, applied.logged_steps(cfg.steps),
+                                          "cpu" if not device.startswith("cuda") else device)}
     return stats
 
 

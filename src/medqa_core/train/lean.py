@@ -21,13 +21,18 @@ from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
 from . import applied
-from .common import TrainStats, check_losses, make_stats, mixed_precision, trainable_to_fp32
+from .common import TrainStats, check_losses, cpu_precision, make_stats, mixed_precision, trainable_to_fp32
 
 
-def _amp(device: str, family: str | None) -> tuple[Any, Any]:
-    """(autocast context or None, GradScaler or None) of the lean loop on ``device``."""
+def _amp(device: str, family: str | None, cfg: Any = None) -> tuple[Any, Any]:
+    """(autocast context or None, GradScaler or None) of the lean loop on ``device``; on the CPU
+    bf16 autocast only when ``[train] cpu_bf16`` asks and the CPU has it natively."""
     import torch
 
+    if not device.startswith("cuda"):
+        if cpu_precision(cfg) == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16), None
+        return None, None
     precision = mixed_precision(device, family)
     if precision == "fp32":
         return None, None
@@ -169,7 +174,7 @@ def fine_tune_lean(
     examples = encode_rows(tokenizer, rows, cfg.max_length)
     opt = _optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(0, round(cfg.warmup_ratio * cfg.steps)), cfg.steps))
-    amp, scaler = _amp(device, spec.family)
+    amp, scaler = _amp(device, spec.family, cfg)
     every = max(1, cfg.steps // 10)
     losses: list[float] = []
     rates: list[float] = []  # the learning rate at each logged step, as the Trainer logs it
@@ -217,5 +222,6 @@ def fine_tune_lean(
     check_losses(spec, losses)
     peft_model.save_pretrained(str(out_dir))
     recipe["lr_at_log"] = applied.lr_trace(rates)
+    recipe["autocast"] = str(amp.fast_dtype).removeprefix("torch.") if amp is not None else "none"
     return make_stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device, pad / fed if fed else 0.0, "lean",
                   steps_run, rows, recipe)

@@ -11,7 +11,7 @@ from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
 from . import applied
-from .common import TrainStats, check_losses, make_stats, mixed_precision, trainable_to_fp32
+from .common import TrainStats, check_losses, cpu_precision, make_stats, mixed_precision, trainable_to_fp32
 from .lean import canary_prompt_ids
 
 
@@ -19,7 +19,7 @@ def sft_config(cfg: TrainConfig, out_dir: str, device: str, family: str | None =
     from trl import SFTConfig
 
     cuda = device.startswith("cuda")
-    precision = mixed_precision(device, family)
+    precision = mixed_precision(device, family) if cuda else cpu_precision(cfg)
     return SFTConfig(
         output_dir=out_dir,
         max_steps=cfg.steps,
@@ -90,6 +90,8 @@ def fine_tune_sft(
         rates = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
         recipe = applied.applied(peft_model, trainer.optimizer, rates, _examples(trainer.train_dataset, cfg.max_length),
                                  tokenizer, cfg.max_length, canary_prompt_ids(tokenizer))
+        args_ = trainer.args
+        recipe["autocast"] = "bfloat16" if args_.bf16 else ("float16" if args_.fp16 else "none")
         tokens = int(trainer.state.num_input_tokens_seen)
         peft_model.save_pretrained(str(out_dir))
     return make_stats(t.seconds, t.cpu, tokens, trainable, total, mem, losses, device,
