@@ -32,11 +32,9 @@ from medqa_core.train.finetune import fine_tune  # noqa: E402
 
 
 def native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from medqa_core.resources import native_cpu_bf16
+
+    return native_cpu_bf16()
 
 
 def main() -> int:
