@@ -232,7 +232,7 @@ def test_lean_loop_unscales_before_clipping(base_and_adapter, tmp_path, monkeypa
     training.fine_tune(load_base(src, spec), tok, spec, ROWS, cfg, tmp_path / "plain", "cpu")
     scalers = []
 
-    def amp(device, family):
+    def amp(device, family, cfg=None):
         scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**12))
         return None, scalers[-1]
 
