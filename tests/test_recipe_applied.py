@@ -97,3 +97,14 @@ def test_cpu_bf16_trains_under_bf16_autocast_or_is_refused(setup, tmp_path, monk
     _, _, plain = _train(setup, tmp_path / "c", trainer="lean")
     assert plain.recipe["applied"]["autocast"] == "none"
     assert stats.loss_last != plain.loss_last  # other numbers: bf16 is a different recipe
+
+
+def test_chat_template_rows_are_not_asked_for_eos():
+    """A chat template ends the assistant turn with its own end-of-turn text (SmolLM2: no EOS id):
+    the within-run EOS expectation is for plain-text rows only (the small profile's false alarm)."""
+    prof = load_profile("tiny")
+    spec, cfg = prof.models["llama"], prof.train
+    plain = applied.asked(spec, cfg, 10, applied.logged_steps(cfg.steps))
+    chat = applied.asked(spec, cfg, 10, applied.logged_steps(cfg.steps), chat=True)
+    assert plain["untruncated_rows_without_eos"] == 0 and "untruncated_rows_without_eos" not in chat
+    assert applied.compare({"untruncated_rows_without_eos": 454}, chat) == []

@@ -92,9 +92,11 @@ def applied(peft_model: Any, opt: Any, rates: list[float], examples: list[tuple[
 
 
 def asked(spec: ModelSpec, cfg: TrainConfig, n_params: int, logged_steps: list[int],
-          device: str = "cpu") -> dict[str, Any]:
+          device: str = "cpu", chat: bool = False) -> dict[str, Any]:
     """What the profile asks for, computed without the trainers' code: the values
-    :func:`applied` must equal within one run."""
+    :func:`applied` must equal within one run. ``chat``: the rows are rendered by a chat template,
+    whose assistant turn ends in the template's end-of-turn text, not in EOS; no EOS is asked
+    then (the count is still compared with the baseline's)."""
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
@@ -111,7 +113,8 @@ def asked(spec: ModelSpec, cfg: TrainConfig, n_params: int, logged_steps: list[i
             "lora_targets": sorted(spec.target_modules), "trainable_non_lora": 0,
             "optimizer": [{"lr": _r(cfg.learning_rate), "weight_decay": RECIPE_OPTIMIZER["weight_decay"],
                            "betas": RECIPE_OPTIMIZER["betas"], "eps": RECIPE_OPTIMIZER["eps"], "params": n_params}],
-            "lr_at_log": lr_trace(rates), "untruncated_rows_without_eos": 0, "rows_without_prompt": 0,
+            "lr_at_log": lr_trace(rates), **({} if chat else {"untruncated_rows_without_eos": 0}),
+            "rows_without_prompt": 0,
             **({"autocast": "bfloat16" if cfg.cpu_bf16 else "none"} if device == "cpu" else {})}
 
 

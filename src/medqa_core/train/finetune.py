@@ -42,7 +42,8 @@ def fine_tune(
     # what the profile asked, computed without the trainers' code (train/applied.py), beside what ran
     stats.recipe = {"applied": stats.recipe,
                     "asked": applied.asked(spec, cfg, stats.trainable_params, applied.logged_steps(cfg.steps),
-                                          "cpu" if not device.startswith("cuda") else device)}
+                                          "cpu" if not device.startswith("cuda") else device,
+                                          chat=bool(getattr(tokenizer, "chat_template", None)))}
     return stats
 
 
