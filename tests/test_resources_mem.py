@@ -30,3 +30,36 @@ def test_cpu_peak_of_an_idle_block_is_small():
     with PeakMemory("cpu") as mem:
         pass
     assert 0 <= mem.peak_mib < 20
+
+
+def test_a_sibling_worker_is_ours_only_while_it_runs_a_case(monkeypatch, tmp_path):
+    """Under xdist a sibling worker running a benchmark case shares the cores as in the baseline;
+    one running other tests is a neighbour (its load can make a time check unjudged)."""
+    import os
+
+    from medqa_core import resources
+
+    class P:
+        def __init__(self, pid, parent=None, kids=()):
+            self.pid, self._parent, self._kids = pid, parent, list(kids)
+
+        def parent(self):
+            return self._parent
+
+        def children(self):
+            return self._kids
+
+    me = P(os.getpid())
+    sib = P(999_999)
+    ctl = P(os.getppid(), kids=[me, sib])
+    me._parent = ctl
+    monkeypatch.setattr(resources.psutil, "Process", lambda: me)
+    monkeypatch.setattr(resources, "_case_marks", lambda pid: tmp_path / f"marks-{pid}")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert [p.pid for p in resources._run_tree()] == [me.pid, ctl.pid]
+    (tmp_path / f"marks-{ctl.pid}").mkdir()
+    (tmp_path / f"marks-{ctl.pid}" / str(sib.pid)).touch()
+    assert [p.pid for p in resources._run_tree()] == [me.pid, ctl.pid, sib.pid]
+    with resources.in_case():  # this worker's own mark, removed after the case
+        assert (tmp_path / f"marks-{os.getppid()}" / str(os.getpid())).exists()
+    assert not (tmp_path / f"marks-{os.getppid()}" / str(os.getpid())).exists()

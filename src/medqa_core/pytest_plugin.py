@@ -577,10 +577,13 @@ def run_case(config: pytest.Config, case: Case, properties: list[tuple[str, obje
     spec = run.profile.models[case.model]
     if spec.needs_cuda and run.context.device != "cuda":
         pytest.skip(f"{case.id}: profile {run.profile.name!r} runs {spec.hub_id} and needs a CUDA GPU; none found")
+    from .resources import in_case
+
     try:
-        record, verdict = session.run_and_judge(run.profile, case.model, case.dataset, run.context, run.seeds,
-                                                run.baseline, run.hw_baseline, run.run_dir,
-                                                judge_resources=run.judge_resources)
+        with in_case():  # sibling workers count this one's load as the run's own while it runs a case
+            record, verdict = session.run_and_judge(run.profile, case.model, case.dataset, run.context, run.seeds,
+                                                    run.baseline, run.hw_baseline, run.run_dir,
+                                                    judge_resources=run.judge_resources)
     except Exception as exc:  # the case still ends as a record (status error) for history, summary and alerts
         err = session.error_record(run.profile, case.model, case.dataset, run.run_dir, f"{type(exc).__name__}: {exc}")
         properties.append((RECORD_KEY, err["_path"]))
