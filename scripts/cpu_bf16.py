@@ -22,11 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def native_bf16() -> bool:
-    from medqa_core.resources import native_cpu_bf16
-
-    return native_cpu_bf16()
+from medqa_core.resources import native_cpu_bf16 as native_bf16  # noqa: E402
 
 
 def main() -> int:

@@ -28,13 +28,8 @@ from medqa_core.cache import Cache  # noqa: E402
 from medqa_core.data.split import load_split  # noqa: E402
 from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
 from medqa_core.profile import load_profile  # noqa: E402
+from medqa_core.resources import native_cpu_bf16 as native_bf16  # noqa: E402
 from medqa_core.train.finetune import fine_tune  # noqa: E402
-
-
-def native_bf16() -> bool:
-    from medqa_core.resources import native_cpu_bf16
-
-    return native_cpu_bf16()
 
 
 def main() -> int:

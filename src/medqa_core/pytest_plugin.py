@@ -696,7 +696,8 @@ def _first_line(longrepr: Any) -> str:
     """The reason a report gives, in one line: the ``E`` line of a traceback, else its last line."""
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2])
-    text = str(getattr(longrepr, "reprcrash", None) and longrepr.reprcrash.message or longrepr or "failed")
+    crash = getattr(longrepr, "reprcrash", None)
+    text = str(crash.message if crash is not None and crash.message else (longrepr or "failed"))
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     err = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
     return " ".join((err[:1] or lines[-1:] or ["failed"])[0].split())[:300]
