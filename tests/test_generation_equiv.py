@@ -22,8 +22,6 @@ from medqa_core.model.prompts import add_special_tokens, build_prompt, training_
 from medqa_core.profile import load_profile
 from medqa_core.train.lean import batch_order, collate, encode_rows
 
-torch = pytest.importorskip("torch")
-
 # A minimal chat template for the fixture tokenizer (which has none), to cover the chat path.
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -31,6 +29,7 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m[
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "phi"])
 def test_batched_merged_equals_one_by_one_unmerged(family):
+    torch = pytest.importorskip("torch")
     from peft import PeftModel, get_peft_model
 
     prof = load_profile("tiny")
@@ -74,6 +73,7 @@ def test_plain_batch_order_equals_package(n, batch_size, steps, seed):
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain-layout", "chat-template"])
 def test_plain_prompts_and_training_batches_equal_package(chat):
+    torch = pytest.importorskip("torch")
     prof = load_profile("tiny")
     tok = load_tokenizer(REPO_ROOT / "fixtures" / "tokenizer")
     if chat:
@@ -104,3 +104,31 @@ def test_plain_prompts_and_training_batches_equal_package(chat):
 
     for spec in prof.models.values():
         assert plain.lora_config(spec, prof.train).to_dict() == lora_config(spec, prof.train).to_dict()
+
+
+def test_cpu_bf16_decodes_under_autocast_only_where_native(monkeypatch):
+    """``[generation] cpu_bf16``: refused (one line naming the section) on a CPU without native
+    bf16, never emulated; where allowed, decoding runs under bf16 autocast and the settings (an
+    exact invariant of the gate) say so, so bf16 answers never pass for fp32 ones."""
+    torch = pytest.importorskip("torch")
+    from medqa_core import resources
+    from medqa_core.errors import TrainingError
+
+    prof = load_profile("tiny")
+    tok = load_tokenizer(REPO_ROOT / "fixtures" / "tokenizer")
+    model = build_tiny(prof.models["llama"], tok, seed=1)
+    questions = ["What is anaemia?", "How is a sprain treated?"]
+    cfg = dataclasses.replace(prof.generation, max_new_tokens=6, batch_size=2, cpu_bf16=True)
+    monkeypatch.setattr(resources, "native_cpu_bf16", lambda: False)
+    with pytest.raises(TrainingError, match=r"\[generation\] cpu_bf16"):
+        generate_answers(model, tok, questions, cfg)
+    monkeypatch.setattr(resources, "native_cpu_bf16", lambda: True)  # autocast runs anywhere; speed needs native
+    seen: list[torch.dtype] = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    settings: dict = {}
+    answers = generate_answers(model, tok, questions, cfg, settings=settings)
+    hook.remove()
+    assert len(answers) == 2 and settings["autocast"] == "bfloat16" and set(seen) == {torch.bfloat16}
+    fp32: dict = {}
+    generate_answers(model, tok, questions, dataclasses.replace(cfg, cpu_bf16=False), settings=fp32)
+    assert "autocast" not in fp32 and {k: v for k, v in settings.items() if k != "autocast"} == fp32

@@ -246,3 +246,33 @@ def test_alpha_for():
             alpha_for(bad)
     with pytest.raises(ConfigError):
         alpha_for(2, 1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sigma=st.floats(0.002, 0.03), secs=st.floats(20, 400), target=st.floats(0.01, 0.08),
+       budget=st.floats(300, 4000), prior_df=st.sampled_from([0.0, 4.0, 8.0]))
+def test_plan_cheapest_total_is_the_fewest_seeds_in_all(sigma, secs, target, budget, prior_df):
+    """``cheapest="total"`` (init's first sitting: record K, gate once with R): the choice reaches
+    the target with (K + R) * seconds within the budget, and no pair with fewer seeds in all (or
+    as many and fewer R) does; checked by brute force over the grid with :func:`mde` itself."""
+    alpha = 0.001
+    p = plan(sigma, secs, target, budget, alpha, k_max=8, r_max=3, prior_df=prior_df, cheapest="total")
+
+    def ok(k: int, r: int) -> bool:
+        return (k + r) * secs <= budget and mde(sigma, k, r, alpha, df=k - 1 + prior_df) <= target
+
+    pairs = [(k, r) for k in range(1, 9) for r in range(1, 4) if ok(k, r)]
+    if not pairs:
+        assert p.choice is None and "not reachable" in p.reason
+        return
+    c = p.choice
+    assert c is not None and ok(c.k, c.r)
+    assert (c.k + c.r, c.r) == min((k + r, r) for k, r in pairs)
+    # the default ("gate": cheapest later gate run) never asks for more gate runs than this choice
+    g = plan(sigma, secs, target, budget, alpha, k_max=8, r_max=3, prior_df=prior_df)
+    assert g.choice is not None and g.choice.r <= c.r
+
+
+def test_plan_cheapest_must_be_named():
+    with pytest.raises(ConfigError, match="cheapest"):
+        plan(0.01, 300, 0.03, 600, 0.001, cheapest="fast")

@@ -150,6 +150,26 @@ def test_a_large_model_gets_the_slow_recipe_and_minus_m_slow(tmp_path):
         assert args[args.index("-m", 2) + 1] == "slow"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_real_model_trains_lean_on_a_larger_test_set_and_in_bf16_only_where_native(tmp_path, monkeypatch, native):
+    from medqa_core import resources, scaffold
+
+    monkeypatch.setattr(resources, "native_cpu_bf16", lambda: native)
+    data = tmp_path / "qa.jsonl"
+    write(data, "jsonl", rows(300 if native else 100))
+    res = init_profile(data, Q, A, "microsoft/Phi-3.5-mini-instruct")
+    prof = load_profile(res.profile)
+    assert prof.train.trainer == "lean"
+    assert prof.train.cpu_bf16 is native and prof.generation.cpu_bf16 is native
+    # up to REAL_TEST_ROWS test questions, never more than REAL_TEST_SHARE of the rows
+    assert res.test_rows == min(scaffold.REAL_TEST_ROWS, int(res.rows * scaffold.REAL_TEST_SHARE))
+    assert any(("natively" if native else "no native bf16") in n for n in res.notes)
+    # --set wins over the detection, either way
+    other = init_profile(data, Q, A, "microsoft/Phi-3.5-mini-instruct", name="other",
+                         sets=[f"train.cpu_bf16={str(not native).lower()}"])
+    assert load_profile(other.profile).train.cpu_bf16 is (not native)
+
+
 def test_hub_id_and_several_question_columns(tmp_path):
     data = tmp_path / "chat.csv"
     write(data, "csv", [{**r, "Subject": f"s{i}"} for i, r in enumerate(rows())])
@@ -277,10 +297,20 @@ def test_mde_target_sets_the_baseline_runs_from_the_power_plan(tmp_path):
     res = init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path, mde=0.05)
     gate = tomllib.loads(res.profile.read_text())["gate"]
     k = gate["baseline_seeds"]
+    args = shlex.split(res.commands[1])
+    r = int(args[args.index("--seeds") + 1]) if "--seeds" in args else 1
     sd, d0 = gate["prior_sd"]["bert_f1"], gate["prior_df"]
-    alpha = load_profile(res.profile).gate.alpha
-    # the chosen K is the smallest whose MDE (one gate run) reaches the target; K - 1 does not
-    assert power.mde(sd, k, 1, alpha, df=k - 1 + d0) <= 0.05 < power.mde(sd, k - 1, 1, alpha, df=k - 2 + d0)
+    prof = load_profile(res.profile)
+    alpha, tol = prof.gate.alpha, prof.gate.metric_tolerance["bert_f1"]
+
+    def reaches(k_: int, r_: int) -> bool:
+        return power.mde(sd, k_, r_, alpha, df=k_ - 1 + d0, min_effect=tol) <= 0.05
+
+    # the chosen (K, R) reaches the target with the fewest seeds in all (record + one gate run),
+    # then the fewest gate runs: checked against every smaller pair
+    assert reaches(k, r)
+    assert not any(reaches(k2, r2) for k2 in range(1, 11) for r2 in range(1, 4)
+                   if (k2 + r2, r2) < (k + r, r))
     assert any("baseline_seeds = " in n for n in res.notes)
     # a model without a measured prior gets the advice instead of a plan
     big = tmp_path / "models" / "big"

@@ -63,6 +63,7 @@ CHANGES: dict[tuple[type, str], Any] = {
     (GenerationConfig, "max_new_tokens"): 6,
     (GenerationConfig, "batch_size"): 3,
     (GenerationConfig, "repetition_penalty"): 1.3,
+    (GenerationConfig, "cpu_bf16"): True,  # bf16 autocast where native; refused (both ways alike) elsewhere
     (SplitConfig, "test_size"): 6,
     (SplitConfig, "seed"): 5,
     (SplitConfig, "test_fraction"): "NOT RUN: exclusive with test_size, which the base recipe sets",

@@ -20,11 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .errors import MedQAError
+
+if TYPE_CHECKING:
+    from .results.record import CaseRecord
 
 
 def _results_roots() -> list[Path]:
@@ -98,7 +102,7 @@ def _history(args: argparse.Namespace, required: bool = True) -> Any:
     return History(path)
 
 
-def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
+def _records(ref: str, args: argparse.Namespace | None = None) -> list[CaseRecord]:
     """The case records of a run directory, or of a run in the history."""
     from .results.summary import load_records
 
@@ -117,7 +121,7 @@ def _records(ref: str, args: argparse.Namespace | None = None) -> list[dict]:
     return sorted(recs, key=lambda r: (r["dataset"], r["model"]))
 
 
-def _run_info(args: argparse.Namespace, recs: list[dict] | None = None) -> dict[str, Any]:
+def _run_info(args: argparse.Namespace, recs: list[CaseRecord] | None = None) -> dict[str, Any]:
     """run.toml of RUN (a run directory, or the directory of a history run under the results dir)."""
     from .results.summary import read_run_info
 
@@ -132,7 +136,7 @@ def _run_info(args: argparse.Namespace, recs: list[dict] | None = None) -> dict[
     return read_run_info(d) if d is not None else {}
 
 
-def _run_profile(args: argparse.Namespace, recs: list[dict] | None) -> tuple[Any, str | None]:
+def _run_profile(args: argparse.Namespace, recs: list[CaseRecord] | None) -> tuple[Any, str | None]:
     """(profile or None, the profile name the history files runs under): --profile (a name or a
     .toml path; must load), else the profile the run recorded in run.toml, else the records' name."""
     info = _run_info(args, recs)
@@ -152,6 +156,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .results.summary import details_text, plain_table
 
     recs = _records(args.run, args)
+    base: dict[str, Any] | None
     if args.baseline:
         base = baselines.load(Path(args.baseline))
     else:  # the baseline the run was judged against (run.toml), when it is still there
@@ -186,7 +191,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return worst
 
 
-def _runs(rec: dict[str, Any]) -> list[dict[str, Any]]:
+def _runs(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A record's runs (a record from before per-run records counts as one run)."""
     runs = rec.get("runs") or [rec]
     return [{"seed": 0, "controls": {}, "invariants": {}, "margins": {}, "provenance": rec.get("provenance", {}),
@@ -308,7 +313,8 @@ def _newest_profile_ref(run: Any) -> str:
     d = _run_dir(run.run_id, run.run_id)
     info = read_run_info(d) if d is not None else {}
     ref = info.get("profile_file") or info.get("profile")
-    return ref if ref and (not str(ref).endswith(".toml") or Path(ref).is_file()) else run.profile
+    chosen: str = ref if ref and (not str(ref).endswith(".toml") or Path(ref).is_file()) else run.profile
+    return chosen
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -419,9 +425,11 @@ def main(argv: list[str] | None = None) -> int:
                         "or byte-fallback pieces) or hold it (positions); the findings become notes")
     i.add_argument("--mde", type=float, metavar="DROP",
                    help="the BERTScore F1 drop the gate must detect (80%% power): sets baseline_seeds (K) and the "
-                        "gate's --seeds (R) from the power plan under the model's measured prior (default: print the plan)")
-    i.add_argument("--budget", type=float, metavar="SECONDS", default=1200.0,
-                   help="seconds a gate run may take, for the power plan (default 1200)")
+                        "gate's --seeds (R) from the power plan under the model's measured prior: the fewest seeds "
+                        "in all (default 0.03 for a real model; a tiny stand-in only prints the plan)")
+    i.add_argument("--budget", type=float, metavar="SECONDS", default=None,
+                   help="seconds the seeds of recording the baseline plus one gate run may take, for the power "
+                        "plan (default 960: with install, init and the base model's answers ~20 minutes)")
     i.add_argument("--no-register", action="store_true",
                    help="do not add [tool.medqa-bench] profile = ... to the repository's pyproject.toml")
     i.add_argument("--name", help="profile and dataset name (default: from the data file's name)")
@@ -438,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     paths.set_work_root(paths.find_root())  # results, cache and history defaults, git provenance
     try:
-        return args.fn(args)
+        rc: int = args.fn(args)
+        return rc
     except MedQAError as exc:
         print(f"medqa-bench: {exc}", file=sys.stderr)
         return 2

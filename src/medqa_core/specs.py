@@ -149,6 +149,7 @@ class GenerationConfig:
     max_new_tokens: int = 64
     batch_size: int = 32
     repetition_penalty: float = 1.0
+    cpu_bf16: bool = False  # greedy decoding under bf16 autocast on a CPU with native bf16 (refused elsewhere)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,18 @@ def resolve_revision(hub_id: str, revision: str | None = None, cache_dir: str | 
     return commit
 
 
+def cpu_precision(cfg: Any, section: str = "train") -> str:
+    """``bf16`` when ``[<section>] cpu_bf16`` asks for it (refused on a CPU without native bf16), else ``fp32``."""
+    if not getattr(cfg, "cpu_bf16", False):
+        return "fp32"
+    from ..resources import native_cpu_bf16
+
+    if not native_cpu_bf16():
+        raise TrainingError(f"[{section}] cpu_bf16 = true: this CPU has no native bf16 (AVX512-BF16 / AMX); "
+                            "it is not emulated - set cpu_bf16 = false")
+    return "bf16"
+
+
 def cuda_precision(family: str | None = None) -> str:
     """The float format of a CUDA run: ``bf16`` where the GPU computes it natively (Ampere and
     later; a T4 only emulates it, which ``is_bf16_supported()`` counts unless told not to),

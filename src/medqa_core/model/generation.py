@@ -61,8 +61,16 @@ def generate_answers(
     answers are put back in the caller's order. ``settings``, when given, receives the
     generation arguments actually passed to ``generate`` (an exact invariant of the gate).
     Each finished batch is reported to :mod:`progress` as stage ``progress_stage``.
+    ``cfg.cpu_bf16`` on the CPU decodes under bf16 autocast (native bf16 only; refused elsewhere);
+    the settings then carry ``autocast``, so such answers never pass for fp32 ones.
     """
+    import contextlib
+
     import torch
+
+    from .bases import cpu_precision
+
+    bf16 = device == "cpu" and cpu_precision(cfg, "generation") == "bf16"
 
     tokenizer.padding_side = "left"
     prompts = [build_prompt(tokenizer, q) for q in questions]
@@ -82,8 +90,9 @@ def generate_answers(
         kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "repetition_penalty": cfg.repetition_penalty,
                   "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
         if settings is not None:
-            settings.update(kwargs)
-        with torch.inference_mode():
+            settings.update(kwargs, **({"autocast": "bfloat16"} if bf16 else {}))
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
             out = model.generate(**enc, **kwargs, use_cache=True)
         new = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):

@@ -34,18 +34,6 @@ class TrainStats:
     recipe: dict[str, Any] = field(default_factory=dict)  # the recipe as applied (train/applied.py)
 
 
-def cpu_precision(cfg: Any) -> str:
-    """``bf16`` when ``[train] cpu_bf16`` asks for it (refused on a CPU without native bf16), else ``fp32``."""
-    if not getattr(cfg, "cpu_bf16", False):
-        return "fp32"
-    from ..resources import native_cpu_bf16
-
-    if not native_cpu_bf16():
-        raise TrainingError("[train] cpu_bf16 = true: this CPU has no native bf16 (AVX512-BF16 / AMX); "
-                            "it is not emulated - set cpu_bf16 = false")
-    return "bf16"
-
-
 def mixed_precision(device: str, family: str | None = None) -> str:
     """Autocast format of training on ``device``: ``fp32`` (none) on the CPU; on CUDA ``bf16``
     where the GPU has it natively, else ``fp16`` with loss scaling, or ``fp32`` for Gemma 2

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
+from ..model.bases import cpu_precision
 from ..model.params import lora_config, real_param_count
 from ..resources import PeakMemory, Timer
 from ..specs import ModelSpec, TrainConfig
 from . import applied
-from .common import TrainStats, check_losses, cpu_precision, make_stats, mixed_precision, trainable_to_fp32
+from .common import TrainStats, check_losses, make_stats, mixed_precision, trainable_to_fp32
 from .lean import canary_prompt_ids
 
 
