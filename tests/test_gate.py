@@ -430,6 +430,37 @@ def test_judge_case_controls_are_judged_per_run_even_without_baseline():
     assert [c.name for c in bad.failures] == ["beats_base:bert_f1@seed1"]
 
 
+def test_checks_carry_their_metric_control_and_seed():
+    """The gate sets what each check judged (metric, control, seed) where it makes it, keeps the
+    name's text (``@seed<n>`` for one of several runs), and writes both into the verdict's JSON;
+    the fields say what the name always said, so older records are read the same."""
+    from medqa_core.results.record import _legacy_fields, check_fields
+
+    per = {"ids": ["a", "b", "c", "d"], M: [0.5, 0.6, 0.55, 0.58], "degenerate": [0.0] * 4}
+    worse_base = {"base": {"metrics": {M: 0.3}, "per_example": {M: [0.3, 0.31, 0.29, 0.3]}}}
+    cfg = GateConfig(require_controls=("base",), require_beats_base=(M,))
+    base = baseline_case([0.50, 0.51, 0.49], margins=[0.2, 0.21, 0.19], invariants={"train_steps": 200})
+    runs = [a_run(s, metrics_at(0.5, degenerate=0.0), margins={f"margin:base:{M}": 0.2}, per_example=per,
+                  controls=worse_base, invariants={"train_steps": 200}) for s in (3, 4)]
+    v = judge_case("c", runs, base, {"c": base}, cfg, IDENTITY)
+    got = {c.name: (c.kind, c.metric, c.control, c.seed) for c in v.checks}
+    assert got["beats_base:bert_f1@seed3"] == ("control", M, "base", 3)
+    assert got["beats_base:bert_f1@seed4"] == ("control", M, "base", 4)
+    assert got["max_degenerate@seed4"] == ("ceiling", "degenerate", None, 4)
+    assert got[M] == ("noise", M, None, None)
+    assert got["use_f1"] == ("noise", "use_f1", None, None)
+    assert got[f"margin:base:{M}"] == ("noise", M, "base", None)
+    assert got["train_steps@seed3"] == ("invariant", None, None, 3)
+    as_json = json.loads(json.dumps(v.to_json()))
+    [chk] = [c for c in as_json["checks"] if c["name"] == "beats_base:bert_f1@seed4"]
+    assert (chk["metric"], chk["control"], chk["seed"]) == (M, "base", 4)
+    for c in as_json["checks"]:
+        assert check_fields(c) == _legacy_fields(c["name"], c["kind"]), c["name"]
+    one = judge_case("c", runs[:1], None, {}, cfg, IDENTITY)  # one run: no seed in the name nor the field
+    assert [(c.name, c.metric, c.control, c.seed) for c in one.checks] == [
+        ("beats_base:bert_f1", M, "base", None), ("max_degenerate", "degenerate", None, None)]
+
+
 # ---------------------------------------------------------------- exact invariants
 
 INV = {"test_ids": "t", "train_rows": 100, "train_rows_digest": "r", "train_test_overlap": 0, "train_steps": 200,
@@ -973,6 +1004,8 @@ def test_a_check_that_cannot_fail_is_refused_with_one_line():
     alone = gate.judge_case("c", run, case, {"c": case}, GateConfig(alpha=0.0005, require_controls=()), {})
     lines = [ln for ln in alone.explain().splitlines() if "[FAIL] power:bert_f1" in ln]
     assert alone.status == "incomparable" and len(lines) == 1 and "prior_sd" in lines[0]
+    power = {c.name: (c.metric, c.control, c.seed) for c in alone.checks if c.kind == "power"}
+    assert power["power:bert_f1"] == ("bert_f1", None, None)
     primed = gate.judge_case("c", run, case, {"c": case},
                              GateConfig(alpha=0.0005, require_controls=(), prior_sd={"bert_f1": 0.01, "use_f1": 0.01},
                                         prior_df=8.0), {})

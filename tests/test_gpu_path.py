@@ -12,28 +12,35 @@ import sys
 import weakref
 
 import pytest
+from helpers import REPO_ROOT
 
-torch = pytest.importorskip("torch")
-bnb = pytest.importorskip("bitsandbytes")
-import transformers  # noqa: E402
-from helpers import REPO_ROOT  # noqa: E402
-from peft import PeftModel, get_peft_model  # noqa: E402
-from peft.tuners.lora import LoraLayer  # noqa: E402
+from medqa_core.cache import Cache
+from medqa_core.data.datasets import QAExample
+from medqa_core.model import bases as models
+from medqa_core.model import generation
+from medqa_core.model.bases import load_base, load_tokenizer
+from medqa_core.model.generation import generate_answers
+from medqa_core.model.params import lora_config
+from medqa_core.profile import load_profile
+from medqa_core.specs import GenerationConfig, ModelSpec, TrainConfig
+from medqa_core.stages import Artifact
+from medqa_core.stages import adapter as adapter_stage
+from medqa_core.stages import answers as answers_stage
+from medqa_core.train import common, lean
+from medqa_core.train import finetune as training
 
-from medqa_core.cache import Cache  # noqa: E402
-from medqa_core.data.datasets import QAExample  # noqa: E402
-from medqa_core.model import bases as models  # noqa: E402
-from medqa_core.model import generation  # noqa: E402
-from medqa_core.model.bases import load_base, load_tokenizer  # noqa: E402
-from medqa_core.model.generation import generate_answers  # noqa: E402
-from medqa_core.model.params import lora_config  # noqa: E402
-from medqa_core.profile import load_profile  # noqa: E402
-from medqa_core.specs import GenerationConfig, ModelSpec, TrainConfig  # noqa: E402
-from medqa_core.stages import Artifact  # noqa: E402
-from medqa_core.stages import adapter as adapter_stage  # noqa: E402
-from medqa_core.stages import answers as answers_stage  # noqa: E402
-from medqa_core.train import common, lean  # noqa: E402
-from medqa_core.train import finetune as training  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def _libraries():
+    """The heavy libraries, imported when the module's first test runs (not at collection) and
+    before any fixture fakes CUDA; every test skips where torch or bitsandbytes is absent."""
+    global torch, bnb, transformers, PeftModel, get_peft_model, LoraLayer
+    torch = pytest.importorskip("torch")
+    bnb = pytest.importorskip("bitsandbytes")
+    import transformers
+    from peft import PeftModel, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"

@@ -142,11 +142,9 @@ def test_local_checkpoint_dir_needs_no_hub(tmp_path):
 
 # ---------------------------------------------------------------- real parameters of a 4-bit model
 
-bnb = pytest.importorskip("bitsandbytes")
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
+    pytest.importorskip("bitsandbytes")
     return small_tiny_llama(tmp_path_factory)
 
 

@@ -11,15 +11,16 @@ from medqa_core.data.datasets import QAExample
 from medqa_core.profile import load_profile
 from medqa_core.specs import TrainConfig
 
-bnb = pytest.importorskip("bitsandbytes")
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
+    pytest.importorskip("bitsandbytes")
     return small_tiny_llama(tmp_path_factory)[:2]
 
 
 def test_nf4_load_quantizes_linear_layers(tiny_dir):
+    bnb = pytest.importorskip("bitsandbytes")
+
     from medqa_core.model.bases import load_base
 
     src, spec = tiny_dir

@@ -14,11 +14,10 @@ from medqa_core.profile import load_profile
 from medqa_core.train import applied
 from medqa_core.train.finetune import fine_tune
 
-torch = pytest.importorskip("torch")
-
 
 @pytest.fixture(scope="module")
 def setup():
+    pytest.importorskip("torch")
     prof = load_profile("tiny")
     tok = load_tokenizer(REPO_ROOT / "fixtures" / "tokenizer")
     data = load_split(prof.datasets["wikidoc"], prof.data_dir, prof.split)

@@ -23,8 +23,6 @@ from medqa_core.profile import load_profile
 from medqa_core.train.finetune import fine_tune
 from medqa_core.train.lean import batch_order, collate, encode_rows
 
-torch = pytest.importorskip("torch")
-
 
 @pytest.fixture(scope="module")
 def prof():
@@ -47,6 +45,7 @@ def examples(tok, data):
 
 
 def _peft(prof, family, tok, seed=0):
+    torch = pytest.importorskip("torch")
     from peft import get_peft_model
 
     spec = prof.models[family]
@@ -61,6 +60,7 @@ def _peft(prof, family, tok, seed=0):
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "phi"])
 def test_packed_loss_equals_padded_loss(prof, tok, examples, family):
+    torch = pytest.importorskip("torch")
     model = _peft(prof, family, tok)
     batch = [examples[i] for i in (0, 5, 9, 13, 21, 30, 2, 17)]
     assert len({len(a) for a, _ in batch}) > 3, "rows of different lengths, so padding happens"

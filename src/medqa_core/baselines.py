@@ -240,15 +240,18 @@ def resource_baseline(
     the hardware-class file's entry for the case; the main baseline's per-model published
     training minutes when this machine is of the class they were measured on (paper.json:
     2x Tesla T4); the main baseline case's own resources. None = resources are not gated."""
+    res: dict[str, Any] | None
     if hw and case_id in hw.get("cases", {}):
-        return hw["cases"][case_id].get("resources")
+        res = hw["cases"][case_id].get("resources")
+        return res
     if main:
         published = main.get("models", {}).get(model, {})
         if "training_minutes" in published and main.get("hardware", {}).get("class") == hw_class:
             return {"train_seconds": 60.0 * float(published["training_minutes"]), "device": "cuda"}
         case = main.get("cases", {}).get(case_id)
         if case:
-            return case.get("resources")
+            res = case.get("resources")
+            return res
     return None
 
 
@@ -305,7 +308,7 @@ def _lock(path: Path) -> Any:
 
 
 def _record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    data = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
+    data: dict[str, Any] = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     if data.get("schema_version") != SCHEMA_VERSION:  # an old recorded file is rewritten whole in the new schema
         data = {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     written, skipped = [], []

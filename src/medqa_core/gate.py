@@ -55,6 +55,7 @@ settings, prompt digest, scorer fingerprint and canary scores. Any mismatch fail
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ import numpy as np
 from .metrics import METRICS, degeneration
 from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES
 from .resources import BUSY_LIMIT
+from .results.record import Status, VerdictRecord
 
 __all__ = ["DEFAULT_MIN_EFFECT", "GATED", "MAX_DEGENERATE", "METRICS"]  # names and effects live in metrics.registry
 #: the share of degenerate (looping) tuned answers at which a run fails outright, with or without a
@@ -76,12 +78,16 @@ MIN_PRIOR_DF = 1.0
 MAX_PRIOR_DF = 200.0
 POWER = 0.8
 #: the statuses that fail a case (the others: incomparable, no-baseline, improvement, pass)
-FAILING = ("error", "regression", "changed")
+FAILING = (Status.ERROR, Status.REGRESSION, Status.CHANGED)
 
 
 @dataclass
 class Check:
-    """One judged quantity. ``passed`` False fails the case; ``kind`` says which rule judged it."""
+    """One judged quantity. ``passed`` False fails the case; ``kind`` says which rule judged it.
+
+    ``name`` is text for people (``beats_base:bert_f1@seed3``); what the check judged is in
+    ``metric``, ``control`` and ``seed`` (see :class:`results.record.CheckFields`), set where the
+    check is made. Readers of records take them through :func:`results.record.check_fields`."""
 
     name: str
     value: Any
@@ -98,6 +104,9 @@ class Check:
     mde: float | None = None
     direction: str = ""  # down | up | ""
     ci: tuple[float, float] | None = None
+    metric: str | None = None  # the score judged (under a margin: the score); None: invariant, time, memory
+    control: str | None = None  # beats_<control> and margin:<control>:<metric> checks
+    seed: int | None = None  # the one run judged, when the case has several (also @seed<n> in the name)
 
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
@@ -120,14 +129,14 @@ def _short(v: Any) -> str:
 
 #: what to do next, per failing status: re-recording is offered only for a rise or an intended
 #: recipe change (``changed``), never for a regression (that would bless a broken model)
-NEXT_STEP = {
-    "regression": ("investigate before touching the baseline: rerun the case with --seeds 3 (-k <case id>) and read "
-                   "the report (medqa-bench report <run dir>); a drop (or a rise in looping answers) that holds is a "
-                   "defect to fix, not a baseline to re-record"),
-    "changed": ("a move the better way beyond the band (a score up, fewer looping answers) or a changed invariant, "
-                "not a drop: if it is intended (a recipe change), "
-                "re-record this case's baseline with --update-baselines; if not, investigate it like a regression "
-                "(rerun with --seeds 3, read the report)"),
+NEXT_STEP: dict[str, str] = {
+    Status.REGRESSION: ("investigate before touching the baseline: rerun the case with --seeds 3 (-k <case id>) "
+                        "and read the report (medqa-bench report <run dir>); a drop (or a rise in looping answers) "
+                        "that holds is a defect to fix, not a baseline to re-record"),
+    Status.CHANGED: ("a move the better way beyond the band (a score up, fewer looping answers) or a changed invariant, "
+                     "not a drop: if it is intended (a recipe change), "
+                     "re-record this case's baseline with --update-baselines; if not, investigate it like a regression "
+                     "(rerun with --seeds 3, read the report)"),
 }
 
 
@@ -215,9 +224,10 @@ def moved(checks: list[dict[str, Any]]) -> list[str]:
     out = [movement(c) for c in beyond]
 
     def closeness(c: dict[str, Any]) -> float:
-        width = (c["baseline"] - c["limit"]) if isinstance(c.get("baseline"), (int, float)) and isinstance(
+        width: float = (c["baseline"] - c["limit"]) if isinstance(c.get("baseline"), (int, float)) and isinstance(
             c.get("limit"), (int, float)) else 0.0
-        return abs(c["delta"]) / width if width > 0 else abs(c["delta"])
+        delta: float = abs(c["delta"])
+        return delta / width if width > 0 else delta
 
     def worse_within(c: dict[str, Any]) -> bool:
         d = c.get("delta")
@@ -233,9 +243,14 @@ def moved(checks: list[dict[str, Any]]) -> list[str]:
 @dataclass
 class Verdict:
     case_id: str
+    #: a Status value, kept as the plain str: it travels in pytest's user properties, which
+    #: pytest-xdist serializes by exact type (an enum member would not cross to the controller)
     status: str
     checks: list[Check] = field(default_factory=list)
     note: str = ""
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status).value  # any other text: ValueError
 
     @property
     def failures(self) -> list[Check]:
@@ -251,7 +266,7 @@ class Verdict:
         as_json = [asdict(c) for c in self.checks]
         moves = moved(as_json)
         others = [c for c in self.failures if c.kind != "noise"]
-        what = [*moves, *(f"{c.name} {100 * c.value:.1f}% >= {100 * c.limit:g}%" if c.kind == "ceiling"
+        what = [*moves, *(f"{c.name} {100 * c.value:.1f}% >= {100 * c.limit:g}%" if c.kind == "ceiling" and c.limit is not None
                           else f"{c.name} failed ({c.kind})" for c in others)]
         head = (f"{self.case_id}: {self.status}" + (f" ({self.note})" if self.note else "")
                 + (f": {'; '.join(what)}" if what else ""))
@@ -259,7 +274,7 @@ class Verdict:
         hint = next_step(self.status)
         return "\n".join([head, *(c.line() for c in shown), *([f"  next: {hint}"] if hint else [])])
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VerdictRecord:
         return {"status": self.status, "note": self.note, "explain": self.explain(),
                 "checks": [asdict(c) for c in self.checks]}
 
@@ -278,17 +293,17 @@ def t_cdf(x: float, df: float) -> float:
     return float(stats.t.cdf(x, df)) if math.isfinite(df) else float(stats.norm.cdf(x))
 
 
-def run_means(runs: list[dict[str, Any]], metric: str) -> np.ndarray:
+def run_means(runs: Sequence[Mapping[str, Any]], metric: str) -> np.ndarray:
     """One value per run: a metric's mean, or a control margin (``margin:<control>:<metric>``)."""
     return np.asarray([v for r in runs if (v := run_value(r, metric)) is not None], dtype=np.float64)
 
 
-def run_value(run: dict[str, Any], metric: str) -> float | None:
+def run_value(run: Mapping[str, Any], metric: str) -> float | None:
     section = run.get("margins" if metric.startswith("margin:") else "metrics", {})
     return float(section[metric]) if metric in section else None
 
 
-def margins(run: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
+def margins(run: Mapping[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
     """Tuned minus control mean, per control and metric (``margin:<control>:<metric>``)."""
     return {f"margin:{name}:{m}": round(float(run["metrics"][m]) - float(c["metrics"][m]), 6)
             for name, c in run.get("controls", {}).items() for m in metrics if m in c["metrics"]}
@@ -380,9 +395,10 @@ def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band 
 
 
 def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effect: float, one_sided: bool,
-                higher_is_better: bool = True) -> Check:
+                higher_is_better: bool = True, metric: str | None = None, control: str | None = None) -> Check:
     """A move beyond ``min_effect`` and the band is ``direction`` 'down' or 'up'; it fails unless it
-    is the better way (up for scores, down for a lower-is-better measure) and ``one_sided``."""
+    is the better way (up for scores, down for a lower-is-better measure) and ``one_sided``.
+    ``metric`` (default ``name``) and ``control`` (a margin over a control) are what it judged."""
     r = len(values)
     x = float(np.mean(values))
     delta = x - b.mean
@@ -400,7 +416,8 @@ def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effec
     worse, better = (down, up) if higher_is_better else (up, down)
     passed = not worse and not (better and not one_sided)
     direction = "down" if down else ("up" if up else "")
-    return Check(name, x, b.mean, passed, "noise", detail, b.mean - band_w, delta, se, t, b.df, p, mde, direction)
+    return Check(name, x, b.mean, passed, "noise", detail, b.mean - band_w, delta, se, t, b.df, p, mde, direction,
+                 metric=metric or name, control=control)
 
 
 def paired_bootstrap_ci(diff: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
@@ -424,7 +441,7 @@ def judge_control(metric: str, control: str, tuned: list[float], other: list[flo
     detail = (f"margin {mean:+.4f}, one-sided {100 * (1 - alpha):g}% bound {lo:+.4f}"
               + ("" if ok else f": the fine-tuned model does not beat the {control} control"))
     return Check(f"beats_{control}:{metric}", float(np.mean(tuned)), float(np.mean(other)), ok, "control", detail,
-                 delta=mean, ci=(lo, hi))
+                 delta=mean, ci=(lo, hi), metric=metric, control=control)
 
 
 INVARIANT_ORDER = ("test_ids", "train_rows", "train_rows_digest", "train_test_overlap", "train_steps", "tokens_seen",
@@ -509,24 +526,24 @@ def judge_power(check: Check, b: Band) -> list[Check]:
         return []
     return [Check(f"power:{check.name}", check.value, b.mean, False, "power",
                   f"{why}; record more baseline runs (--seeds), or give the profile a variance prior "
-                  "([gate] prior_sd, prior_df)", check.limit, mde=check.mde)]
+                  "([gate] prior_sd, prior_df)", check.limit, mde=check.mde, metric=check.metric, control=check.control)]
 
 
-def status_of(checks: list[Check]) -> str:
+def status_of(checks: list[Check]) -> Status:
     """``regression`` when a noise check failed the worse way (a score down, looping answers up:
     :func:`is_worse`) or a control, ceiling, time or memory check failed, whatever else moved;
     ``changed`` when the only failures are moves the better way beyond the band or exact
     invariants; ``improvement`` for an allowed (one-sided) move the better way; else ``pass``."""
     bad = [c for c in checks if not c.passed]
     if any(c.kind in ("control", "ceiling", "time", "memory") or is_worse(asdict(c)) for c in bad):
-        return "regression"
+        return Status.REGRESSION
     if any(c.kind == "power" for c in bad):
-        return "incomparable"  # the gate cannot judge this case as its baseline stands
+        return Status.INCOMPARABLE  # the gate cannot judge this case as its baseline stands
     if bad:
-        return "changed"
+        return Status.CHANGED
     if any(c.kind == "noise" and c.direction in ("up", "down") and c.direction != worse_way(c.name) for c in checks):
-        return "improvement"  # a move the better way on a metric the profile marks one-sided
-    return "pass"
+        return Status.IMPROVEMENT  # a move the better way on a metric the profile marks one-sided
+    return Status.PASS
 
 
 # ---- aggregates -----------------------------------------------------------------------------
@@ -557,15 +574,17 @@ def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_ef
     ``Z = z_alpha + z_power``: ``d = (z_{1-alpha} + z_power) * sqrt(N) / sum(1 / se_i)``."""
     from scipy import stats
 
-    usable = [c for c in checks if c.kind == "noise" and c.t is not None and c.se and math.isfinite(c.t)]
+    # (t, df, se, delta) of each usable check: t known and finite, se known and nonzero
+    usable = [(c.t, c.df or math.inf, c.se, c.delta) for c in checks
+              if c.kind == "noise" and c.t is not None and c.se and math.isfinite(c.t)]
     if not usable:
         return None
-    zs = [float(stats.norm.ppf(np.clip(t_cdf(c.t, c.df or math.inf), 1e-15, 1 - 1e-15))) for c in usable]
+    zs = [float(stats.norm.ppf(np.clip(t_cdf(t, df), 1e-15, 1 - 1e-15))) for t, df, _, _ in usable]
     n = len(usable)
     z = sum(zs) / math.sqrt(n)
-    mean_delta = float(np.mean([c.delta for c in usable]))
+    mean_delta = float(np.mean([delta for _, _, _, delta in usable]))
     crit = float(stats.norm.ppf(1 - alpha))
-    mde = max(min_effect, (crit + float(stats.norm.ppf(POWER))) * math.sqrt(n) / sum(1.0 / c.se for c in usable))
+    mde = max(min_effect, (crit + float(stats.norm.ppf(POWER))) * math.sqrt(n) / sum(1.0 / se for _, _, se, _ in usable))
     down = z < -crit and mean_delta < -min_effect
     up = z > crit and mean_delta > min_effect
     worse, better = (down, up) if higher_is_better else (up, down)
@@ -593,7 +612,15 @@ def identity_mismatch(current: dict[str, Any], baseline: dict[str, Any] | None) 
     return "; ".join(diffs)
 
 
-def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str, Any] | None,
+def _one_run(check: Check, seed: int) -> Check:
+    """``check`` as the check of one of a case's several runs: ``seed`` set, and ``@seed<n>``
+    appended to its name (the text records and reports have always shown)."""
+    check.seed = seed
+    check.name += f"@seed{seed}"
+    return check
+
+
+def judge_case(case_id: str, runs: Sequence[Mapping[str, Any]], baseline_case: dict[str, Any] | None,
                baseline_cases: dict[str, Any], gate: Any, identity: dict[str, Any],
                resources_baseline: dict[str, Any] | None = None) -> Verdict:
     """Judge the R runs of one case (records of :func:`pipeline.run_case`) against its baseline.
@@ -611,30 +638,28 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
                 continue
             for m in gate.require_beats_base:
                 c = judge_control(m, name, run["per_example"][m], ctrl["per_example"][m], gate.control_alpha)
-                if len(runs) > 1:
-                    c.name += f"@seed{run['seed']}"
-                checks.append(c)
-        c = judge_degenerate_ceiling(run, ceiling)
-        if c is not None:
-            if len(runs) > 1:
-                c.name += f"@seed{run['seed']}"
-            checks.append(c)
+                checks.append(_one_run(c, run["seed"]) if len(runs) > 1 else c)
+        ceiling_check = judge_degenerate_ceiling(run, ceiling)
+        if ceiling_check is not None:
+            checks.append(_one_run(ceiling_check, run["seed"]) if len(runs) > 1 else ceiling_check)
     if baseline_case is None:
         failed = [c for c in checks if not c.passed]
-        return Verdict(case_id, "regression" if failed else "no-baseline", checks)
+        return Verdict(case_id, Status.REGRESSION if failed else Status.NO_BASELINE, checks)
     why = identity_mismatch(identity, baseline_case.get("identity"))
     if why:
         # the ceiling needs no baseline: a looping model fails even against a baseline it cannot use
         looping = any(c.kind == "ceiling" and not c.passed for c in checks)
-        return Verdict(case_id, "regression" if looping else "incomparable", checks,
+        return Verdict(case_id, Status.REGRESSION if looping else Status.INCOMPARABLE, checks,
                        f"baseline recorded on other inputs ({why}); no regression verdict on the scores; "
                        "record a baseline for these inputs with --baseline PATH --update-baselines")
     tol = {**DEFAULT_MIN_EFFECT, **gate.metric_tolerance}
     margin_names = sorted(k for k in runs[0].get("margins", {}) if all(k in r.get("margins", {}) for r in runs))
     for m in (*GATED, *margin_names):
         is_margin = m.startswith("margin:")
-        if is_margin:
-            tol[m] = tol[m.rsplit(":", 1)[1]]
+        metric, control = m, None
+        if is_margin:  # the run's margin key (margins()): margin:<control>:<metric>
+            _, control, metric = m.split(":", 2)
+            tol[m] = tol[metric]
             if not run_means(baseline_case.get("runs", []), m).size:
                 continue
         elif m not in baseline_case.get("metrics", {}) or not all(m in r["metrics"] for r in runs):
@@ -650,7 +675,7 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
         # a margin over a control may grow (one-sided); a score may not move either way, and which
         # way is a regression is the registry's (degenerate: a rise)
         checks.append(judge_noise(m, values, b, gate.alpha, tol[m], is_margin or m in gate.one_sided,
-                                  is_margin or MEASURES[m].higher_is_better))
+                                  is_margin or MEASURES[m].higher_is_better, metric, control))
         if m in POWER_CHECKED:
             checks.extend(judge_power(checks[-1], b))
     base_inv = baseline_case.get("invariants") or {}
@@ -660,9 +685,7 @@ def judge_case(case_id: str, runs: list[dict[str, Any]], baseline_case: dict[str
         same_seed = run["seed"] in base_tokens
         for c in (judge_invariants(inv, {**base_inv, "tokens_seen": base_tokens.get(run["seed"])}, same_seed)
                   + judge_recipe(inv, base_inv)):
-            if len(runs) > 1:
-                c.name += f"@seed{run['seed']}"
-            checks.append(c)
+            checks.append(_one_run(c, run["seed"]) if len(runs) > 1 else c)
     res = like_for_like(resources_baseline or {}, baseline_case)
     cur = runs[0].get("resources", {})
     if res and res.get("device") == cur.get("device"):
@@ -698,7 +721,8 @@ def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[st
     baseline's first run's (the first seed in its process, as a gate run's first seed is: later
     seeds of one process reuse its warm allocations, so a K-run mean reads low), and each stage's
     work is the median over the baseline runs that built that stage."""
-    if not res or res is not baseline_case.get("resources"):
+    own = res is baseline_case.get("resources")  # (a bool: `is` would narrow res to Any for mypy)
+    if not res or not own:
         return res
     per_run = [r.get("resources") or {} for r in baseline_case.get("runs", [])]
     if not per_run or not per_run[0]:
@@ -713,7 +737,7 @@ def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[st
     return out
 
 
-def _judge_without_runs(metric: str, runs: list[dict[str, Any]], baseline: float, min_effect: float,
+def _judge_without_runs(metric: str, runs: Sequence[Mapping[str, Any]], baseline: float, min_effect: float,
                         higher_is_better: bool = True) -> Check:
     """No between-run spread is known: flag only when this run's whole 95% bootstrap CI (over test
     questions) lies beyond baseline -/+ min effect the worse way (below for a score, above for a
@@ -725,15 +749,15 @@ def _judge_without_runs(metric: str, runs: list[dict[str, Any]], baseline: float
     if per is None:
         ok = x >= limit if higher_is_better else x <= limit
         return Check(metric, x, baseline, ok, "noise", f"threshold {limit:.4f}", limit,
-                     x - baseline, direction="" if ok else worse_way)
+                     x - baseline, direction="" if ok else worse_way, metric=metric)
     mean, lo, hi = paired_bootstrap_ci(np.asarray(per))
     worse = hi < limit if higher_is_better else lo > limit
     detail = f"run mean {mean:.4f} [95% CI {lo:.4f}, {hi:.4f}] vs baseline +/- {min_effect:g} (no run spread recorded)"
     return Check(metric, x, baseline, not worse, "noise", detail, limit, x - baseline, ci=(lo, hi),
-                 direction=worse_way if worse else "")
+                 direction=worse_way if worse else "", metric=metric)
 
 
-def judge_degenerate_ceiling(run: dict[str, Any], ceiling: float | None) -> Check | None:
+def judge_degenerate_ceiling(run: Mapping[str, Any], ceiling: float | None) -> Check | None:
     """The share of this run's tuned answers that loop (``metrics.degenerate``, see
     metrics/degeneration.py) must stay below ``ceiling`` (``MAX_DEGENERATE`` unless ``[gate]
     max_degenerate`` says otherwise). Needs no baseline. None when the ceiling is off or the run
@@ -748,10 +772,10 @@ def judge_degenerate_ceiling(run: dict[str, Any], ceiling: float | None) -> Chec
               + (f"below the ceiling {100 * ceiling:g}%" if ok else
                  f"at or above the ceiling {100 * ceiling:g}% ([gate] max_degenerate): the model loops "
                  f"(a word {degeneration.NGRAM}-gram {degeneration.MIN_REPEATS}+ times in one answer)"))
-    return Check(f"max_{degeneration.NAME}", share, ceiling, ok, "ceiling", detail, limit=ceiling)
+    return Check(f"max_{degeneration.NAME}", share, ceiling, ok, "ceiling", detail, limit=ceiling, metric=degeneration.NAME)
 
 
-def aggregates(records: list[dict[str, Any]], gate: Any) -> list[Aggregate]:
+def aggregates(records: Sequence[Mapping[str, Any]], gate: Any) -> list[Aggregate]:
     """Family (per model) and suite verdicts per gated metric over the judged cases of a run;
     each fails on a drop and, unless the metric is in ``[gate] one_sided``, on a rise
     (:func:`aggregate`)."""

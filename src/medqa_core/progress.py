@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,7 +148,7 @@ class Tracker:
 PROGRESS_MODES = ("auto", "on", "off")
 
 
-def wanted(mode: str, verbosity: int, isatty: bool, env: dict[str, str] | None = None) -> bool:
+def wanted(mode: str, verbosity: int, isatty: bool, env: Mapping[str, str] | None = None) -> bool:
     """Whether the pytest run shows progress lines.
 
     ``off``: never. ``-q`` (verbosity < 0): never. ``on``: always otherwise (CI logs, pipes).

@@ -198,12 +198,14 @@ def pytest_configure(config: pytest.Config) -> None:
         n_workers = n if isinstance(n, int) and n > 0 else 1
     root = paths.results_dir(config.getoption("--results-dir"), config.rootpath)
     config.stash[_state_key] = RunState(run_id, root / run_id, *ref, n_workers=n_workers)
-    from .resources import configure_threads
+    from .resources import preset_thread_env
 
-    # In a medqa-bench run torch is set up here, before collection: the tiny baseline's time was
-    # recorded so (set at the first case, -n 2 ran generate_work x4-6 on an idle machine), and
-    # torch imported after other OpenMP users (scipy via ruptures) segfaulted the pytester tests.
-    configure_threads(n_workers)
+    # Before anything imports torch (a test module, a case): this process's thread count is
+    # decided and OMP_NUM_THREADS set, so torch's OpenMP pool is sized for the split whenever torch
+    # loads; the tiny baseline's time was recorded with it set this early (set late, -n 2 ran
+    # generate_work x4-6 on an idle machine). torch itself is imported when the first case runs
+    # (runner(): configure_threads applies the count), never at collection.
+    preset_thread_env(n_workers)
     _start_progress(config)
     url = config.getoption("--alert-webhook")
     if url and not _is_worker(config):  # a bad URL is a usage error now, not a lost alert at the end
@@ -323,6 +325,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         _state(config).baseline_before = baselines.load(path) if path.is_file() else None
     except MedQAError:
         _state(config).baseline_before = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """torch is set up (imported, threads applied) before a test that runs pytest in-process
+    (``pytester``): such a run drops the modules it imported when it ends, and a torch first
+    imported inside it (its first case) segfaulted the next run. Other tests import it themselves."""
+    if active(item.config) and {"pytester", "testdir"} & set(getattr(item, "fixturenames", ())):
+        from .resources import configure_threads
+
+        configure_threads(_state(item.config).n_workers)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _F = re.IGNORECASE
@@ -69,7 +69,7 @@ def _capitalize(text: str, original: str) -> str:
     return text
 
 
-def _strip_leading(matchers: list[_Matcher], text: str) -> str:
+def _strip_leading(matchers: Sequence[_Matcher], text: str) -> str:
     """Strip leading matches of any matcher until none matches; a text that now starts
     mid-sentence ("Hi, your ...") gets its first letter capitalized."""
     original = text = text.strip()
@@ -428,7 +428,8 @@ def _find_wish_list(t: _Text, e: int) -> int | None:
     last = _wish_at(t, t.ws(t.run(_C_BANG, e)))
     if last is None:
         return None
-    chain, cur = [], last
+    chain: list[int] = []
+    cur: int | None = last
     while cur is not None and ("wish_first", cur) not in t.memo:
         chain.append(cur)
         cur = _wish_before(t, cur)
@@ -437,8 +438,8 @@ def _find_wish_list(t: _Text, e: int) -> int | None:
         if first is None and t.sentence_start(s):
             first = s
         t.memo[("wish_first", s)] = first
-    b = t.memo[("wish_first", last)]
-    return b if b is not None and _FULL["wish_list"].fullmatch(t.text, b, e) else None  # type: ignore[arg-type]
+    b = t.memo[("wish_first", last)]  # an int or None
+    return b if isinstance(b, int) and _FULL["wish_list"].fullmatch(t.text, b, e) else None
 
 
 _YOU_AFTER_WS = re.compile(r"(?<=\s)you\b", _F)

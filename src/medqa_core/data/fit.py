@@ -58,7 +58,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -87,7 +87,7 @@ MAX_LONG_ANSWER_SHARE = 0.10  # reference answers longer than max_new_tokens
 
 LENGTH_STEP = 32  # suggested max_length is a multiple of this
 NEW_TOKENS_STEP = 16  # suggested max_new_tokens is a multiple of this
-QUANTILE_METHOD = "inverted_cdf"  # observed lengths; p90 is the smallest with <= 10% of values above
+QUANTILE_METHOD: Final = "inverted_cdf"  # observed lengths; p90 is the smallest with <= 10% of values above
 
 
 @dataclass(frozen=True)

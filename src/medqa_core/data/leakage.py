@@ -178,7 +178,8 @@ def minhash_signature(sh: frozenset[str], seed: int = 0) -> np.ndarray:
     # because every candidate is verified with the exact Jaccard.
     with np.errstate(over="ignore"):
         vals = (ids[None, :] * a[:, None] + b[:, None]) % np.uint64(_MERSENNE)
-    return vals.min(axis=1)
+    signature: np.ndarray = vals.min(axis=1)
+    return signature
 
 
 def _candidates(train: list[frozenset[str]], test: list[frozenset[str]]) -> dict[int, set[int]]:

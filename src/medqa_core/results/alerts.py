@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from http.client import HTTPMessage
+from typing import IO, Any
 
-from .record import CaseRecord
+from .record import CaseRecord, Status
 
 MAX_LINES = 40  # keep a chat message readable; the full list is in the payload's "cases"
 
 
 def payload(run_id: str, profile: str, records: list[CaseRecord], exitstatus: int,
             trends: dict[str, dict[str, list[Any]]] | None = None, report_path: str | None = None) -> dict[str, Any]:
-    cases = []
+    cases: list[dict[str, Any]] = []
     for r in records:
         verdict = r.get("verdict") or {}
         failing = [c for c in verdict.get("checks", []) if not c.get("passed", True)]
@@ -28,7 +29,8 @@ def payload(run_id: str, profile: str, records: list[CaseRecord], exitstatus: in
             "failures": [{k: c.get(k) for k in ("name", "value", "baseline", "limit", "detail", "basis", "ci")} for c in failing],
             "trend": [s.to_json() | {"metric": m} for m, shifts in (trends or {}).get(r["case_id"], {}).items() for s in shifts],
         })
-    bad = [c for c in cases if c["status"] in ("regression", "changed", "error", "incomparable") or c["outcome"] == "failed"]
+    bad = [c for c in cases if c["status"] in (Status.REGRESSION, Status.CHANGED, Status.ERROR, Status.INCOMPARABLE)
+           or c["outcome"] == "failed"]
     drifting = [c for c in cases if c["trend"]]
     status = "regression" if bad or exitstatus not in (0, 5) else ("trend" if drifting else "pass")
     head = f"medqa-bench {profile} run {run_id}: "
@@ -69,7 +71,8 @@ def check_url(url: str) -> None:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: HTTPMessage,
+                         newurl: str) -> urllib.request.Request | None:
         raise urllib.error.HTTPError(req.full_url, code, f"redirected ({code}); the alert was not delivered", headers, fp)
 
 

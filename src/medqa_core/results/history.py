@@ -33,7 +33,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +198,7 @@ def outcome_of(record: CaseRecord) -> str:
     return "failed" if (record.get("verdict") or {}).get("status") in FAILING else "passed"
 
 
-def record_hardware_class(record: CaseRecord, fallback: str | None = None) -> str | None:
+def record_hardware_class(record: Mapping[str, Any], fallback: str | None = None) -> str | None:
     """The hardware class the record was measured on (its own provenance), else ``fallback``."""
     from ..resources import recorded_hardware_class
 
@@ -253,7 +253,8 @@ def _insert_run(con: sqlite3.Connection, run_id: str, profile: str, records: lis
          json.dumps(meta, sort_keys=True)))
     con.executemany("INSERT INTO cases (run_id, case_id, outcome, status, record) VALUES (?,?,?,?,?)",
                     [_case_row(run_id, r) for r in records])
-    return int(cur.lastrowid)
+    assert cur.lastrowid is not None  # set by the INSERT above
+    return cur.lastrowid
 
 
 #: what a trend reads of a record (History.trend_rows): scores, resources, inputs, hardware
@@ -394,9 +395,9 @@ class History:
             except ValueError as exc:
                 raise HistoryError(f"{self.path}: run {run_id} not stored: a case record holds NaN or infinity "
                                    f"({exc}); the history stores finite numbers only") from None
-            run = {"medqa_history_spool": SPOOL_VERSION, "run_id": run_id, "profile": profile,
-                   "created": time.time() if created is None else float(created), "meta": dict(meta or {}),
-                   "records": recs}
+            run: dict[str, Any] = {"medqa_history_spool": SPOOL_VERSION, "run_id": run_id, "profile": profile,
+                                   "created": time.time() if created is None else float(created),
+                                   "meta": dict(meta or {}), "records": recs}
             timeout, retention = self.lock_timeout, self.retention()
 
             def body(con: sqlite3.Connection, replayed: dict[str, int]) -> int:
@@ -522,7 +523,7 @@ class History:
         """The stored runs in the order they were stored. ``grouped`` (default): a run group is
         one row (at its newest member's place) and its member runs are not listed on their own."""
         q = "SELECT seq, run_id, created, profile, git_sha, hardware_class FROM runs"
-        args: tuple = ()
+        args: tuple[str, ...] = ()
         if profile:
             q, args = q + " WHERE profile = ?", (profile,)
         with self._open() as con:
@@ -751,7 +752,7 @@ class History:
 
     def case_ids(self, profile: str | None = None) -> list[str]:
         q = "SELECT DISTINCT cases.case_id FROM cases JOIN runs ON runs.run_id = cases.run_id"
-        args: tuple = ()
+        args: tuple[str, ...] = ()
         if profile:
             q, args = q + " WHERE runs.profile = ?", (profile,)
         with self._open() as con:
@@ -775,10 +776,10 @@ def _prune_rows(con: sqlite3.Connection, keep_runs: int | None, keep_days: float
     kept_runs: set[str] = set()
     gone: list[tuple[str | None, list[str]]] = []
     per_profile: dict[str, int] = {}
-    for prof, _, created, gid, mem in sorted(units, key=lambda u: -u[1]):  # newest first
+    for prof, _, created, group_id, mem in sorted(units, key=lambda u: -u[1]):  # newest first
         rank = per_profile[prof] = per_profile.get(prof, 0) + 1
         if (keep_runs is not None and rank > keep_runs) or (cutoff is not None and created < cutoff):
-            gone.append((gid, mem))
+            gone.append((group_id, mem))
         else:
             kept_runs.update(mem)
     gone_groups = [gid for gid, _ in gone if gid is not None]
@@ -812,7 +813,7 @@ def series_of(rows: list[tuple[str, str | None, dict[str, Any]]], metric: str,
     return out
 
 
-def metric_value(record: CaseRecord, metric: str) -> float | None:
+def metric_value(record: Mapping[str, Any], metric: str) -> float | None:
     if metric in record.get("metrics", {}):
         return float(record["metrics"][metric])
     key = RESOURCE_KEYS.get(metric)

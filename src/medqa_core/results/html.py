@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import METRICS
-from .record import CaseRecord
+from .record import CaseRecord, Status, check_fields, judges_score
 from .summary import (
     CONTROL_HEADER,
     HEADER,
@@ -40,7 +40,10 @@ from .summary import (
 )
 
 HISTORY_METRICS = ("bert_f1", "use_f1")
-STATUS_COLOUR = {"regression": "#c0392b", "improvement": "#1e8449", "pass": "#34495e", "no-baseline": "#7f8c8d"}
+STATUS_COLOUR: dict[str, str] = {Status.REGRESSION: "#c0392b", Status.IMPROVEMENT: "#1e8449", Status.PASS: "#34495e",
+                 Status.NO_BASELINE: "#7f8c8d"}
+#: a record without a verdict (not a status the gate gives): its cells and badge
+UNJUDGED = "unjudged"
 
 
 @dataclass
@@ -79,7 +82,7 @@ def bars_png(rep: Report) -> bytes:
     for ax, m in zip(axes, METRICS):
         cur = [_row_values(r).get(m, np.nan) for r in recs]  # the mean over the runs; an error record has none
         base = [_baseline_values(base_cases.get(c)).get(m, np.nan) for c in cases]
-        failed = [any(ch["name"] == m and not ch["passed"] for ch in (r.get("verdict") or {}).get("checks", [])) for r in recs]
+        failed = [any(judges_score(ch, m) and not ch["passed"] for ch in (r.get("verdict") or {}).get("checks", [])) for r in recs]
         ax.bar(x - 0.2, base, 0.4, color="#b0bec5", label="baseline")
         ax.bar(x + 0.2, cur, 0.4, color=["#c0392b" if f else "#2e86c1" for f in failed], label="this run")
         ax.set_ylabel(m)
@@ -158,32 +161,33 @@ def to_markdown(rep: Report, images: dict[str, str]) -> str:
 HEAT_METRICS = (*METRICS, "answer_words")
 CASE_CHECKS = {"controls": ("control",), "invariants": ("invariant",), "resources": ("time", "memory")}
 #: cell classes (CSS) per judged state
-CELL_CLASSES = ("pass", "regression", "changed", "improvement", "incomparable", "no-baseline", "error", "unjudged")
+CELL_CLASSES = (Status.PASS, Status.REGRESSION, Status.CHANGED, Status.IMPROVEMENT, Status.INCOMPARABLE,
+                Status.NO_BASELINE, Status.ERROR, UNJUDGED)
 
 
 def cell_state(rec: CaseRecord, metric: str, baseline: dict[str, Any] | None) -> dict[str, Any]:
     """What the heatmap shows for one case x metric: the verdict class of that metric's check, the
     delta against the baseline, the interval (the noise band, or a bootstrap CI) and a tooltip."""
     v = rec.get("verdict") or {}
-    status = v.get("status", "unjudged")
+    status = v.get("status", UNJUDGED)
     value = _row_values(rec).get(metric)  # the mean over the case's runs, like every other column
-    if status == "error":
-        return {"cls": "error", "text": "error", "band": "", "title": f"{metric}: case error: {v.get('note', '')}"}
-    chk = next((c for c in v.get("checks", []) if c.get("kind") == "noise" and c.get("name") == metric), None)
+    if status == Status.ERROR:
+        return {"cls": Status.ERROR, "text": "error", "band": "", "title": f"{metric}: case error: {v.get('note', '')}"}
+    chk = next((c for c in v.get("checks", []) if judges_score(c, metric)), None)
     base_case = ((baseline or {}).get("cases") or {}).get(rec["case_id"]) or {}
     if chk is None:
         b = (base_case.get("metrics") or {}).get(metric)
-        cls = "incomparable" if status == "incomparable" else ("no-baseline" if b is None else "unjudged")
+        cls = Status.INCOMPARABLE if status == Status.INCOMPARABLE else (Status.NO_BASELINE if b is None else UNJUDGED)
         if value is None:
             return {"cls": cls, "text": "-", "band": "", "title": f"{metric}: no value"}
-        delta = f"{value - b:+.3f}" if isinstance(b, (int, float)) else f"{value:.3f}"
-        note = {"incomparable": f"baseline recorded on other inputs: {v.get('note', '')}",
-                "no-baseline": "no baseline entry for this case", "unjudged": "not judged by the gate"}[cls]
-        return {"cls": cls, "text": delta, "band": "", "title": f"{metric}: {value:.4f}; {note}"}
+        text = f"{value - b:+.3f}" if isinstance(b, (int, float)) else f"{value:.3f}"
+        note = {Status.INCOMPARABLE: f"baseline recorded on other inputs: {v.get('note', '')}",
+                Status.NO_BASELINE: "no baseline entry for this case", UNJUDGED: "not judged by the gate"}[cls]
+        return {"cls": cls, "text": text, "band": "", "title": f"{metric}: {value:.4f}; {note}"}
     if chk.get("passed"):
-        cls = "improvement" if chk.get("direction") == "up" else "pass"
+        cls = Status.IMPROVEMENT if chk.get("direction") == "up" else Status.PASS
     else:
-        cls = "changed" if chk.get("direction") == "up" else "regression"
+        cls = Status.CHANGED if chk.get("direction") == "up" else Status.REGRESSION
     delta = chk.get("delta")
     band = ""
     if chk.get("ci"):
@@ -201,22 +205,22 @@ def case_check_state(rec: CaseRecord, column: str) -> dict[str, Any]:
     """The case-level columns: controls (must beat the base model...), invariants, time/memory."""
     v = rec.get("verdict") or {}
     kinds = CASE_CHECKS[column]
-    # the controls column also carries the gated margins over the controls (margin:<control>:<metric>)
+    # the controls column also carries the gated margins over the controls (noise checks with a control)
     checks = [c for c in v.get("checks", []) if c.get("kind") in kinds
-              or (column == "controls" and c.get("kind") == "noise" and str(c.get("name", "")).startswith("margin:"))]
-    if v.get("status") == "error":
-        return {"cls": "error", "text": "error", "band": "", "title": f"{column}: case error"}
+              or (column == "controls" and c.get("kind") == "noise" and check_fields(c).control is not None)]
+    if v.get("status") == Status.ERROR:
+        return {"cls": Status.ERROR, "text": "error", "band": "", "title": f"{column}: case error"}
     if not checks:
-        return {"cls": "unjudged", "text": "-", "band": "", "title": f"{column}: not checked in this run"}
+        return {"cls": UNJUDGED, "text": "-", "band": "", "title": f"{column}: not checked in this run"}
     bad = [c for c in checks if not c.get("passed", True)]
     if not bad:
-        return {"cls": "pass", "text": f"{len(checks)} ok", "band": "", "title": f"{column}: all {len(checks)} checks pass"}
+        return {"cls": Status.PASS, "text": f"{len(checks)} ok", "band": "", "title": f"{column}: all {len(checks)} checks pass"}
     from .summary import check_reason
 
-    cls = "changed" if column == "invariants" else "regression"
-    beats_base = column == "controls" and any(c["name"].startswith("beats_base") for c in bad)
-    text = "not > base" if beats_base else (
-        "margin \u2193" if column == "controls" and all(c["name"].startswith("margin:") for c in bad) else f"{len(bad)} fail")
+    cls = Status.CHANGED if column == "invariants" else Status.REGRESSION
+    beats_base = column == "controls" and any(c.get("kind") == "control" and check_fields(c).control == "base" for c in bad)
+    margins_only = column == "controls" and all(c.get("kind") == "noise" for c in bad)  # the column's noise checks: margins
+    text = "not > base" if beats_base else ("margin \u2193" if margins_only else f"{len(bad)} fail")
     return {"cls": cls, "text": text, "band": "", "title": "; ".join(check_reason(c) for c in bad)}
 
 
@@ -247,7 +251,7 @@ def heatmap_html(rep: Report) -> str:
     rows = []
     for rec in rep.records:
         cid = rec["case_id"]
-        status = (rec.get("verdict") or {}).get("status", "unjudged")
+        status = (rec.get("verdict") or {}).get("status", UNJUDGED)
         cells = []
         for m in HEAT_METRICS:
             st = cell_state(rec, m, rep.baseline)
@@ -298,7 +302,7 @@ def why_html(rep: Report) -> str:
 def counts_html(rep: Report) -> str:
     counts: dict[str, int] = {}
     for r in rep.records:
-        st = (r.get("verdict") or {}).get("status", "unjudged")
+        st = (r.get("verdict") or {}).get("status", UNJUDGED)
         counts[st] = counts.get(st, 0) + 1
     return (f"<p>{len(rep.records)} case(s): "
             + "".join(f"<span class='badge {html.escape(k)}'>{html.escape(k)} {n}</span>" for k, n in sorted(counts.items()))
@@ -309,7 +313,7 @@ def family_html(rep: Report) -> str:
     """One row per model family: its cases' verdicts, the mean delta of the headline metrics, and the
     family's aggregate (Stouffer) verdicts when the gate computed them."""
     e = html.escape
-    fams: dict[str, list[dict[str, Any]]] = {}
+    fams: dict[str, list[CaseRecord]] = {}
     for r in rep.records:
         fams.setdefault(r["model"], []).append(r)
     aggs = {(a.scope, a.metric): a for a in rep.aggregates}
@@ -317,15 +321,15 @@ def family_html(rep: Report) -> str:
     for fam, recs in sorted(fams.items()):
         counts: dict[str, int] = {}
         for r in recs:
-            st = (r.get("verdict") or {}).get("status", "unjudged")
+            st = (r.get("verdict") or {}).get("status", UNJUDGED)
             counts[st] = counts.get(st, 0) + 1
         chips = "".join(f"<span class='badge {e(k)}'>{e(k)} {n}</span>" for k, n in sorted(counts.items()))
         cells = []
         for m in HISTORY_METRICS:
             deltas = [c["delta"] for r in recs for c in (r.get("verdict") or {}).get("checks", [])
-                      if c.get("kind") == "noise" and c.get("name") == m and isinstance(c.get("delta"), (int, float))]
+                      if judges_score(c, m) and isinstance(c.get("delta"), (int, float))]
             a = aggs.get((f"family {fam}", m))
-            cls = ("regression" if a is not None and not a.passed else "pass") if a is not None else "unjudged"
+            cls = (Status.REGRESSION if not a.passed else Status.PASS) if a is not None else UNJUDGED
             text = f"{sum(deltas) / len(deltas):+.4f}" if deltas else "-"
             title = a.line().strip() if a is not None else f"{len(deltas)} judged case(s); no family verdict (needs 2+)"
             cells.append(f'<td class="cell {cls}" title="{e(title)}">{e(text)}'

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import MedQAError
 from .history import History, ImportRun, MergeResult
-from .record import CaseRecord, check_record
+from .record import CaseRecord, Status, check_record
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ GROUP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NOT_RECORDS = frozenset({"aggregates.json"})
 #: verdict statuses a night passes with; any other (regression, changed, error, incomparable,
 #: no-baseline, or none at all) keeps the night from ``ok``
-PASSING = frozenset({"pass", "improvement"})
+PASSING = frozenset({Status.PASS, Status.IMPROVEMENT})
 #: pytest's exit codes other than 0
 EXIT_NAMES = {1: "tests failed", 2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
 #: run.toml / record keys holding when a run (or case) ran: epoch seconds or an ISO 8601 time
@@ -210,7 +210,7 @@ def case_problem(record: CaseRecord) -> str | None:
     return status or "not judged"
 
 
-def failing_cases(records: list[CaseRecord]) -> list[dict[str, Any]]:
+def failing_cases(records: list[CaseRecord]) -> list[CaseRecord]:
     """Records that did not pass: a failing verdict (gate.FAILING), a verdict the gate could not
     give (``incomparable``, ``no-baseline``), none at all, or a failed pytest outcome."""
     return [r for r in records if case_problem(r) is not None]

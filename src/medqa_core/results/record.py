@@ -7,16 +7,37 @@ stored, so readers get names and shapes checked by a type checker instead of gue
 """
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, NamedTuple, TypedDict
 
 from ..errors import MedQAError
 
 
-class Verdict(TypedDict, total=False):
-    status: str  # pass | improvement | regression | changed | incomparable | no-baseline | error
+class Status(StrEnum):
+    """A case verdict's status (``gate.Verdict.status``, ``verdict.status`` of a record). A ``str``
+    whose value is the text stored in records and history and shown in reports, so JSON output
+    and comparisons with the plain strings of records read back are unchanged."""
+
+    PASS = "pass"
+    IMPROVEMENT = "improvement"  # an allowed (one-sided) move the better way
+    REGRESSION = "regression"
+    CHANGED = "changed"  # a move the better way beyond the band, or a changed invariant
+    INCOMPARABLE = "incomparable"  # the baseline cannot judge this case (other inputs, no power)
+    NO_BASELINE = "no-baseline"
+    ERROR = "error"  # the case failed before it could be judged (session.error_record)
+
+
+class VerdictRecord(TypedDict, total=False):
+    """A :class:`gate.Verdict` as JSON (``Verdict.to_json``): the ``verdict`` of a case record."""
+
+    status: str  # a Status value
     note: str
     explain: str
-    checks: list[dict[str, Any]]  # gate.Check as JSON: name, value, baseline, passed, kind, detail, ...
+    # gate.Check as JSON: name, value, baseline, passed, kind, detail, limit, delta, se, t, df, p,
+    # mde, direction, ci, and (records written since they exist) metric, control, seed: read
+    # these three through check_fields, never out of the name
+    checks: list[dict[str, Any]]
 
 
 class RunRecord(TypedDict, total=False):
@@ -52,7 +73,14 @@ class CaseRecord(RunRecord, total=False):
     data_source: dict[str, Any]
     answers_sample: list[dict[str, str]]
     scoring: dict[str, Any]
-    verdict: Verdict
+    verdict: VerdictRecord
+    # in memory only, never in the record's file: the pytest outcome (passed, failed, ...) where it
+    # is known, the file it was (to be) written to or read from, why that write failed (a full
+    # disk: session.error_record), and the run (merge) it came from
+    outcome: str
+    _path: str
+    _unwritten: str
+    _run: str
 
 
 REQUIRED = ("case_id", "model", "dataset")
@@ -77,3 +105,69 @@ def check_record(obj: Any, where: str) -> CaseRecord:
     if missing:
         raise MedQAError(f"{where}: not a case record (no {', '.join(missing)})")
     return obj  # type: ignore[return-value]
+
+
+# ---- what a check judged: its metric, control and seed -------------------------------------------
+
+class CheckFields(NamedTuple):
+    """What one check judged: the ``metric`` (a score, or the score under a margin over a
+    control; None for invariants, time and memory), the ``control`` it is compared with (a
+    ``beats_<control>`` check or a ``margin:<control>:<metric>`` score; else None), and the
+    ``seed`` of the one run it judged when the case had several runs (None: all of the case's
+    runs together, or its only run)."""
+
+    metric: str | None
+    control: str | None
+    seed: int | None
+
+
+FIELDS = CheckFields._fields
+
+
+def check_fields(check: Mapping[str, Any]) -> CheckFields:
+    """A check's (``gate.Check`` as JSON) metric, control and seed: its own fields, which the gate
+    writes into every record; for a check of an older record, which has none of them, what its
+    name says (:func:`_legacy_fields`). Readers of records take these from here."""
+    if any(k in check for k in FIELDS):
+        seed = check.get("seed")
+        return CheckFields(check.get("metric"), check.get("control"),
+                           seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+    return _legacy_fields(str(check.get("name", "")), str(check.get("kind", "")))
+
+
+def _legacy_fields(name: str, kind: str) -> CheckFields:
+    """The fields of a check recorded before checks carried them, read out of its name as the
+    gate wrote it: ``beats_<control>:<metric>`` (kind control), ``margin:<control>:<metric>`` or
+    ``<metric>`` (noise), ``max_<metric>`` (ceiling), ``power:<metric>`` (power), each with
+    ``@seed<n>`` appended when the case had several runs. This is the ONE place that parses a
+    check's name (records, history and baselines written before keep being read the same); every
+    other reader uses :func:`check_fields`, and the gate sets the fields on every check it makes."""
+    base, at, seed_text = name.partition("@seed")
+    try:
+        seed = int(seed_text) if at else None
+    except ValueError:
+        base, seed = name, None
+    metric: str | None = None
+    control: str | None = None
+    if kind == "control":
+        control, _, metric = base.partition("beats_")[2].partition(":")
+    elif kind == "noise":
+        parts = base.split(":", 2)
+        if len(parts) == 3 and parts[0] == "margin":
+            control, metric = parts[1], parts[2]
+        else:
+            metric = base
+    elif kind == "ceiling" and base.startswith("max_"):
+        metric = base[len("max_"):]
+    elif kind == "power" and base.startswith("power:"):
+        metric = base[len("power:"):]
+    return CheckFields(metric or None, control or None, seed)
+
+
+def judges_score(check: Mapping[str, Any], metric: str) -> bool:
+    """The noise check of ``metric`` itself over the case's runs (not a margin over a control,
+    not one run's): the check a report shows in that metric's column."""
+    if check.get("kind") != "noise":
+        return False
+    f = check_fields(check)
+    return f.metric == metric and f.control is None and f.seed is None

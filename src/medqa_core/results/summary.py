@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..metrics import METRICS
 from ..metrics.registry import RESOURCE_KEYS, RESOURCES
-from .record import CaseRecord, is_record
+from .record import CaseRecord, Status, check_fields, is_record, judges_score
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); shown, not gated
 COLUMNS = (*METRICS, "degenerate", *RESOURCES)
@@ -69,14 +70,14 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _runs(rec: CaseRecord) -> list[dict[str, Any]]:
+def _runs(rec: CaseRecord) -> list[Mapping[str, Any]]:
     """The case's runs (one per seed); a record without ``runs`` (an older or hand-made one) is its
     own single run."""
-    runs = [r for r in (rec.get("runs") or []) if isinstance(r, dict)]
+    runs: list[Mapping[str, Any]] = [r for r in (rec.get("runs") or []) if isinstance(r, dict)]
     return runs or [dict(rec)]
 
 
-def _sources(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _sources(run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """One run's numbers per source: ``tuned`` (its metrics), ``base`` (the base model), each
     control by name (e.g. ``no_question``, ``shuffled``), and ``resources``."""
     controls = {name: (c.get("metrics") if isinstance(c, dict) and "metrics" in c else c) or {}
@@ -97,9 +98,9 @@ def case_means(rec: CaseRecord) -> tuple[dict[str, dict[str, float]], dict[str, 
     sums: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         for src, vals in _sources(run).items():
-            for k, v in vals.items():
+            for col, v in vals.items():
                 if _is_num(v):
-                    sums.setdefault(src, {}).setdefault(k, []).append(float(v))
+                    sums.setdefault(src, {}).setdefault(col, []).append(float(v))
     means = {src: {k: sum(v) / len(v) for k, v in cols.items()} for src, cols in sums.items()}
     counts = {src: {k: len(v) for k, v in cols.items()} for src, cols in sums.items()}
     k = len(runs) if rec.get("runs") else (1 if rec.get("metrics") else 0)
@@ -234,19 +235,18 @@ def _num(v: Any, fmt: str = ".4f") -> str:
 def check_reason(c: dict[str, Any]) -> str:
     """One failing check of a verdict, in words: what failed and by how much."""
     name, kind = c.get("name", "?"), c.get("kind", "")
+    f = check_fields(c)
     if kind == "control":
-        control, _, metric = name.partition("beats_")[2].partition(":")
-        metric, _, seed = metric.partition("@")
+        control, metric = f.control or "", f.metric or ""
         lo = (c.get("ci") or [None])[0]
         return (f"does not beat {CONTROL_NAMES.get(control, control)} on {metric}"
-                + (f" ({seed})" if seed else "")
+                + (f" (seed{f.seed})" if f.seed is not None else "")
                 + f": {_num(c.get('value'))} vs {_num(c.get('baseline'))}, margin {_num(c.get('delta'), '+.4f')}"
                 + (f", one-sided bound {_num(lo, '+.4f')}" if lo is not None else ""))
     if kind == "noise":
         what = name
-        if name.startswith("margin:"):
-            _, control, metric = name.split(":", 2)
-            what = f"margin over {CONTROL_NAMES.get(control, control)} on {metric}"
+        if f.control is not None:  # a margin over a control
+            what = f"margin over {CONTROL_NAMES.get(f.control, f.control)} on {f.metric}"
         delta, mde = c.get("delta"), c.get("mde")
         if c.get("direction") == "up":
             return f"{what} rose {_num(delta, '+.4f')} beyond the noise band"
@@ -266,11 +266,11 @@ def failure_reasons(rec: CaseRecord) -> list[str]:
     bad = [c for c in v.get("checks", []) if not c.get("passed", True)]
     order = {"control": 0, "noise": 1, "invariant": 2, "time": 3, "memory": 3}
     out = [check_reason(c) for c in sorted(bad, key=lambda c: order.get(c.get("kind", ""), 4))]
-    if v.get("status") == "changed":  # the scores that fell within their band: a rise never hides a drop
+    if v.get("status") == Status.CHANGED:  # the scores that fell within their band: a rise never hides a drop
         from ..gate import moved
 
         out += [f"also {m}" for m in moved(v.get("checks", [])) if "within band" in m]
-    if not out and v.get("status") not in (None, "pass", "improvement") and v.get("note"):
+    if not out and v.get("status") not in (None, Status.PASS, Status.IMPROVEMENT) and v.get("note"):
         out.append(str(v["note"]))
     return out
 
@@ -285,7 +285,7 @@ def next_step(rec: CaseRecord) -> str:
 
 def _noise_check(rec: CaseRecord, metric: str) -> dict[str, Any] | None:
     for c in (rec.get("verdict") or {}).get("checks", []):
-        if c.get("kind") == "noise" and c.get("name") == metric:
+        if judges_score(c, metric):
             return c
     return None
 

@@ -26,7 +26,7 @@ ruptures' Python loop (tests/test_trend_scale.py checks both give the same break
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -34,7 +34,6 @@ import numpy as np
 
 from ..errors import MedQAError
 from ..metrics import registry
-from .record import CaseRecord
 
 DEFAULT_PENALTY = 6.0
 MIN_SIZE = 2  # runs per segment
@@ -96,7 +95,7 @@ def noise_sigma(x: np.ndarray) -> float:
     return float(np.median(np.abs(np.diff(x))) / 0.6745 / np.sqrt(2))
 
 
-def breakpoints(values: Sequence[float], min_effect: float, penalty: float = DEFAULT_PENALTY) -> list[int]:
+def breakpoints(values: Sequence[float] | np.ndarray, min_effect: float, penalty: float = DEFAULT_PENALTY) -> list[int]:
     """Indices where a new segment starts (PELT on the least-squares cost, see :func:`_pelt`)."""
     x = np.asarray(values, dtype=np.float64)
     n = x.size
@@ -128,7 +127,8 @@ def _pelt(x: np.ndarray, pen: float, min_size: int = MIN_SIZE) -> list[int]:
     tie = 1e-9 * (float(s2[-1]) + pen) + 1e-300  # far above the rounding of the fast cost, far below any real gap
 
     def exact(t: int, end: int) -> float:
-        return x2[t:end].var(axis=0).sum() * (end - t)
+        cost: float = x2[t:end].var(axis=0).sum() * (end - t)
+        return cost
 
     f = np.full(n + 1, np.nan)
     f[0] = 0.0
@@ -141,8 +141,8 @@ def _pelt(x: np.ndarray, pen: float, min_size: int = MIN_SIZE) -> list[int]:
         d1 = s1[end] - s1[adm]
         vals = f[adm] + (np.maximum((s2[end] - s2[adm]) - d1 * d1 / (end - adm), 0.0) + pen)
         near = np.flatnonzero(vals <= vals.min() + tie)
-        for i in near:  # exact costs where the minimum is decided
-            vals[i] = f[adm[i]] + (exact(int(adm[i]), end) + pen)
+        for j in near:  # exact costs where the minimum is decided
+            vals[j] = f[adm[j]] + (exact(int(adm[j]), end) + pen)
         i = int(near[np.argmin(vals[near])])  # the first exact minimum, as min() over ruptures' subproblems
         f[end], prev[end] = vals[i], adm[i]
         adm = adm[vals <= f[end] + pen + tie]  # a start within rounding of the bound stays (never loses the optimum)
@@ -232,7 +232,7 @@ def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tupl
     newest one: a series never spans a change of data or scorer, so such a change is no step."""
     from ..gate import IDENTITY_KEYS
 
-    def ident(rec: CaseRecord) -> tuple:
+    def ident(rec: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple((rec.get("identity") or {}).get(k) for k in IDENTITY_KEYS)
 
     if not rows:
@@ -296,8 +296,9 @@ def _recent_rows(history: Any, case_id: str, profile: str | None, win: int) -> l
     read lean (:meth:`History.trend_rows`) where the history offers it."""
     reader = getattr(history, "trend_rows", None)
     if reader is not None:
-        return reader(case_id, profile, last=SCAN_FACTOR * win if win else None)
-    rows = history.case_rows(case_id, profile)
+        lean: list[tuple[str, str | None, dict[str, Any]]] = reader(case_id, profile, last=SCAN_FACTOR * win if win else None)
+        return lean
+    rows: list[tuple[str, str | None, dict[str, Any]]] = history.case_rows(case_id, profile)
     return rows[-SCAN_FACTOR * win:] if win else rows
 
 
