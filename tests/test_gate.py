@@ -1078,3 +1078,65 @@ def test_a_band_from_overflowing_runs_is_an_error_not_a_pass():
         band(case, "bert_f1", (0.0, 0.0))
     ok = band({"runs": [{"metrics": {"bert_f1": 0.5}}, {"metrics": {"bert_f1": 0.52}}]}, "bert_f1", (0.0, 0.0))
     assert ok is not None and abs(ok.var - 0.0002) < 1e-12
+
+
+# ---------------------------------------------------------------- direction: the registry's
+
+
+def test_the_gate_reads_direction_and_sidedness_from_the_registry(monkeypatch):
+    """Flip bert_f1 to lower-is-better in the registry (nothing else changes): the gate judges it
+    with the opposite sign everywhere - a case's check, the verdict, worse_way, the aggregates and
+    the power check - so no part of gate.py decides on its own that down is bad."""
+    import dataclasses
+
+    from medqa_core.metrics import registry
+
+    cases = _cases_with_spread(SPREAD)
+    rise, drop = [a_run(0, metrics_at(0.5, bert_f1=0.60))], [a_run(0, metrics_at(0.5, bert_f1=0.40))]
+    # as registered: a drop is the regression, a rise 'changed'
+    assert judge_case("c0", drop, cases["c0"], cases, gate_cfg(), IDENTITY).status == "regression"
+    assert judge_case("c0", rise, cases["c0"], cases, gate_cfg(), IDENTITY).status == "changed"
+
+    flipped = dataclasses.replace(registry.MEASURES[M], higher_is_better=False)
+    monkeypatch.setitem(registry.MEASURES, M, flipped)
+    assert gate.worse_way(M) == "up" and gate.worse_way(f"margin:base:{M}") == "up"
+    v = judge_case("c0", rise, cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "regression" and v.failed, v.explain()  # a rise now fails the worse way
+    [f] = v.failures
+    assert f.name == M and f.direction == "up" and gate.is_worse(dataclasses.asdict(f))
+    assert "--update-baselines" not in gate.next_step(v.status)
+    v = judge_case("c0", drop, cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "changed", v.explain()  # a drop is the better way: two-sided, so it fails as changed
+    assert judge_case("c0", drop, cases["c0"], cases, gate_cfg(one_sided=(M,)), IDENTITY).status == "improvement"
+    # ... and passes outright once the registry (not the profile) makes the measure one-sided
+    monkeypatch.setitem(registry.MEASURES, M, dataclasses.replace(flipped, two_sided=False))
+    v = judge_case("c0", drop, cases["c0"], cases, gate_cfg(), IDENTITY)
+    assert v.status == "improvement" and not v.failures, v.explain()
+    assert judge_case("c0", rise, cases["c0"], cases, gate_cfg(), IDENTITY).status == "regression"
+
+    # aggregates: a uniform small rise over many cases is the worse way; a uniform drop passes
+    monkeypatch.setitem(registry.MEASURES, M, flipped)
+    ids = [f"{m}-c{i}" for i in range(10) for m in ("llama", "phi")]
+    many = {cid: baseline_case([0.50, 0.51, 0.49, 0.505, 0.495]) for cid in ids}
+
+    def suite(shift: float, cfg: GateConfig) -> gate.Aggregate:
+        recs = [{"case_id": cid, "model": cid.split("-")[0],
+                 "verdict": judge_case(cid, [a_run(0, metrics_at(0.5, bert_f1=0.5 + shift))], many[cid], many,
+                                       cfg, IDENTITY).to_json()} for cid in ids]
+        return next(a for a in aggregates(recs, cfg) if a.scope == "suite" and a.metric == M)
+
+    up, down = suite(+0.01, gate_cfg()), suite(-0.01, gate_cfg(one_sided=(M,)))
+    assert not up.passed and up.direction == "up"
+    assert down.passed and down.direction == "down"
+
+    # the power check measures the room to the end the measure gets worse towards: 0 as
+    # registered, 1 when flipped (the same band near 0 or near 1 swaps which one is refused)
+    def refused(mean: float) -> list[str]:
+        b = Band(mean, 1e-5, 8.0, 2)
+        return [c.detail for c in gate.judge_power(judge_noise(M, [mean], b, 0.001, 0.01, False), b)]
+
+    [near_one] = refused(0.98)
+    assert "distance to 1 (0.0200)" in near_one and refused(0.02) == [] and refused(1.0) == []
+    monkeypatch.setitem(registry.MEASURES, M, dataclasses.replace(flipped, higher_is_better=True))
+    [near_zero] = refused(0.02)
+    assert "distance to 0 (0.0200)" in near_zero and refused(0.98) == [] and refused(0.0) == []

@@ -22,11 +22,20 @@ def test_every_score_is_gated_higher_is_better_and_resources_lower():
 
 def test_consumers_share_the_registry_tables():
     assert gate.GATED is registry.GATED and gate.DEFAULT_MIN_EFFECT is registry.DEFAULT_MIN_EFFECT
+    assert gate.POWER_CHECKED is registry.POWER_CHECKED == ("bert_f1", "use_f1")
     assert trend.RESOURCES == registry.RESOURCES
     assert history.RESOURCE_KEYS is registry.RESOURCE_KEYS
     assert set(registry.RESOURCES) <= set(summary.COLUMNS)
     # every resource short name resolves to the record key that pipeline records write
     assert registry.RESOURCE_KEYS["train_s"] == "train_seconds" and registry.RESOURCE_KEYS["mem_mib"] == "peak_mem_mib"
+
+
+def test_every_gated_measure_is_two_sided_by_default():
+    """A move the better way beyond the band fails ('changed') unless [gate] one_sided lists the
+    measure: the registry marks none one-sided, and the gate asks it (gate.is_one_sided)."""
+    assert all(registry.two_sided(m) for m in registry.GATED)
+    assert not gate.is_one_sided("degenerate", GateConfig()) and gate.is_one_sided("degenerate", GateConfig(one_sided=("degenerate",)))
+    assert gate.is_one_sided("margin:base:bert_f1", GateConfig())  # a margin over a control may always grow
 
 
 def test_a_tolerance_for_an_ungated_measure_is_a_config_error():

@@ -22,10 +22,11 @@ The test per case and metric (a moderated two-sample t-test, as in limma):
 
 A drop is a ``regression`` when ``delta < -min_effect`` **and** ``t < -t_{df}(1 - alpha)``; a
 rise beyond the same band is ``changed`` (fails until the baseline is re-recorded on purpose),
-unless the profile lists the metric in ``[gate] one_sided``. The minimum detectable effect (80%
-power) is ``max(min_effect, (t_{1-alpha} + t_{0.8}) * se)``. Which way is worse is the metrics
-registry's (``higher_is_better``): for ``degenerate``, the share of looping answers, the mirror
-image holds (a rise beyond the band is a ``regression``, a fall ``changed``).
+unless the profile lists the metric in ``[gate] one_sided`` (or the registry's ``two_sided`` is
+False). The minimum detectable effect (80% power) is ``max(min_effect, (t_{1-alpha} + t_{0.8}) * se)``.
+Which way is worse is the metrics registry's (``higher_is_better``), never this module's: for
+``degenerate``, the share of looping answers, the mirror image holds (a rise beyond the band is a
+``regression``, a fall ``changed``).
 
 Looping answers also have an absolute ceiling that needs no baseline (:data:`MAX_DEGENERATE`,
 ``[gate] max_degenerate``): a run whose tuned answers are that degenerate fails as a
@@ -36,7 +37,7 @@ turn each case's t into a normal z through its own t distribution and combine th
 Stouffer's method, ``Z = sum(z_i) / sqrt(N)``. Like a case's check they are two-sided: a drop
 fails when ``Z < -z(1 - alpha_aggregate)`` and the mean delta is below minus the aggregate
 minimum effect, and a rise fails when ``Z > z(1 - alpha_aggregate)`` and the mean delta is above
-it (the aggregate's counterpart of ``changed``), unless the metric is in ``[gate] one_sided``;
+it (the aggregate's counterpart of ``changed``), unless the metric is one-sided (:func:`is_one_sided`);
 for a lower-is-better measure (``degenerate``) the two directions swap roles. A code
 change that hurts training hurts every case a little; this sees it when no single case can.
 
@@ -62,11 +63,11 @@ from typing import Any
 import numpy as np
 
 from .metrics import METRICS, degeneration
-from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES
+from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES, POWER_CHECKED
 from .resources import BUSY_LIMIT
 from .results.record import Status, VerdictRecord
 
-__all__ = ["DEFAULT_MIN_EFFECT", "GATED", "MAX_DEGENERATE", "METRICS"]  # names and effects live in metrics.registry
+__all__ = ["DEFAULT_MIN_EFFECT", "GATED", "MAX_DEGENERATE", "METRICS", "POWER_CHECKED"]  # these live in metrics.registry
 #: the share of degenerate (looping) tuned answers at which a run fails outright, with or without a
 #: baseline (recording refuses it too); ``[gate] max_degenerate`` overrides it, None turns it off.
 #: Clean tiny runs loop in 0 answers; a recipe that has not learned (steps / 4) loops in all of them.
@@ -160,10 +161,30 @@ def is_drop(c: dict[str, Any]) -> bool:
     return not (isinstance(d, (int, float)) and d > 0)
 
 
+def _scored(name: str) -> str:
+    """The measure a noise check's name judges: the score under a margin
+    (``margin:<control>:<metric>``), else the name itself."""
+    return name.split(":", 2)[2] if name.startswith("margin:") and name.count(":") >= 2 else name
+
+
+def _higher_is_better(name: str) -> bool:
+    """The registry's direction for a gated measure or a margin over a control (tuned minus
+    control: better the way its score is better). KeyError for a name the registry lacks."""
+    return MEASURES[_scored(name)].higher_is_better
+
+
+def is_one_sided(name: str, gate: Any) -> bool:
+    """Whether a move of ``name`` the better way beyond its band passes (``improvement``) instead
+    of failing (``changed``): always for a margin over a control (beating it by more is fine),
+    for a measure the registry marks one-sided, or one the profile lists in ``[gate] one_sided``."""
+    return name.startswith("margin:") or name in gate.one_sided or not MEASURES[name].two_sided
+
+
 def worse_way(name: str) -> str:
-    """Which way a noise check's metric gets worse: 'down' for scores, lengths and margins over
-    controls, 'up' for a measure the registry marks lower-is-better (``degenerate``)."""
-    m = MEASURES.get(str(name))
+    """Which way a noise check's metric gets worse, from the registry (``higher_is_better``):
+    'down' for scores, lengths and margins over their controls, 'up' for a lower-is-better
+    measure (``degenerate``). A name the registry does not know (an older record) gets 'down'."""
+    m = MEASURES.get(_scored(str(name)))
     return "up" if m is not None and not m.higher_is_better else "down"
 
 
@@ -395,10 +416,12 @@ def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band 
 
 
 def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effect: float, one_sided: bool,
-                higher_is_better: bool = True, metric: str | None = None, control: str | None = None) -> Check:
+                higher_is_better: bool | None = None, metric: str | None = None, control: str | None = None) -> Check:
     """A move beyond ``min_effect`` and the band is ``direction`` 'down' or 'up'; it fails unless it
     is the better way (up for scores, down for a lower-is-better measure) and ``one_sided``.
+    ``higher_is_better`` None: the registry's, for ``name`` (:func:`_higher_is_better`).
     ``metric`` (default ``name``) and ``control`` (a margin over a control) are what it judged."""
+    hib = _higher_is_better(name) if higher_is_better is None else higher_is_better
     r = len(values)
     x = float(np.mean(values))
     delta = x - b.mean
@@ -413,7 +436,7 @@ def judge_noise(name: str, values: list[float], b: Band, alpha: float, min_effec
     band_w = max(min_effect, crit * se)
     detail = (f"delta {delta:+.4f}, band +/-{band_w:.4f} (t={t:+.2f}, df={b.df:.0f}, K={b.k}, R={r}), "
               f"min effect {min_effect:g}, MDE {mde:.4f}")
-    worse, better = (down, up) if higher_is_better else (up, down)
+    worse, better = (down, up) if hib else (up, down)
     passed = not worse and not (better and not one_sided)
     direction = "down" if down else ("up" if up else "")
     return Check(name, x, b.mean, passed, "noise", detail, b.mean - band_w, delta, se, t, b.df, p, mde, direction,
@@ -434,8 +457,12 @@ def paired_bootstrap_ci(diff: np.ndarray, n_boot: int = 2000, alpha: float = 0.0
 
 def judge_control(metric: str, control: str, tuned: list[float], other: list[float], alpha: float) -> Check:
     """The tuned model must beat ``control`` on ``metric``: the one-sided (1-alpha) bootstrap
-    lower bound of the mean per-question margin must be above zero."""
+    lower bound of the mean per-question margin must be above zero. The margin is how much better
+    the tuned answers are, the registry's way (tuned minus control for a score; control minus
+    tuned for a lower-is-better measure)."""
     d = np.asarray(tuned, dtype=np.float64) - np.asarray(other, dtype=np.float64)
+    if not _higher_is_better(metric):
+        d = -d
     mean, lo, hi = paired_bootstrap_ci(d, alpha=2 * alpha)
     ok = lo > 0
     detail = (f"margin {mean:+.4f}, one-sided {100 * (1 - alpha):g}% bound {lo:+.4f}"
@@ -508,20 +535,27 @@ def judge_ratio(name: str, value: float, baseline: float, factor: float, slack: 
     return Check(name, value, baseline, value <= limit, kind, why, limit=limit)
 
 
-#: primary scores whose check must be able to fail (judge_power)
-POWER_CHECKED = ("bert_f1", "use_f1")
-
-
 def judge_power(check: Check, b: Band) -> list[Check]:
     """A failing ``power`` check when the score's check cannot fail (power.can_fail): its pass
-    threshold is below the metric's range, or its MDE is at least the score itself (e.g. a single
-    case whose band rests on one degree of freedom). Such a gate is refused, not passed."""
+    threshold is beyond the metric's range (the registry's ``bounds``), or its MDE is at least the
+    score's distance to the end it gets worse towards (for a score: the score itself; e.g. a single
+    case whose band rests on one degree of freedom). Such a gate is refused, not passed. Which way
+    is worse is the registry's."""
     from .power import can_fail
 
-    if not b.mean > 0:  # a score at the floor cannot drop: nothing to detect, not a power problem
+    m = MEASURES[check.metric or check.name]
+    lo, hi = m.bounds
+    worst = lo if m.higher_is_better else hi
+    # a score at the floor cannot drop (a lower-is-better one at its ceiling cannot rise): nothing
+    # to detect, not a power problem
+    if worst is not None and not (b.mean - worst if m.higher_is_better else worst - b.mean) > 0:
         return []
-    why = can_fail(b.mean, float(check.limit if check.limit is not None else -math.inf), 0.0, 1.0, check.mde,
-                   name=check.name)
+    # the band's edge the worse way (a noise check's ``limit`` is its lower edge)
+    if check.limit is None:
+        threshold = -math.inf if m.higher_is_better else math.inf
+    else:
+        threshold = float(check.limit) if m.higher_is_better else b.mean + (b.mean - float(check.limit))
+    why = can_fail(b.mean, threshold, lo, hi, check.mde, higher_is_better=m.higher_is_better, name=check.name)
     if not why:
         return []
     return [Check(f"power:{check.name}", check.value, b.mean, False, "power",
@@ -566,13 +600,16 @@ class Aggregate:
 
 
 def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_effect: float, one_sided: bool,
-              higher_is_better: bool = True) -> Aggregate | None:
+              higher_is_better: bool | None = None) -> Aggregate | None:
     """Stouffer's combination of the cases' t statistics (each turned into a normal z through its
     own t distribution). It fails (``passed`` False) on a move beyond ``z(1 - alpha)`` *and*
     ``min_effect`` either way: the worse way always, the better way (a score up, looping answers down) unless
-    ``one_sided``, as a case's ``changed``. MDE: the uniform drop ``d`` that gives
+    ``one_sided``, as a case's ``changed``. Which way is worse: ``higher_is_better``, None = the
+    registry's for ``metric``. MDE: the uniform drop ``d`` that gives
     ``Z = z_alpha + z_power``: ``d = (z_{1-alpha} + z_power) * sqrt(N) / sum(1 / se_i)``."""
     from scipy import stats
+
+    hib = _higher_is_better(metric) if higher_is_better is None else higher_is_better
 
     # (t, df, se, delta) of each usable check: t known and finite, se known and nonzero
     usable = [(c.t, c.df or math.inf, c.se, c.delta) for c in checks
@@ -587,7 +624,7 @@ def aggregate(scope: str, metric: str, checks: list[Check], alpha: float, min_ef
     mde = max(min_effect, (crit + float(stats.norm.ppf(POWER))) * math.sqrt(n) / sum(1.0 / se for _, _, se, _ in usable))
     down = z < -crit and mean_delta < -min_effect
     up = z > crit and mean_delta > min_effect
-    worse, better = (down, up) if higher_is_better else (up, down)
+    worse, better = (down, up) if hib else (up, down)
     return Aggregate(scope, metric, n, mean_delta, z, mde, not worse and not (better and not one_sided),
                      "down" if down else ("up" if up else ""))
 
@@ -670,12 +707,13 @@ def judge_case(case_id: str, runs: Sequence[Mapping[str, Any]], baseline_case: d
             if is_margin:  # a margin has no per-question series to bootstrap: no check without a band
                 continue
             checks.append(_judge_without_runs(m, runs, float(baseline_case["metrics"][m]), tol[m],
-                                              MEASURES[m].higher_is_better))
+                                              _higher_is_better(m)))
             continue
-        # a margin over a control may grow (one-sided); a score may not move either way, and which
-        # way is a regression is the registry's (degenerate: a rise)
-        checks.append(judge_noise(m, values, b, gate.alpha, tol[m], is_margin or m in gate.one_sided,
-                                  is_margin or MEASURES[m].higher_is_better, metric, control))
+        # which way is a regression is the registry's (degenerate: a rise; a margin: its score's);
+        # a margin over a control may grow (one-sided), a measure may not move either way unless the
+        # registry or the profile makes it one-sided (is_one_sided)
+        checks.append(judge_noise(m, values, b, gate.alpha, tol[m], is_one_sided(m, gate),
+                                  _higher_is_better(m), metric, control))
         if m in POWER_CHECKED:
             checks.extend(judge_power(checks[-1], b))
     base_inv = baseline_case.get("invariants") or {}
@@ -738,10 +776,13 @@ def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[st
 
 
 def _judge_without_runs(metric: str, runs: Sequence[Mapping[str, Any]], baseline: float, min_effect: float,
-                        higher_is_better: bool = True) -> Check:
+                        higher_is_better: bool | None = None) -> Check:
     """No between-run spread is known: flag only when this run's whole 95% bootstrap CI (over test
     questions) lies beyond baseline -/+ min effect the worse way (below for a score, above for a
-    lower-is-better measure). Blind to training noise; see the docs."""
+    lower-is-better measure; ``higher_is_better`` None: the registry's). Blind to training noise;
+    see the docs."""
+    if higher_is_better is None:
+        higher_is_better = _higher_is_better(metric)
     per = runs[0].get("per_example", {}).get(metric)
     x = float(np.mean([r["metrics"][metric] for r in runs]))
     limit = baseline - min_effect if higher_is_better else baseline + min_effect
@@ -791,8 +832,8 @@ def aggregates(records: Sequence[Mapping[str, Any]], gate: Any) -> list[Aggregat
         if not items:
             continue
         eff = tol[m] * gate.aggregate_min_effect_factor
-        one = m in gate.one_sided
-        hib = MEASURES[m].higher_is_better
+        one = is_one_sided(m, gate)
+        hib = _higher_is_better(m)
         families = sorted({fam for fam, _ in items})
         for fam in families:
             a = aggregate(f"family {fam}", m, [c for f, c in items if f == fam], gate.aggregate_alpha, eff, one, hib)

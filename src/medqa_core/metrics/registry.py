@@ -22,24 +22,40 @@ class Measure:
     #: where a case record keeps it: ("metrics", key) or ("resources", key)
     source: tuple[str, str]
     kind: str  # score | length | rate (a share of answers) | resource
+    #: a move the better way beyond the gate's band fails too (``changed``: the baseline no longer
+    #: describes the recipe) unless ``[gate] one_sided`` lists it; False: such a move always passes
+    #: (``improvement``), as for a metric the profile lists in ``one_sided``
+    two_sided: bool = True
+    #: the values it can take (None: unbounded that side): a gate threshold at or beyond the end it
+    #: gets worse towards cannot be crossed (``power.can_fail``)
+    bounds: tuple[float | None, float | None] = (0.0, 1.0)
+    #: a primary score: the gate refuses (``power`` check, :func:`gate.judge_power`) a check of it
+    #: that cannot fail, instead of passing it
+    power_checked: bool = False
 
 
 #: the gate's minimum effect on the share of degenerate (looping) answers, in share units
 DEGENERATE_MIN_EFFECT = 0.05
 
 
+#: the primary scores (BERTScore F1, USE F1): their gate checks must be able to fail (power_checked)
+PRIMARY = ("bert_f1", "use_f1")
+
 _LABELS = {"bert_p": "BERTScore precision", "bert_r": "BERTScore recall", "bert_f1": "BERTScore F1",
            "cosine": "USE whole-answer cosine", "use_p": "USE precision", "use_r": "USE recall", "use_f1": "USE F1"}
 
 MEASURES: dict[str, Measure] = {
-    **{m: Measure(m, _LABELS[m], True, 0.02, ("metrics", m), "score") for m in METRICS},
+    **{m: Measure(m, _LABELS[m], True, 0.02, ("metrics", m), "score", power_checked=m in PRIMARY) for m in METRICS},
     # the tuned answers' mean length in words: a cheap signal of truncated or run-away generation
+    # (two-sided: a drop is a regression, a rise beyond the band 'changed')
     "answer_words": Measure("answer_words", "mean answer length (words)", True, 3.0, ("metrics", "answer_words"),
-                            "length"),
-    "train_s": Measure("train_s", "training time (s)", False, None, ("resources", "train_seconds"), "resource"),
-    "mem_mib": Measure("mem_mib", "peak training memory (MiB)", False, None, ("resources", "peak_mem_mib"), "resource"),
+                            "length", bounds=(0.0, None)),
+    "train_s": Measure("train_s", "training time (s)", False, None, ("resources", "train_seconds"), "resource",
+                       bounds=(0.0, None)),
+    "mem_mib": Measure("mem_mib", "peak training memory (MiB)", False, None, ("resources", "peak_mem_mib"), "resource",
+                       bounds=(0.0, None)),
     "tokens_per_s": Measure("tokens_per_s", "training throughput (tokens/s)", True, None,
-                            ("resources", "tokens_per_s"), "resource"),
+                            ("resources", "tokens_per_s"), "resource", bounds=(0.0, None)),
     # share of answers that repeat a word 4-gram 3+ times (metrics/degeneration.py). Lower is better:
     # a rise beyond its band is a regression, a fall beyond it 'changed'. Min effect 0.05 = 5 points
     # of answers (6 of tiny's 120 test answers): clean tiny runs loop in 0 answers, so one or two
@@ -49,8 +65,8 @@ MEASURES: dict[str, Measure] = {
                           ("metrics", "degenerate"), "rate"),
 }
 
-#: judged by the noise model of the gate, in this order (two-sided; which way is a regression:
-#: :func:`higher_is_better`)
+#: judged by the noise model of the gate, in this order (which way is a regression:
+#: :func:`higher_is_better`; whether a move the other way fails too: :func:`two_sided`)
 GATED: tuple[str, ...] = tuple(m.name for m in MEASURES.values() if m.min_effect is not None)
 #: gate.DEFAULT_MIN_EFFECT
 DEFAULT_MIN_EFFECT: dict[str, float] = {m.name: m.min_effect for m in MEASURES.values() if m.min_effect is not None}
@@ -63,11 +79,26 @@ RESOURCE_KEYS: dict[str, str] = {
 }
 
 
-def higher_is_better(name: str) -> bool:
-    """Which way is better for ``name`` (a measure, or a record's resource key)."""
+#: measures whose gate check must be able to fail (gate.judge_power), in registry order
+POWER_CHECKED: tuple[str, ...] = tuple(m.name for m in MEASURES.values() if m.power_checked)
+
+
+def measure(name: str) -> Measure:
+    """The measure ``name`` (a measure, or a record's resource key); KeyError when unknown."""
     if name in MEASURES:
-        return MEASURES[name].higher_is_better
+        return MEASURES[name]
     for m in MEASURES.values():
         if m.source[1] == name:
-            return m.higher_is_better
+            return m
     raise KeyError(f"unknown measure {name!r}; known: {sorted(MEASURES)}")
+
+
+def higher_is_better(name: str) -> bool:
+    """Which way is better for ``name`` (a measure, or a record's resource key)."""
+    return measure(name).higher_is_better
+
+
+def two_sided(name: str) -> bool:
+    """Whether the gate fails a move of ``name`` the better way beyond its band (``changed``) by
+    default, i.e. unless ``[gate] one_sided`` lists it."""
+    return measure(name).two_sided

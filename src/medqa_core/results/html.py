@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import METRICS
+from ..metrics.registry import MEASURES
 from .record import CaseRecord, Status, check_fields, judges_score
 from .summary import (
     CONTROL_HEADER,
@@ -184,10 +185,12 @@ def cell_state(rec: CaseRecord, metric: str, baseline: dict[str, Any] | None) ->
         note = {Status.INCOMPARABLE: f"baseline recorded on other inputs: {v.get('note', '')}",
                 Status.NO_BASELINE: "no baseline entry for this case", UNJUDGED: "not judged by the gate"}[cls]
         return {"cls": cls, "text": text, "band": "", "title": f"{metric}: {value:.4f}; {note}"}
+    # which way is better is the registry's (a score up; fewer looping answers)
+    better = "up" if metric not in MEASURES or MEASURES[metric].higher_is_better else "down"
     if chk.get("passed"):
-        cls = Status.IMPROVEMENT if chk.get("direction") == "up" else Status.PASS
+        cls = Status.IMPROVEMENT if chk.get("direction") == better else Status.PASS
     else:
-        cls = Status.CHANGED if chk.get("direction") == "up" else Status.REGRESSION
+        cls = Status.CHANGED if chk.get("direction") == better else Status.REGRESSION
     delta = chk.get("delta")
     band = ""
     if chk.get("ci"):
