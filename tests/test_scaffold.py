@@ -296,9 +296,8 @@ def test_mde_target_sets_the_baseline_runs_from_the_power_plan(tmp_path):
     write(tmp_path / "qa.csv", "csv", rows())
     res = init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path, mde=0.05)
     gate = tomllib.loads(res.profile.read_text())["gate"]
-    k = gate["baseline_seeds"]
-    args = shlex.split(res.commands[1])
-    r = int(args[args.index("--seeds") + 1]) if "--seeds" in args else 1
+    k, r = gate["baseline_seeds"], gate.get("gate_seeds", 1)
+    assert "--seeds" not in res.commands[1]  # the profile holds R: plain `pytest` gates with it
     sd, d0 = gate["prior_sd"]["bert_f1"], gate["prior_df"]
     prof = load_profile(res.profile)
     alpha, tol = prof.gate.alpha, prof.gate.metric_tolerance["bert_f1"]

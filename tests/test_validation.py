@@ -346,3 +346,19 @@ def test_report_markdown_title_and_verdicts_line_hold_no_html():
             fenced = not fenced
         elif not fenced:
             assert not re.search(r"<[A-Za-z/!]", ln), ln
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "true", '"2"'])
+def test_gate_seeds_out_of_range_is_refused_naming_it(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"\[gate\] gate_seeds = .*: must be an integer"):
+        load_profile(_profile(tmp_path, f"[gate]\ngate_seeds = {value}\n"))
+
+
+def test_gate_seeds_is_the_gating_default_and_baseline_seeds_the_recording_one(tmp_path):
+    from medqa_core.session import parse_seeds
+
+    prof = load_profile(_profile(tmp_path, "[gate]\ngate_seeds = 3\nbaseline_seeds = 4\n"))
+    base = prof.train.seed
+    assert parse_seeds(None, prof, recording=False) == [base, base + 1, base + 2]
+    assert parse_seeds(None, prof, recording=True) == list(range(base, base + 4))
+    assert parse_seeds("1", prof, recording=False) == [base]  # --seeds overrides

@@ -448,6 +448,8 @@ def _check_gate(gate: GateConfig, where: str) -> None:
         raise ConfigError(f"{where} aggregate_min_effect_factor = {f!r}: must be a finite number >= 0")
     if not isinstance(gate.baseline_seeds, int) or gate.baseline_seeds < 1:
         raise ConfigError(f"{where} baseline_seeds = {gate.baseline_seeds!r}: must be an integer >= 1")
+    if not isinstance(gate.gate_seeds, int) or isinstance(gate.gate_seeds, bool) or gate.gate_seeds < 1:
+        raise ConfigError(f"{where} gate_seeds = {gate.gate_seeds!r}: must be an integer >= 1")
     for m, tol in gate.metric_tolerance.items():
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
             raise ConfigError(f"{where} metric_tolerance.{m} = {tol!r}: must be a finite number >= 0")

@@ -36,6 +36,7 @@ import pytest
 
 from . import paths
 from .errors import MedQAError
+from .results.record import Status
 
 RECORD_KEY = "medqa_record"
 INLINE_RECORD_KEY = "medqa_record_inline"  # a record a full disk could not take, carried in the report
@@ -84,7 +85,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "stages must be built); scores and runs stay")
     g.addoption("--seeds", default=os.environ.get("MEDQA_SEEDS"),
                 help="training runs per case: a count K (the profile's seed and the next K-1) or a list like "
-                     "0,101-104; default 1 when gating (more runs = more power), [gate] baseline_seeds when "
+                     "0,101-104; default [gate] gate_seeds (1) when gating (more runs = more power), [gate] baseline_seeds when "
                      "recording (env MEDQA_SEEDS)")
     g.addoption("--baseline", default=os.environ.get("MEDQA_BASELINE"),
                 help="baseline file to read and, with --update-baselines, write (default: the profile's "
@@ -556,7 +557,7 @@ class CaseOutcome:
 
     @property
     def passed(self) -> bool:
-        return not self.verdict.failed and self.verdict.status not in ("no-baseline", "incomparable")
+        return not self.verdict.failed and self.verdict.status not in (Status.NO_BASELINE, Status.INCOMPARABLE)
 
     def check(self) -> None:
         """Fail the calling test as the benchmark does: a recording fails only on its controls;
@@ -566,7 +567,7 @@ class CaseOutcome:
             if self.verdict.failures:
                 pytest.fail(self.verdict.explain(), pytrace=False)
             return
-        if self.verdict.status == "no-baseline":
+        if self.verdict.status == Status.NO_BASELINE:
             ref = str(self.profile.path)
             cwd = Path.cwd().resolve()
             if Path(ref).is_relative_to(cwd):
@@ -574,7 +575,7 @@ class CaseOutcome:
             pytest.fail(f"{self.case.id}: no entry in {self.profile.resolve(str(self.profile.baseline))}; record it with "
                         f"`pytest {ref} --profile {ref} -k {self.case.id} --update-baselines"
                         + (" -m slow" if self.profile.slow else "") + "`", pytrace=False)
-        if self.verdict.failed or self.verdict.status == "incomparable":
+        if self.verdict.failed or self.verdict.status == Status.INCOMPARABLE:
             pytest.fail(self.verdict.explain(), pytrace=False)
 
 

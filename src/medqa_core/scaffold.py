@@ -462,8 +462,10 @@ def power_plan(model: str, gate: dict[str, Any], target: float | None, budget: f
         if row is not None and "gate.baseline_seeds" not in set_keys:
             gate["baseline_seeds"] = row.k
             r = row.r
+            if r > 1 and "gate.gate_seeds" not in set_keys:
+                gate["gate_seeds"] = r  # plain `pytest` gates with R runs (--seeds overrides)
             asked = f"--mde {target:g}" if target is not None else f"target MDE {DEFAULT_TARGET_MDE:g} (--mde)"
-            notes.append(f"  {asked}: baseline_seeds = {row.k}; gate with --seeds {row.r} (MDE {row.mde:.4f}, "
+            notes.append(f"  {asked}: baseline_seeds = {row.k}, gate_seeds = {row.r} (MDE {row.mde:.4f}, "
                          f"~{(row.k + row.r) * seconds / 60:.0f} min of seeds in all)")
         if pl.choice is None:
             notes.append(f"  {pl.reason}")
@@ -664,7 +666,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
     bf16 = bool(sections["train"].get("cpu_bf16"))
     if bf16 and not {"gate.prior_sd", "gate.prior_df"} & set_keys:
         sections["gate"].update(measured_prior(model, bf16=True))  # the noise of the recipe as it will run
-    plan_notes, gate_runs = power_plan(model, sections["gate"], mde, budget, set_keys, bf16=bf16, default=choice.slow)
+    plan_notes, _ = power_plan(model, sections["gate"], mde, budget, set_keys, bf16=bf16, default=choice.slow)
     if "split.test_size" in set_keys and "split.test_fraction" not in set_keys:
         sections["split"].pop("test_fraction", None)  # a test size replaces the default fraction
     if "split.test_fraction" in set_keys and "split.test_size" not in set_keys:
@@ -707,8 +709,6 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
         also += [written] if written else []
         notes += [note] if note else []
     cmds = commands(target, slow, root)
-    if gate_runs > 1:
-        cmds[1] += f" --seeds {gate_runs}"
     if ci:
         also.append(write_workflow(root, target, cmds[1], "gguf" in choice.table, force))
     from .specs import case_name

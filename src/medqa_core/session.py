@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 
 def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int]:
     """``--seeds``: ``K`` (the profile's seed and the K-1 following), a list ``0,101-104``, or
-    None: one run when gating, ``[gate] baseline_seeds`` runs when recording."""
+    None: ``[gate] gate_seeds`` runs when gating (default 1), ``[gate] baseline_seeds`` when recording."""
     from .errors import ConfigError
 
     base = profile.train.seed
     if text is None or text == "":
-        k = profile.gate.baseline_seeds if recording else 1
+        k = profile.gate.baseline_seeds if recording else profile.gate.gate_seeds
         return list(range(base, base + k))
     try:
         if "," not in text and "-" not in text:

@@ -188,6 +188,8 @@ class GateConfig:
     one_sided: tuple[str, ...] = ()
     # training runs (seeds) a baseline records per case with --update-baselines (override: --seeds)
     baseline_seeds: int = 5
+    # training runs per case when gating (override: --seeds); init writes the R of its power plan
+    gate_seeds: int = 1
     # controls each run computes (base | no_question | shuffled); the tuned-minus-control margins on
     # require_beats_base metrics are gated like scores (a margin that shrinks beyond the band fails)
     controls: tuple[str, ...] = ("base", "no_question", "shuffled")
