@@ -76,10 +76,11 @@ def test_every_relative_link_anchor_names_a_heading():
     assert seen > 5 and not missing, missing
 
 
-#: "docs/X.md" or "README", optionally followed by a heading: '#anchor' or ', "Heading"'
-POINTER = re.compile(r'(README(?:\.md)?|docs/[\w./-]+\.md)(?:#([\w-]+)|,? "([^"\n]+)")?')
-#: pointers in files outside issue 26's reach that name a README heading that does not exist
-#: (the cleaning rules are described in docs/data.md, "Data: files, cleaning, split, leakage").
+#: "docs/X.md" or "README", optionally followed by a heading: '#anchor', ', "Heading"', or
+#: 'README's "Heading"' / 'README section "Heading"' (the heading in double or single quotes)
+POINTER = re.compile(r'(README(?:\.md)?|docs/[\w./-]+\.md)'
+                     r'(?:#([\w-]+)|(?:\'s)?(?: section)?,? (?:"([^"\n]+)"|\'([^\'\n]+)\'))?')
+#: pointers in src/ known to name a missing doc or heading, as (file, pointer text); empty now.
 #: Strict: once a comment is fixed, its entry must go (the test fails on a stale entry too).
 KNOWN_STALE_POINTERS: set[tuple[str, str]] = set()
 
@@ -93,19 +94,24 @@ def _source_pointers():
             yield path.relative_to(REPO).as_posix(), m
 
 
+def _resolves(m: re.Match[str]) -> bool:
+    """A POINTER match names an existing doc and, where it names one, an existing heading of it."""
+    target, anchor, heading, quoted = m.groups()
+    doc = REPO / ("README.md" if target.startswith("README") else target)
+    if not doc.is_file():
+        return False
+    heading = heading or quoted
+    want = anchor or (_slug(heading) if heading else None)
+    return want is None or want in _anchors(doc)
+
+
 def test_source_pointers_name_existing_docs_and_headings():
     """Every "docs/X.md" and "README" a docstring, comment or message in src/ points to exists, and
     so does the heading it names ('docs/own-data.md, "Measured on real data"', 'README#...')."""
     broken, seen = set(), 0
     for where, m in _source_pointers():
         seen += 1
-        target, anchor, heading = m.groups()
-        doc = REPO / ("README.md" if target.startswith("README") else target)
-        if not doc.is_file():
-            broken.add((where, m.group(0)))
-            continue
-        want = anchor or (_slug(heading) if heading else None)
-        if want is not None and want not in _anchors(doc):
+        if not _resolves(m):
             broken.add((where, m.group(0)))
     assert seen > 10
     assert broken == KNOWN_STALE_POINTERS, (
@@ -113,16 +119,70 @@ def test_source_pointers_name_existing_docs_and_headings():
         f"fixed (drop them from KNOWN_STALE_POINTERS): {sorted(KNOWN_STALE_POINTERS - broken)}")
 
 
+def _init_profile_text() -> str:
+    """The profile `medqa-bench init` writes (tiny stand-in; nothing is loaded or written)."""
+    from medqa_core import scaffold
+
+    return scaffold.render("demo", REPO / "data" / "q.csv", scaffold.choose_model("tiny-llama"),
+                           {"file": "q.csv", "question": "q", "answer": "a"},
+                           {k: dict(v) for k, v in scaffold._TINY_RECIPE.items()},
+                           REPO / "baselines" / "demo.json", False, "q.csv", REPO)
+
+
+def _comment_text(text: str) -> str:
+    """The ``#`` comment lines of a TOML text as one line (a pointer may wrap across them)."""
+    return " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+
+
+#: files that lived beside this repository, never in it: the repository must stand alone
+OUTSIDE = re.compile(r"\.\./shared\b|\bshared/reference\b|\bDESIGN\.md\b")
+
+
+def _docstrings_and_comments(path: Path, module_only: bool = False) -> str:
+    """The docstrings (only the module's with ``module_only``) and, unless ``module_only``, the
+    ``#`` comments of a Python file."""
+    import ast
+    import io
+    import tokenize
+
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    kinds = (ast.Module,) if module_only else (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    parts = [ast.get_docstring(n, clean=False) or "" for n in ast.walk(tree) if isinstance(n, kinds)]
+    if not module_only:
+        parts += [t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT]
+    return "\n".join(parts)
+
+
+def test_test_and_init_pointers_name_existing_docs_and_headings():
+    """The same for the tests (tests/*.py; this file holds the pattern's own examples and is left
+    out) and for the header comment `medqa-bench init` writes atop every generated profile: each
+    "docs/X.md", "README.md#anchor", 'README's "Heading"' or "README section 'Heading'" resolves
+    to a file and heading of this repository. And no docstring or comment in src/, no test
+    module's docstring and no init header points at a file kept outside the repository
+    (``OUTSIDE``)."""
+    texts = {p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8")
+             for p in sorted((REPO / "tests").glob("*.py")) if p.name != Path(__file__).name}
+    texts["medqa-bench init profile header"] = _comment_text(_init_profile_text())
+    found = {(where, m.group(0)): _resolves(m) for where, text in texts.items() for m in POINTER.finditer(text)}
+    assert any(where.startswith("medqa-bench init") for where, _ in found), "init's header names no doc any more"
+    assert len(found) > 5
+    assert [k for k, ok in found.items() if not ok] == []
+
+    prose = {p.relative_to(REPO).as_posix(): _docstrings_and_comments(p)
+             for p in sorted((REPO / "src" / "medqa_core").rglob("*.py"))}
+    prose |= {p.relative_to(REPO).as_posix(): _docstrings_and_comments(p, module_only=True)
+              for p in sorted((REPO / "tests").glob("*.py"))}
+    prose["medqa-bench init profile header"] = texts["medqa-bench init profile header"]
+    assert [(where, m.group(0)) for where, text in prose.items() for m in OUTSIDE.finditer(text)] == []
+
+
 def test_init_header_points_at_a_doc_that_lists_the_keys_it_writes():
     """The comment `medqa-bench init` writes atop every profile sends the reader to docs/profiles.md
     for the keys: each key init can write into a table is named there."""
     from medqa_core import scaffold
 
-    text = scaffold.render("demo", REPO / "data" / "q.csv", scaffold.choose_model("tiny-llama"),
-                           {"file": "q.csv", "question": "q", "answer": "a"},
-                           {k: dict(v) for k, v in scaffold._TINY_RECIPE.items()},
-                           REPO / "baselines" / "demo.json", False, "q.csv", REPO)
-    header = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    header = _comment_text(_init_profile_text())
     assert "docs/profiles.md" in header
     keys = {k for recipe in (scaffold._TINY_RECIPE, scaffold._REAL_RECIPE) for table in recipe.values() for k in table}
     keys |= set(scaffold._GATE) | {"test_size", "test_fraction", "prior_sd", "prior_df", "file", "question", "answer"}

@@ -1,7 +1,8 @@
 """The package's import graph (every `import`/`from ... import` in medqa_core, lazy ones inside
-functions included) has no cycle, and the layers of DESIGN.md point down: the ground floor
-(errors, cache, resources, paths) imports nothing above it, results/ is never imported by the
-stages of a case."""
+functions included) has no cycle, and the layers of docs/development.md, "Where things are"
+point down: the ground floor (errors, cache, resources, paths) imports nothing above it, and
+neither the stage subpackages (data, model, train, metrics) nor stages.py import results/ or
+the modules that run a case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Train/test leakage (medqa_core.data.leakage, datasets.check_leakage): planted exact and near
+"""Train/test leakage (medqa_core.data.leakage, data.split.check_leakage): planted exact and near
 duplicates are found by both methods, disjoint sets report 0, and a split that leaks beyond
 [split] max_leak_fraction fails with one line naming the dataset and the count."""
 from __future__ import annotations

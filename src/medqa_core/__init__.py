@@ -1,7 +1,8 @@
 """medqa-bench core: the pipeline behind the pytest benchmark cases.
 
-Modules follow the pipeline order: specs -> datasets -> prompts -> models -> training ->
-generation -> metrics -> baselines -> report, with cache/resources/errors as shared helpers.
+Subpackages follow the pipeline order: data (load, clean, split) -> model (bases, prompts,
+generation) -> train -> metrics -> gate and baselines -> results (records, summary, report,
+history), with cache/resources/paths/errors as shared helpers (docs/development.md, "Where things are").
 """
 from __future__ import annotations
 

@@ -208,9 +208,10 @@ def load(path: Path) -> dict[str, Any]:
 def write(path: Path, data: dict[str, Any]) -> None:
     """Validate, then write atomically (temp file + rename): a crash never leaves half a file.
 
-    A symlinked baseline (``baselines/tiny.json -> ../shared/tiny.json``) is written through the
-    link: the temp file goes beside the real file and replaces it, so the link stays a link and
-    the file it names gets the new values."""
+    A baseline reached through a symlink (a linked file, or this repository's ``baselines/``,
+    a link into ``src/medqa_core/shipped/baselines/``) is written through the link: the temp file
+    goes beside the real file and replaces it, so the link stays a link and the file it names
+    gets the new values."""
     validate(data, path)
     path = Path(os.path.realpath(path))  # every link in the path followed; a dangling one: its target
     path.parent.mkdir(parents=True, exist_ok=True)

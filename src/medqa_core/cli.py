@@ -3,17 +3,19 @@
     medqa-bench summary RUN [--baseline FILE]         Table-2-style table of a run's records
     medqa-bench compare RUN_A RUN_B [--profile NAME]  gate RUN_B's cases against RUN_A's
     medqa-bench report RUN [--out DIR]                markdown + self-contained HTML report with plots
-    medqa-bench history [--profile NAME]              the runs stored in the history
-    medqa-bench trend [--profile NAME]                worsening shifts (change points) per case and metric
+    medqa-bench history [RUN] [--profile NAME]        the runs stored in the history
+    medqa-bench trend [RUN] [--profile NAME]          worsening shifts (change points) per case and metric
     medqa-bench params [--profile NAME]               LoRA trainable parameters per model (meta device)
     medqa-bench merge RUN_DIR... --history PATH       import several machines' run directories as one run group
                                                       ([--group ID]; docs/multi-runner.md)
     medqa-bench init DATA --question COL --answer COL [--model M]  a profile for your own data, in this repo
 
 RUN is a run directory (.medqa-results/<run id>) or a run in the history: a run id, a unique
-prefix of one, ``latest`` or ``latest~N``; a merged run group counts as one run. The history is --history, else $MEDQA_HISTORY, else
-$MEDQA_CACHE_DIR/history.sqlite, else <root>/.medqa-cache/history.sqlite, where <root> is the repository the
-command runs in (the nearest folder up with [tool.medqa-bench] in pyproject.toml, else with .git, else the cwd).
+prefix of one, ``latest`` or ``latest~N``; a merged run group counts as one run. The history is --history, else
+the one RUN's run.toml names, else $MEDQA_HISTORY, else $MEDQA_CACHE_DIR/history.sqlite, else
+<root>/.medqa-cache/history.sqlite, else one the newest run directories' run.toml name, where <root> is the
+repository the command runs in (the nearest folder up with [tool.medqa-bench] in pyproject.toml, else with .git,
+else the cwd).
 """
 from __future__ import annotations
 

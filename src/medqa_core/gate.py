@@ -17,7 +17,7 @@ The test per case and metric (a moderated two-sample t-test, as in limma):
   ``s^2 = (d_0 s_0^2 + (K-1) s_c^2) / (d_0 + K - 1)``, with ``d_0 + K - 1`` df. Shrinkage keeps a
   case whose K runs happened to agree from getting a tiny band, and d_0 is small when the cases'
   noise levels really differ, so a noisy case keeps its own wide band;
-* this run: the mean of its R run means (``R = --seeds``, default 1);
+* this run: the mean of its R run means (``R = --seeds``, default ``[gate] gate_seeds``, itself 1 by default);
 * ``delta = xbar - ybar``, ``se = s * sqrt(1/K + 1/R)``, ``t = delta / se``.
 
 A drop is a ``regression`` when ``delta < -min_effect`` **and** ``t < -t_{df}(1 - alpha)``; a
@@ -94,7 +94,7 @@ class Check:
     value: Any
     baseline: Any
     passed: bool
-    kind: str  # noise | invariant | control | ceiling | time | memory | aggregate
+    kind: str  # noise | invariant | control | ceiling | power | time | memory
     detail: str = ""
     limit: float | None = None
     delta: float | None = None
@@ -818,8 +818,8 @@ def judge_degenerate_ceiling(run: Mapping[str, Any], ceiling: float | None) -> C
 
 def aggregates(records: Sequence[Mapping[str, Any]], gate: Any) -> list[Aggregate]:
     """Family (per model) and suite verdicts per gated metric over the judged cases of a run;
-    each fails on a drop and, unless the metric is in ``[gate] one_sided``, on a rise
-    (:func:`aggregate`)."""
+    each fails on a move the worse way (a score down, looping answers up) and, unless the metric
+    is one-sided (:func:`is_one_sided`), on a move the better way (:func:`aggregate`)."""
     by_metric: dict[str, list[tuple[str, Check]]] = {}
     for rec in records:
         for c in (rec.get("verdict") or {}).get("checks", []):

@@ -66,7 +66,7 @@ class CaseResult:
     dataset: str
     profile: str
     seed: int  # the run seed (training and, for tiny bases, pretraining)
-    metrics: dict[str, float]  # means over the test set, incl. answer_words and degenerate (not gated)
+    metrics: dict[str, float]  # means over the test set, incl. answer_words and degenerate (both gated, like the scores)
     base_metrics: dict[str, float]
     per_example: dict[str, list[float]]  # ids + one list per metric (fine-tuned model)
     controls: dict[str, dict[str, Any]]  # name -> {"metrics": means, "per_example": {metric: list}}

@@ -1,11 +1,12 @@
 """Power of the gate before a baseline exists: how many baseline runs (K) and gate runs (R) a
 case needs for a given minimum detectable effect (MDE), from a short pilot.
 
-Pure numpy/scipy; no model, no pipeline. ``medqa-bench init`` runs a pilot of one or two seeds,
-estimates the between-run noise with :func:`pilot_sigma` (or :func:`pooled_sigma` over the
-metrics of the same runs), prints :meth:`Plan.table` from :func:`plan`, writes the cheapest
-(K, R) that reaches ``--mde`` within ``--budget``, and refuses a check that cannot fail
-(:func:`can_fail`). Per-test alpha for a case's primary metrics: :func:`alpha_for`.
+Pure numpy/scipy; no model, no pipeline. ``medqa-bench init`` runs no pilot: it plans from the
+model's measured prior sd (``scaffold.power_plan``), prints :meth:`Plan.table` from :func:`plan`
+and writes the (K, R) with the fewest seeds in all that reaches ``--mde`` within ``--budget``;
+the gate refuses a check that cannot fail (:func:`can_fail`, via ``gate.judge_power``). A short
+pilot's noise can be estimated with :func:`pilot_sigma` (or :func:`pooled_sigma` over the
+metrics of the same runs); per-test alpha for a case's primary metrics: :func:`alpha_for`.
 
 The test being planned for is the gate's (``gate.judge_noise``): the mean of R new runs against
 the mean of K baseline runs, ``t = delta / (s * sqrt(1/K + 1/R))``, one-sided at ``alpha``, where

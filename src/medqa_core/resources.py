@@ -100,9 +100,9 @@ class PeakMemory:
     On CPU: the peak minus the RSS at entry (the memory the block itself needed), plus the
     absolute peak for context. On Linux the kernel's own high-water mark is reset at entry
     (``/proc/self/clear_refs``) and read at exit (``VmHWM``): exact, and no thread. Elsewhere a
-    sampling thread reads the RSS every ``interval`` seconds; on a busy 2-core machine that
-    thread preempted torch's OpenMP workers at every wake-up and slowed small-op training
-    loops several-fold (docs/performance.md).
+    sampling thread reads the RSS every ``interval`` seconds: on 2 cores, a third runnable thread
+    beside torch's two OpenMP workers (docs/performance.md, "1. Training": why Linux no longer
+    uses it; its share of the slowdown measured there was not isolated).
     """
 
     def __init__(self, device: str = "cpu", interval: float = 0.005):

@@ -63,8 +63,9 @@ DEFAULT_MODEL = "smollm2"
 PRIOR_SOURCES = {"smollm2": ("small", "llama"), **{f"tiny-{f}": ("tiny", f) for f in ("llama", "mistral", "gemma", "phi")}}
 #: degrees of freedom a shipped prior counts for (it was measured on other data: kept modest)
 PRIOR_DF = 8.0
-#: seconds one seed (train, generate, score) took with init's recipe on 2 busy CPU cores
-#: (docs/own-data.md, "Measured on real data"): the time axis of the power plan init prints
+#: seconds one seed (train, generate, score) takes with init's recipe on 2 idle CPU cores
+#: (docs/own-data.md, "Measured on real data": ~257 s in fp32 with the SFTTrainer and 60 test
+#: questions; ~145 s under native bf16 with the lean loop and 120): the time axis of the plan
 SECONDS_PER_SEED = {"smollm2": 260.0, "smollm2+bf16": 145.0,
                     **{f"tiny-{f}": 30.0 for f in ("llama", "mistral", "gemma", "phi")}}
 #: the MDE a plan aims for when --mde is not given (BERTScore F1)
@@ -81,8 +82,10 @@ _TINY_RECIPE = {
     "gate": {"memory_slack_mib": 256},
 }
 #: A real model on CPU (docs/own-data.md, "Measured on real data": SmolLM2 on 300 MedQuAD rows,
-#: ~4.3 minutes a seed on 2 idle cores, tuned beats the base and the question-removed control,
-#: no looping answers at repetition_penalty 1.2 (1.1 looped 5-12%)). max_length and
+#: tuned beats the question-removed control by ~0.26-0.37 BERTScore F1 and the base by ~0.01-0.03,
+#: no looping answers at repetition_penalty 1.2 (1.1 looped 5-12%)); the lean loop, which
+#: reproduces the SFTTrainer's recipe ~1.2x faster, under native bf16 where the CPU has it
+#: (init decides, :func:`_native_bf16`). max_length and
 #: max_new_tokens are speed caps: init lowers them to fit shorter data, never raises them (it
 #: says what they cut; raise them with --set).
 _REAL_RECIPE = {
@@ -96,9 +99,10 @@ _REAL_RECIPE = {
              "metric_tolerance": {"bert_p": 0.01, "bert_r": 0.01, "bert_f1": 0.01, "cosine": 0.01, "use_p": 0.01,
                                   "use_r": 0.01, "use_f1": 0.01, "answer_words": 3.0}},
 }
-#: test questions a real-model case aims for, at most :data:`REAL_TEST_SHARE` of the rows: the
-#: between-seed noise of a mean score falls with the test set, and a larger test set costs only
-#: generation (docs/own-data.md: 120 of 300 rows halved the variance for ~1.3x a seed's time)
+#: test questions a real-model case aims for, at most :data:`REAL_TEST_SHARE` of the rows: a
+#: larger test set costs only generation and scoring. Measured (docs/own-data.md): 120 instead of
+#: 60 test questions left the seed sd of BERTScore F1 where it was (0.0062 vs 0.0057: a seed moves
+#: all answers alike) and cut USE F1's from 0.0106 to 0.0038
 REAL_TEST_ROWS = 120
 REAL_TEST_SHARE = 0.4
 _GATE = {

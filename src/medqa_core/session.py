@@ -1,8 +1,9 @@
 """One benchmark case as the session runs it: the seeds, the pipeline, the record, the verdict.
 
-The test body in ``benchmarks/test_medqa.py`` only asks :func:`run_and_judge` for a case and
-asserts on the verdict; the pytest plugin collects the records for baselines, history,
-aggregate (family / suite) verdicts and alerts.
+The test body in ``benchmarks/test_medqa.py`` calls the plugin's ``medqa_run`` fixture, which
+asks :func:`run_and_judge` for a case (``.check()`` then fails the test on the verdict); the
+pytest plugin collects the records for baselines, history, aggregate (family / suite) verdicts
+and alerts.
 """
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ from .paths import FIXTURES_DIR, shipped
 
 #: Architectural facts per family: transformers config class, the attention implementation
 #: that family supports on every backend, and its LoRA target modules. The targets are all
-#: linear projections of attention and MLP: with r=16 this reproduces the study's Table 1
-#: trainable-parameter counts (e.g. 41.9M for Mistral 7B).
+#: linear projections of attention and MLP: with r=16 this gives Table 1's trainable-parameter
+#: counts for Gemma 2 9B (54.0M) and Mistral 7B (41.9M); Llama 3.1 8B and Phi-3.5-mini come out
+#: otherwise (docs/profiles.md, "Profiles").
 _LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {"config": "LlamaConfig", "attn": "sdpa", "targets": _LLAMA_LINEARS},
@@ -31,7 +32,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model family in a profile: either a tiny config built offline or a hub id."""
+    """One model family in a profile: a tiny config built offline, a GGUF file, a local
+    checkpoint directory or a hub id (or ``unavailable`` with a reason)."""
 
     name: str  # short id used in test ids: llama, mistral, gemma, phi
     family: str
@@ -163,8 +165,9 @@ class SplitConfig:
     seed: int = 0
     test_fraction: float | None = None
     # Leakage check (train vs test questions): near-duplicate = Jaccard of character 5-gram
-    # shingles >= near_dup_threshold; the case fails if more than max_leak_fraction of the test
-    # questions have an exact or near duplicate in train (None = report only).
+    # shingles >= near_dup_threshold and the same content words (data/leakage.py); the case fails
+    # if more than max_leak_fraction of the test questions have an exact or near duplicate in
+    # train (None = report only).
     near_dup_threshold: float = 0.8
     max_leak_fraction: float | None = None
 
@@ -184,7 +187,8 @@ class GateConfig:
     # family / suite verdicts (Stouffer over cases): level, and minimum effect as a fraction of the case's
     aggregate_alpha: float = 0.001
     aggregate_min_effect_factor: float = 0.25
-    # metrics where a rise beyond the band passes (reported as improvement) instead of failing as `changed`
+    # metrics where a move the better way beyond the band passes (reported as improvement) instead of
+    # failing as `changed` (a rise for scores; a fall for degenerate)
     one_sided: tuple[str, ...] = ()
     # training runs (seeds) a baseline records per case with --update-baselines (override: --seeds)
     baseline_seeds: int = 5

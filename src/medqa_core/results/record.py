@@ -139,9 +139,10 @@ def _legacy_fields(name: str, kind: str) -> CheckFields:
     """The fields of a check recorded before checks carried them, read out of its name as the
     gate wrote it: ``beats_<control>:<metric>`` (kind control), ``margin:<control>:<metric>`` or
     ``<metric>`` (noise), ``max_<metric>`` (ceiling), ``power:<metric>`` (power), each with
-    ``@seed<n>`` appended when the case had several runs. This is the ONE place that parses a
-    check's name (records, history and baselines written before keep being read the same); every
-    other reader uses :func:`check_fields`, and the gate sets the fields on every check it makes."""
+    ``@seed<n>`` appended when the case had several runs. This is the one place that reads these
+    fields out of a name (records, history and baselines written before keep being read the same);
+    every other reader uses :func:`check_fields`, and the gate sets the fields on every check it
+    makes (it still maps a noise check's name to its measure for the direction: ``gate._scored``)."""
     base, at, seed_text = name.partition("@seed")
     try:
         seed = int(seed_text) if at else None

@@ -10,7 +10,8 @@ from ..metrics import METRICS
 from ..metrics.registry import RESOURCE_KEYS, RESOURCES
 from .record import CaseRecord, Status, check_fields, is_record, judges_score
 
-#: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); shown, not gated
+#: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); gated like a
+#: score, lower is better (metrics/registry.py)
 COLUMNS = (*METRICS, "degenerate", *RESOURCES)
 
 

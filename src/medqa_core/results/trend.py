@@ -4,15 +4,15 @@ A fixed threshold against one baseline misses a metric that slides a little ever
 the whole series of one case's metric is segmented into runs of constant mean; consecutive
 breakpoints that move the level the same way are one *shift*. Around each shift a two-level
 fit and a "flat, then sloped" (hinge) fit are compared: the better one says whether it is a
-``step`` (dated at PELT's breakpoint) or a ``drift`` (dated where the slope starts). A shift is reported only when its total size reaches a minimum effect
-(for scores half the gate tolerance, see :func:`case_trends`), and it is dated at the first run
-of the new level.
+``step`` (dated at PELT's breakpoint, the first run of the new level) or a ``drift`` (dated
+where the slope starts). A shift is reported only when its total size reaches a minimum effect
+(for scores half the gate tolerance, see :func:`case_trends`).
 
 Penalty: ``penalty * sigma^2 * log(n)`` (a BIC-style penalty for the least-squares cost), with
 sigma estimated robustly from the first differences (MAD / 0.6745 / sqrt(2)) and floored at a
 quarter of the minimum effect so a bit-identical history never splits on float jitter. On
 simulated series (n = 30, noise sd 0.005) penalty 6 gave 1% false alarms on flat series and
-found a 0.02 step at the exact run in 95% of series (docs/regression-gating.md).
+found a 0.02 step at the exact run in 95% of series (``python scripts/trend_simulation.py``).
 
 Bounded per session: :func:`case_trends` (run at every pytest session end) looks at the newest
 ``window`` runs of each series only (default :data:`DEFAULT_WINDOW`, ``MEDQA_TREND_WINDOW``;

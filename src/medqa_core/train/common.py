@@ -37,7 +37,7 @@ class TrainStats:
 def mixed_precision(device: str, family: str | None = None) -> str:
     """Autocast format of training on ``device``: ``fp32`` (none) on the CPU; on CUDA ``bf16``
     where the GPU has it natively, else ``fp16`` with loss scaling, or ``fp32`` for Gemma 2
-    (fp16 overflows): :func:`models.cuda_precision`, the format the base model loads in."""
+    (fp16 overflows): :func:`model.bases.cuda_precision`, the format the base model loads in."""
     return cuda_precision(family) if device.startswith("cuda") else "fp32"
 
 
