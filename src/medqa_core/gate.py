@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import METRICS, degeneration
-from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES, POWER_CHECKED
+from .metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES, POWER_CHECKED, higher_is_better, two_sided
 from .resources import BUSY_LIMIT
 from .results.record import Status, VerdictRecord
 
@@ -170,14 +170,14 @@ def _scored(name: str) -> str:
 def _higher_is_better(name: str) -> bool:
     """The registry's direction for a gated measure or a margin over a control (tuned minus
     control: better the way its score is better). KeyError for a name the registry lacks."""
-    return MEASURES[_scored(name)].higher_is_better
+    return higher_is_better(_scored(name))
 
 
 def is_one_sided(name: str, gate: Any) -> bool:
     """Whether a move of ``name`` the better way beyond its band passes (``improvement``) instead
     of failing (``changed``): always for a margin over a control (beating it by more is fine),
     for a measure the registry marks one-sided, or one the profile lists in ``[gate] one_sided``."""
-    return name.startswith("margin:") or name in gate.one_sided or not MEASURES[name].two_sided
+    return name.startswith("margin:") or name in gate.one_sided or not two_sided(name)
 
 
 def worse_way(name: str) -> str:

@@ -66,7 +66,7 @@ PRIOR_DF = 8.0
 #: seconds one seed (train, generate, score) takes with init's recipe on 2 idle CPU cores
 #: (docs/own-data.md, "Measured on real data": ~257 s in fp32 with the SFTTrainer and 60 test
 #: questions; ~145 s under native bf16 with the lean loop and 120): the time axis of the plan
-SECONDS_PER_SEED = {"smollm2": 260.0, "smollm2+bf16": 145.0,
+SECONDS_PER_SEED = {"smollm2": 260.0, "smollm2+bf16": 145.0,  # keys: _recipe_key
                     **{f"tiny-{f}": 30.0 for f in ("llama", "mistral", "gemma", "phi")}}
 #: the MDE a plan aims for when --mde is not given (BERTScore F1)
 DEFAULT_TARGET_MDE = 0.03
@@ -410,6 +410,12 @@ def fit_model(choice: ModelChoice, rows: list[dict[str, Any]], questions: list[s
     return notes
 
 
+def _recipe_key(model: str, bf16: bool) -> str:
+    """The key of a shipped model's measurements (priors.json, :data:`SECONDS_PER_SEED`) for the
+    recipe as it will run: ``<model>+bf16`` under native bf16, else the model's name."""
+    return f"{model}+bf16" if bf16 else model
+
+
 def measured_prior(model: str, bf16: bool = False) -> dict[str, Any]:
     """``prior_sd`` / ``prior_df`` for a shipped model: the between-run sd per metric measured on
     real text with init's recipe (``shipped/priors.json``, with its source and degrees
@@ -424,7 +430,7 @@ def measured_prior(model: str, bf16: bool = False) -> dict[str, Any]:
     from .metrics.registry import GATED
 
     priors = json.loads((paths.SHIPPED / "priors.json").read_text())
-    measured = priors.get(f"{model}+bf16" if bf16 else model) or priors.get(model)
+    measured = priors.get(_recipe_key(model, bf16)) or priors.get(model)
     if measured:  # measured on real text (docs/own-data.md): preferred to the fixtures' noise
         return {"prior_sd": dict(measured["prior_sd"]), "prior_df": float(measured["prior_df"])}
     if model not in PRIOR_SOURCES:
@@ -441,39 +447,37 @@ def measured_prior(model: str, bf16: bool = False) -> dict[str, Any]:
 
 
 def power_plan(model: str, gate: dict[str, Any], target: float | None, budget: float | None,
-               set_keys: set[str], bf16: bool = False, default: bool = False) -> tuple[list[str], int]:
+               set_keys: set[str], bf16: bool = False, default: bool = False) -> list[str]:
     """The MDE each (K baseline runs, R gate runs) gives for BERTScore F1 under the model's measured
     prior (power.plan), as notes. With ``target`` (--mde), or ``default`` (a real model: target
-    :data:`DEFAULT_TARGET_MDE`), K is set to the plan's choice unless ``--set gate.baseline_seeds``,
-    and R is returned for the gate command: the fewest seeds in all (record K, gate with R) that
-    reach the target within ``budget`` (--budget, default :data:`DEFAULT_BUDGET_SECONDS`), else
-    the smallest MDE within it, said so. Returns (notes, R to gate with)."""
+    :data:`DEFAULT_TARGET_MDE`), ``gate`` gets the plan's choice as ``baseline_seeds`` (K) and
+    ``gate_seeds`` (R) unless ``--set`` gave them: the fewest seeds in all (record K, gate with R)
+    that reach the target within ``budget`` (--budget, default :data:`DEFAULT_BUDGET_SECONDS`),
+    else the smallest MDE within it, as the table says."""
     from . import power
     from .specs import GateConfig
 
     sd = (gate.get("prior_sd") or {}).get("bert_f1")
     if sd is None:
         return ["no measured variance prior for this model: a single case's band rests on its own K - 1 degrees "
-                "of freedom; record K >= 5 runs (gate.baseline_seeds) or set [gate] prior_sd / prior_df"], 1
-    seconds = SECONDS_PER_SEED.get(f"{model}+bf16" if bf16 else model) or SECONDS_PER_SEED.get(model, 60.0)
+                "of freedom; record K >= 5 runs (gate.baseline_seeds) or set [gate] prior_sd / prior_df"]
+    seconds = SECONDS_PER_SEED.get(_recipe_key(model, bf16)) or SECONDS_PER_SEED.get(model, 60.0)
     alpha = float(gate.get("alpha", GateConfig.alpha))
     tol = float((gate.get("metric_tolerance") or {}).get("bert_f1", 0.0))
     pl = power.plan(float(sd), seconds, target or DEFAULT_TARGET_MDE, budget or DEFAULT_BUDGET_SECONDS, alpha,
                     k_max=10, r_max=3, prior_df=float(gate.get("prior_df", 0.0)), min_effect=tol, cheapest="total")
     notes = [f"power (BERTScore F1, measured prior sd {sd:g}; ~{seconds:.0f} s per seed on 2 CPU cores):",
              *(f"  {line}" for line in pl.table())]
-    r = 1
     if target is not None or default:
         row = pl.choice or pl.best
         if row is not None and "gate.baseline_seeds" not in set_keys:
             gate["baseline_seeds"] = row.k
-            r = row.r
-            if r > 1 and "gate.gate_seeds" not in set_keys:
-                gate["gate_seeds"] = r  # plain `pytest` gates with R runs (--seeds overrides)
+            if row.r > 1 and "gate.gate_seeds" not in set_keys:
+                gate["gate_seeds"] = row.r  # plain `pytest` gates with R runs (--seeds overrides)
             asked = f"--mde {target:g}" if target is not None else f"default target MDE {DEFAULT_TARGET_MDE:g} (--mde)"
             notes.append(f"  {asked}: baseline_seeds = {row.k}, gate_seeds = {row.r} (MDE {row.mde:.4f}, "
                          f"~{(row.k + row.r) * seconds / 60:.0f} min of seeds in all)")
-    return notes, r
+    return notes
 
 
 def _native_bf16(sections: dict[str, dict[str, Any]]) -> list[str]:
@@ -670,7 +674,7 @@ def init_profile(data_file: str | Path, question: list[str] | str, answer: str, 
     bf16 = bool(sections["train"].get("cpu_bf16"))
     if bf16 and not {"gate.prior_sd", "gate.prior_df"} & set_keys:
         sections["gate"].update(measured_prior(model, bf16=True))  # the noise of the recipe as it will run
-    plan_notes, _ = power_plan(model, sections["gate"], mde, budget, set_keys, bf16=bf16, default=choice.slow)
+    plan_notes = power_plan(model, sections["gate"], mde, budget, set_keys, bf16=bf16, default=choice.slow)
     if "split.test_size" in set_keys and "split.test_fraction" not in set_keys:
         sections["split"].pop("test_fraction", None)  # a test size replaces the default fraction
     if "split.test_fraction" in set_keys and "split.test_size" not in set_keys:
