@@ -408,12 +408,50 @@ def test_record_resources_replaces_only_time_and_memory(tmp_path):
     after = load(path)
     assert after["cases"][cid]["resources"] == new_res
     for k in before["cases"][cid]:
-        if k != "resources":
+        if k not in ("resources", "runs"):
             assert after["cases"][cid][k] == before["cases"][cid][k]
+    # the runs keep everything but their time: no run of this recording, no time of their own
+    for b_run, a_run in zip(before["cases"][cid]["runs"], after["cases"][cid]["runs"], strict=True):
+        assert {k: v for k, v in a_run.items() if k != "resources"} == {k: v for k, v in b_run.items() if k != "resources"}
+        assert a_run["resources"] == {}
     # a failed record or one without built stages (warm cache) changes nothing
     assert baselines.record_resources(path, [{"case_id": cid, "outcome": "failed", "resources": {"train_work": 1.0}},
                                              {"case_id": cid, "outcome": "passed", "resources": {"train_seconds": 1.0}}]) == []
     assert load(path) == after
+
+
+def test_record_resources_replaces_each_runs_time_by_seed(tmp_path):
+    """The gate compares with the median over the baseline runs' work (gate.like_for_like), so a
+    time re-recording replaces each run's time (matched by seed, text fields such as the CPU kept
+    on the case only); a run it did not repeat keeps none, and the gate then reads the new times."""
+    from medqa_core import gate
+
+    path = tmp_path / "b.json"
+    data = make_data()
+    cid = next(iter(data["cases"]))
+    case = data["cases"][cid]
+    case["runs"] = [{**case["runs"][0], "seed": s, "resources": {"generate_work": w, "peak_mem_mib": 9.0}}
+                    for s, w in ((0, 2.0), (1, 2.2), (2, 9.0))]
+    write(path, data)
+    runs = [{"seed": 0, "resources": {"train_work": 50.0, "generate_work": 4.0, "peak_mem_mib": 10.0, "cpu": "X", "threads": 1}},
+            {"seed": 1, "resources": {"train_work": 52.0, "generate_work": 4.4, "peak_mem_mib": 8.0, "cpu": "X", "threads": 1}}]
+    rec = {"case_id": cid, "outcome": "passed", "resources": {**runs[0]["resources"], "device": "cpu"}, "runs": runs}
+    assert baselines.record_resources(path, [rec]) == [cid]
+    after = load(path)["cases"][cid]
+    assert [r["resources"] for r in after["runs"]] == [
+        {"train_work": 50.0, "generate_work": 4.0, "peak_mem_mib": 10.0, "threads": 1},
+        {"train_work": 52.0, "generate_work": 4.4, "peak_mem_mib": 8.0, "threads": 1}, {}]
+    assert after["resources"]["cpu"] == "X"
+    used = gate.like_for_like(after["resources"], after)
+    assert used["generate_work"] == pytest.approx(4.2) and used["peak_mem_mib"] == 10.0 and used["cpu"] == "X"
+
+
+def test_a_cpu_identity_that_is_not_text_is_refused(tmp_path):
+    data = make_data()
+    cid = next(iter(data["cases"]))
+    data["cases"][cid]["resources"] = {"device": "cpu", "cpu": 3, "train_work": 1.0}
+    with pytest.raises(baselines.BaselineError, match=r"resources\.cpu = 3: must be text"):
+        baselines.validate(data, "b.json")
 
 
 def test_concurrent_recordings_both_land(tmp_path):

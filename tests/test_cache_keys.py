@@ -232,6 +232,23 @@ def test_answers_key_covers_every_field_it_is_given(kinds, tmp_path, tuned):
         assert check_every_field("answers", ADAPTER_ART, lambda a: key(adapter_art=a), tmp_path) == ["Artifact.key"]
 
 
+def test_nll_key_covers_every_field_and_argument_it_is_given(kinds, tmp_path):
+    spec = kinds["checkpoint"]
+
+    def key(spec=spec, base_art=BASE_ART, adapter_art=ADAPTER_ART, pairs=(("q1?", "a1."),), max_length=128,
+            bf16=False, quantization="none"):
+        return key_of(lambda c: stages.answer_nll(c, spec, base_art, adapter_art, list(pairs), max_length, bf16, "cpu",
+                                                  quantization))
+
+    checked = check_every_field("nll", spec, lambda s: key(spec=s), tmp_path)
+    assert {"ModelSpec.attn_implementation", "ModelSpec.family", "ModelSpec.revision"} <= set(checked)
+    assert check_every_field("nll", BASE_ART, lambda a: key(base_art=a), tmp_path) == ["Artifact.key"]
+    assert check_every_field("nll", ADAPTER_ART, lambda a: key(adapter_art=a), tmp_path) == ["Artifact.key"]
+    others = [key(pairs=(("q1?", "a2."),)), key(pairs=(("q2?", "a1."),)), key(max_length=64), key(bf16=True),
+              key(quantization="nf4")]
+    assert len({key(), *others}) == 1 + len(others)
+
+
 @pytest.mark.parametrize("scorer", [ScorerConfig(), ScorerConfig("roberta-large", 17, False, False, "tfhub", None)],
                          ids=["packaged", "hub-tfhub"])
 def test_scores_key_covers_every_field_of_the_scorer(scorer, tmp_path):
@@ -245,7 +262,7 @@ def test_fields_declared_via_the_base_are_keyed_by_every_base():
     """A field the later stages leave to the base key (VIA_BASE) must be keyed by every kind of
     base (the base tests above then show the base key changes with it, and the adapter and
     answers keys hold the base key)."""
-    via = {f for stage in ("adapter", "answers") for f, why in stages.NOT_KEYED[stage].items() if why == stages.VIA_BASE}
+    via = {f for stage in ("adapter", "answers", "nll") for f, why in stages.NOT_KEYED[stage].items() if why == stages.VIA_BASE}
     assert via == {"ModelSpec.hub_id", "ModelSpec.checkpoint", "ModelSpec.gguf", "ModelSpec.tokenizer"}
     for kind in stages.BASE_KINDS:
         assert not via & set(stages.NOT_KEYED[f"base:{kind}"]), kind
@@ -254,7 +271,7 @@ def test_fields_declared_via_the_base_are_keyed_by_every_base():
 def test_every_declaration_names_a_real_field_and_says_why():
     classes = {c.__name__: c for c in (ModelSpec, TrainConfig, GenerationConfig, ScorerConfig, QAExample, stages.Artifact,
                                        type(TINY), type(TINY.pretrain))}
-    assert set(stages.NOT_KEYED) == {f"base:{k}" for k in stages.BASE_KINDS} | {"adapter", "answers", "scores"}
+    assert set(stages.NOT_KEYED) == {f"base:{k}" for k in stages.BASE_KINDS} | {"adapter", "answers", "nll", "scores"}
     for stage, table in stages.NOT_KEYED.items():
         for name, reason in table.items():
             cls, _, field = name.partition(".")

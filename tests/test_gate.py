@@ -1140,3 +1140,28 @@ def test_the_gate_reads_direction_and_sidedness_from_the_registry(monkeypatch):
     monkeypatch.setitem(registry.MEASURES, M, dataclasses.replace(flipped, higher_is_better=True))
     [near_zero] = refused(0.02)
     assert "distance to 0 (0.0200)" in near_zero and refused(0.98) == [] and refused(0.0) == []
+
+
+def test_time_from_another_cpu_or_thread_count_is_unjudged():
+    """Work recorded on a CPU of another identity, or at another thread count, is not compared
+    (passes, saying why, with --update-resources as the way out); the same CPU and threads judge
+    it, and a baseline recorded before the identity was kept is judged as before."""
+    from medqa_core.specs import GateConfig
+
+    base = {"metrics": {"bert_f1": 0.5}, "runs": [{"seed": 0, "metrics": {"bert_f1": 0.5}}]}
+    cfg = GateConfig(require_controls=(), time_factor=2.0)
+
+    def verdict(res_extra: dict, cur_extra: dict) -> gate.Verdict:
+        run = {"seed": 0, "metrics": {"bert_f1": 0.5},
+               "resources": {"device": "cpu", "generate_work": 6.0, "generate_busy": 0.0, **cur_extra}}
+        return gate.judge_case("c", [run], base, {"c": base}, cfg, {}, {"device": "cpu", "generate_work": 2.5, **res_extra})
+
+    same = verdict({"cpu": "A", "threads": 1}, {"cpu": "A", "threads": 1})
+    assert [c.name for c in same.failures] == ["generate_work"]
+    assert [c.name for c in verdict({}, {"cpu": "A", "threads": 1}).failures] == ["generate_work"]
+    for res_extra, cur_extra, words in (({"cpu": "A", "threads": 1}, {"cpu": "B", "threads": 1}, "another CPU (A; this run: B)"),
+                                        ({"cpu": "A", "threads": 2}, {"cpu": "A", "threads": 1}, "at 2 torch threads")):
+        v = verdict(res_extra, cur_extra)
+        check = next(c for c in v.checks if c.name == "generate_work")
+        assert v.status == "pass" and check.passed and check.detail.startswith("unjudged: ")
+        assert words in check.detail and "--update-resources" in check.detail

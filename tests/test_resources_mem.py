@@ -63,3 +63,26 @@ def test_a_sibling_worker_is_ours_only_while_it_runs_a_case(monkeypatch, tmp_pat
     with resources.in_case():  # this worker's own mark, removed after the case
         assert (tmp_path / f"marks-{os.getppid()}" / str(os.getpid())).exists()
     assert not (tmp_path / f"marks-{os.getppid()}" / str(os.getpid())).exists()
+
+
+def test_cpu_identity_names_vendor_model_and_speed_flags(monkeypatch, tmp_path):
+    """The identity a time check compares is read from the first processor's block of
+    /proc/cpuinfo: name, vendor, family/model and the instruction sets the kernels use."""
+    import builtins
+
+    from medqa_core import resources
+
+    info = tmp_path / "cpuinfo"
+    block = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+             "model name\t: Intel Xeon Platinum 8480\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n")
+    info.write_text(block + "\n" + block.replace("processor\t: 0", "processor\t: 1").replace("Intel", "Other"))
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k))
+    resources.cpu_identity.cache_clear()
+    try:
+        assert resources.cpu_identity() == "Intel Xeon Platinum 8480 [GenuineIntel 6/143; avx2+avx512f+amx_tile+amx_bf16]"
+        info.write_text(block.replace("avx512f ", ""))
+        resources.cpu_identity.cache_clear()
+        assert resources.cpu_identity().endswith("; avx2+amx_tile+amx_bf16]")
+    finally:
+        resources.cpu_identity.cache_clear()

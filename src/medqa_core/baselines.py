@@ -31,6 +31,9 @@ import numpy as np
 from .errors import BaselineError
 from .metrics import METRICS
 
+#: resource fields that are text, not measurements: the device, and the CPU's identity
+#: (resources.cpu_identity: time is judged like for like only)
+TEXT_RESOURCES = ("device", "cpu")
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 
@@ -153,7 +156,9 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
             if not (_num(v) and v >= 0):
                 raise BaselineError(f"{where}.spread.{k} = {v!r}: must be a finite number >= 0 (a standard deviation)")
         for k, v in case.get("resources", {}).items():
-            if k != "device":
+            if k == "cpu" and not isinstance(v, str):
+                raise BaselineError(f"{where}.resources.cpu = {v!r}: must be text (the CPU's identity)")
+            if k not in TEXT_RESOURCES:
                 if not _num(v):
                     raise BaselineError(f"{where}.resources.{k}: not a finite number")
                 _check_value(v, k, f"{where}.resources.{k}", rescaled)
@@ -166,7 +171,7 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
                     raise BaselineError(f"{where}.runs[{i}].metrics.{m}: not a finite number")
             _check_values(r["metrics"], f"{where}.runs[{i}].metrics", rescaled)
             _check_values(r.get("margins"), f"{where}.runs[{i}].margins", rescaled)
-            _check_values(r.get("resources"), f"{where}.runs[{i}].resources", rescaled, skip=("device",))
+            _check_values(r.get("resources"), f"{where}.runs[{i}].resources", rescaled, skip=TEXT_RESOURCES)
             tokens = r.get("tokens_seen")
             if tokens is not None and not (_num(tokens) and tokens >= 0):
                 raise BaselineError(f"{where}.runs[{i}].tokens_seen = {tokens!r}: must be a number >= 0")
@@ -264,8 +269,10 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
     with np.errstate(all="ignore"):  # an overflowing mean or spread is inf here; write()'s validate refuses it
         means = {m: round(float(v.mean()), 6) for m, v in vals.items()}
         spreads = {m: round(float(v.std(ddof=1)), 6) if v.size > 1 else 0.0 for m, v in vals.items()}
-    res_keys = [k for k, v in first["resources"].items() if k != "device" and _num(v)
+    res_keys = [k for k, v in first["resources"].items() if k not in TEXT_RESOURCES and _num(v)
                 and all(_num(r["resources"].get(k)) for r in runs)]
+    # which CPU and threads the work was measured on (gate: time judged like for like only)
+    text = {k: first["resources"][k] for k in TEXT_RESOURCES if k in first["resources"]}
     return {
         "metrics": means,
         "spread": spreads,
@@ -278,7 +285,7 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "invariants": {k: v for k, v in first["invariants"].items() if k != "tokens_seen"},
         "identity": first["identity"],
         "resources": {**{k: round(float(np.mean([r["resources"][k] for r in runs])), 3) for k in res_keys},
-                      "device": first["resources"].get("device")},
+                      "device": first["resources"].get("device"), **{k: v for k, v in text.items() if k != "device"}},
         "recorded": {k: first["provenance"][k] for k in ("git_sha", "versions", "hardware")},
     }
 
@@ -343,7 +350,15 @@ def _record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
         res = rec.get("resources") or {}
         if case is None or rec.get("outcome") != "passed" or "train_work" not in res:
             continue
-        case["resources"] = {k: v for k, v in res.items() if k == "device" or _num(v)}
+        case["resources"] = {k: v for k, v in res.items() if k in TEXT_RESOURCES or _num(v)}
+        # the gate compares a run's work with the median over the baseline runs that measured it
+        # (gate.like_for_like): this run's measurements replace every run's, matched by seed, and a
+        # baseline run this recording did not repeat keeps no time of its own (its measurement was
+        # taken on another occasion, perhaps another CPU)
+        fresh = {r.get("seed"): r.get("resources") or {} for r in rec.get("runs") or []}
+        for run in case.get("runs", []):
+            new = fresh.get(run.get("seed"), {})
+            run["resources"] = {k: v for k, v in new.items() if k not in TEXT_RESOURCES and _num(v)}
         done.append(rec["case_id"])
     if done:
         write(path, data)

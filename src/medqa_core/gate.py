@@ -727,10 +727,14 @@ def judge_case(case_id: str, runs: Sequence[Mapping[str, Any]], baseline_case: d
     res = like_for_like(resources_baseline or {}, baseline_case)
     cur = runs[0].get("resources", {})
     if res and res.get("device") == cur.get("device"):
+        elsewhere = other_machine(res, cur)
         for key in ("train_work", "generate_work", "score_work"):
             if key in res and key not in cur:  # the stage came from the cache: nothing was measured
                 checks.append(Check(key, "cached", float(res[key]), True, "time",
                                     "not measured: the stage was built by an earlier run (served from the cache)"))
+            if key in res and key in cur and elsewhere:
+                checks.append(Check(key, float(cur[key]), float(res[key]), True, "time", f"unjudged: {elsewhere}"))
+                continue
             if key in res and key in cur:
                 busy = cur.get(key.replace("_work", "_busy"))
                 if busy is not None and busy > BUSY_LIMIT:  # load alone never makes a regression
@@ -753,12 +757,34 @@ def judge_case(case_id: str, runs: Sequence[Mapping[str, Any]], baseline_case: d
     return Verdict(case_id, status_of(checks), checks)
 
 
+def other_machine(res: Mapping[str, Any], cur: Mapping[str, Any]) -> str:
+    """Why a baseline's stage work cannot be compared with this run's ("" when it can): recorded on
+    a CPU of another identity (:func:`resources.cpu_identity`), or at another torch thread count.
+    Work is CPU seconds in units of a matmul workload; a Python-bound stage (a tiny model's
+    generation) and that workload speed up differently from one CPU model to the next (measured:
+    docs/regression-gating.md, "Time on another CPU"), and CPU seconds grow with the threads. A
+    baseline recorded before the identity was kept (no ``cpu``) is judged as before."""
+    if res.get("cpu") and cur.get("cpu") and res["cpu"] != cur["cpu"]:
+        return (f"time recorded on another CPU ({res['cpu']}; this run: {cur['cpu']}); "
+                "record times on this machine with --update-resources")
+    if _num_or_none(res.get("threads")) is not None and _num_or_none(cur.get("threads")) is not None \
+            and round(float(res["threads"])) != round(float(cur["threads"])):
+        return (f"time recorded at {float(res['threads']):g} torch threads per process, this run at "
+                f"{float(cur['threads']):g} (MEDQA_THREADS, -n); record times at these settings with --update-resources")
+    return ""
+
+
+def _num_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[str, Any]:
     """The resources a run is compared with, measured the way the run measures them. When they are
     the baseline case's own (not a hardware-class file's or published minutes): memory is the
     baseline's first run's (the first seed in its process, as a gate run's first seed is: later
     seeds of one process reuse its warm allocations, so a K-run mean reads low), and each stage's
-    work is the median over the baseline runs that built that stage."""
+    work is the median over the baseline runs that built that stage while other processes kept at
+    most ``BUSY_LIMIT`` of the cores busy (over all that built it when none did)."""
     own = res is baseline_case.get("resources")  # (a bool: `is` would narrow res to Any for mypy)
     if not res or not own:
         return res
@@ -770,8 +796,10 @@ def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[st
         out["peak_mem_mib"] = float(per_run[0]["peak_mem_mib"])
     for key in ("train_work", "generate_work", "score_work"):
         vals = [float(r[key]) for r in per_run if key in r]
+        # runs measured on a quiet machine, where there are any (a run's load inflates its CPU seconds)
+        quiet = [float(r[key]) for r in per_run if key in r and float(r.get(key.replace("_work", "_busy"), 0.0)) <= BUSY_LIMIT]
         if vals:
-            out[key] = float(np.median(vals))
+            out[key] = float(np.median(quiet or vals))
     return out
 
 

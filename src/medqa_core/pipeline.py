@@ -19,7 +19,8 @@ from .cache import Cache, content_key
 from .data.split import load_split
 from .errors import ConfigError
 from .metrics import degeneration
-from .resources import Timer, library_versions, reference_seconds
+from .metrics.registry import NLL
+from .resources import Timer, library_versions, reference_seconds, torch_threads, work_identity
 from .resources import device as current_device
 from .specs import ModelSpec, Profile, as_dict, case_name
 from .train import launch
@@ -90,6 +91,8 @@ class CaseResult:
             "peak_mem_mib": self.train.peak_mem_mib,
             "tokens_per_s": self.train.tokens_per_s,
             "device": self.train.device,
+            # work is comparable between runs of one CPU identity and thread count only
+            **({"cpu": work_identity(), "threads": torch_threads()} if self.train.device == "cpu" and self.work else {}),
             **{f"{k}_work": v for k, v in self.work.items()},
             **{f"{k}_busy": v for k, v in self.busy.items()},
         }
@@ -221,6 +224,18 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
         busy["score"] = t.others
     for i, (stage, _, _) in enumerate(parts):
         scores[stage] = {m: v[i * n:(i + 1) * n] for m, v in joint.value.items()}
+    if profile.gate.answer_nll:  # the reference answers' likelihood under the tuned model (gated, lower is better)
+        from .model.bases import cpu_precision
+
+        bf16 = ctx.device == "cpu" and cpu_precision(gen, "generation") == "bf16"
+        with Timer() as t:
+            nll = stages.answer_nll(ctx.cache, spec, base, adapter, list(zip(questions, refs)), cfg.max_length, bf16,
+                                    ctx.device, cfg.quantization)
+        seconds["nll"], cached["nll"] = t.seconds, not nll.built
+        if nll.built:
+            work["nll"] = nll.meta["cpu_seconds"]
+            busy["nll"] = t.others
+        scores["tuned"][NLL] = nll.value
 
     # stage CPU seconds (built in this run) in units of the reference workload's CPU seconds, timed
     # only when a stage was built: a fully warm case neither imports torch nor spends the time

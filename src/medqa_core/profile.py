@@ -460,6 +460,8 @@ def _check_gate(gate: GateConfig, where: str) -> None:
             raise ConfigError(f"{where} prior_sd.{m} = {sd!r}: must be a finite number > 0")
     if not _number(gate.prior_df) or gate.prior_df < 0:
         raise ConfigError(f"{where} prior_df = {gate.prior_df!r}: must be a finite number >= 0")
+    if not isinstance(gate.answer_nll, bool):
+        raise ConfigError(f"{where} answer_nll = {gate.answer_nll!r}: must be true or false")
     if gate.max_degenerate is not None and not (_number(gate.max_degenerate) and 0 < gate.max_degenerate <= 1):
         raise ConfigError(f"{where} max_degenerate = {gate.max_degenerate!r}: must be a share in (0, 1]")
 

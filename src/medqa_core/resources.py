@@ -434,3 +434,38 @@ def native_cpu_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+#: instruction sets that change how fast torch's CPU kernels run (part of :func:`cpu_identity`)
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_identity() -> str:
+    """The CPU as a time check needs to know it: vendor, family/model, model name and the
+    instruction sets torch's kernels use (``/proc/cpuinfo``; elsewhere ``platform.processor()``).
+    Stage times in reference-workload units carry over between machines of one identity only: a
+    tiny model's generation is Python-bound while the reference workload is a matmul, so their
+    ratio differs by CPU model (docs/regression-gating.md, "Time on another CPU")."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read().split("\n\n", 1)[0]  # the first processor's block
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    isa = "+".join(f for f in _SPEED_FLAGS if f in flags) or "-"
+    return (f"{fields.get('model name', platform.machine() or 'unknown')} "
+            f"[{fields.get('vendor_id', '?')} {fields.get('cpu family', '?')}/{fields.get('model', '?')}; {isa}]")
+
+
+def work_identity() -> str:
+    """:func:`cpu_identity` and the kernel level torch runs at (``ATEN_CPU_CAPABILITY`` can lower
+    it): what a stage's work in reference units depends on, besides the thread count."""
+    import torch
+
+    return f"{cpu_identity()} kernels={torch.backends.cpu.get_cpu_capability()}"

@@ -213,6 +213,10 @@ class GateConfig:
     prior_df: float = 0.0
     # tuned answers at or above this share degenerate (looping) fail the case, baseline or not
     max_degenerate: float | None = 0.10
+    # also measure the tuned model's NLL of the reference answers (teacher-forced, nats per answer
+    # token, stages.answer_nll) and gate it like a score, lower being better: no decoding, so it
+    # sees a weakened adapter that BERTScore/USE of greedy answers miss (docs/own-data.md)
+    answer_nll: bool = False
 
 
 CONTROLS = ("base", "no_question", "shuffled")

@@ -147,6 +147,7 @@ NOT_KEYED: dict[str, dict[str, str]] = {
     **{f"base:{kind}": {**_BASE, "Profile.pretrain": _NOT_PRETRAINED} for kind in BASE_KINDS if kind != "tiny"},
     "adapter": dict(_AFTER_BASE),
     "answers": dict(_AFTER_BASE),
+    "nll": dict(_AFTER_BASE),
     "scores": {},
 }
 
@@ -441,5 +442,48 @@ def scores(cache: Cache, answers: list[str], refs: list[str], scorer: metrics_mo
     return _from_entry("scores", entry, value={k: np.asarray(v) for k, v in raw.items()})
 
 
-__all__ = ["BASE_KINDS", "NOT_KEYED", "VIA_BASE", "Artifact", "adapter", "adapter_payload", "answers", "answers_payload",
-           "base", "base_kind", "base_payload", "scores", "scores_payload"]
+# --- reference-answer likelihood ---------------------------------------------------------------
+
+def nll_payload(base_key: str, adapter_key: str, pairs: list[tuple[str, str]], max_length: int, bf16: bool,
+                device: str, quantization: str = "none", *, spec: ModelSpec) -> dict[str, Any]:
+    """The NLL stage's key: the base and adapter keys, the test pairs by content, the token limit,
+    the number format (bf16 autocast or not) and the code and numeric environment."""
+    return {"what": "nll", "base": base_key, "adapter": adapter_key, "spec": _keyed(spec, "nll"),
+            "pairs": content_key([list(p) for p in pairs]), "max_length": max_length, "bf16": bf16,
+            "code": code_digest(), "numeric": numeric_env(device), "quantization": quantization}
+
+
+def answer_nll(
+    cache: Cache, spec: ModelSpec, base_art: Artifact, adapter_art: Artifact, pairs: list[tuple[str, str]],
+    max_length: int, bf16: bool, device: str, quantization: str = "none",
+) -> Artifact:
+    """Per test pair, the tuned model's mean negative log-likelihood per token (nats) of the
+    reference answer given its question (``value``: an array, one per pair): teacher-forced, on
+    the completion tokens only, tokenized and truncated as training tokenizes (the loss the
+    trainer minimises, on the test set). ``bf16``: under bf16 autocast on a CPU (native bf16
+    only: the caller checks). No decoding, so it moves with the adapter smoothly where a greedy
+    answer jumps between wordings (docs/own-data.md, "The reference answers' likelihood")."""
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from .model.bases import free_memory, load_base, load_tokenizer
+        from .train.nll import reference_nll
+
+        tok = load_tokenizer(base_art.source, spec.revision)
+        model = load_base(base_art.source, spec, quantization, device)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_art.source)
+        with Timer() as t:
+            values = reference_nll(model, tok, pairs, max_length, bf16, device)
+        del model
+        free_memory()
+        (tmp / "nll.json").write_text(json.dumps(values))
+        return {"seconds": round(t.seconds, 3), "cpu_seconds": round(t.cpu, 3), "n": len(values)}
+
+    payload = nll_payload(base_art.key, adapter_art.key, pairs, max_length, bf16, device, quantization, spec=spec)
+    entry = cache.get_or_build("nll", payload, build, required=("seconds", "cpu_seconds", "n"))
+    return _from_entry("nll", entry, value=np.asarray(json.loads((entry.path / "nll.json").read_text())))
+
+
+__all__ = ["BASE_KINDS", "NOT_KEYED", "VIA_BASE", "Artifact", "adapter", "adapter_payload", "answer_nll", "answers",
+           "answers_payload", "base", "base_kind", "base_payload", "nll_payload", "scores", "scores_payload"]

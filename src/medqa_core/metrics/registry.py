@@ -21,7 +21,7 @@ class Measure:
     min_effect: float | None
     #: where a case record keeps it: ("metrics", key) or ("resources", key)
     source: tuple[str, str]
-    kind: str  # score | length | rate (a share of answers) | resource
+    kind: str  # score | length | rate (a share of answers) | likelihood | resource
     #: a move the better way beyond the gate's band fails too (``changed``: the baseline no longer
     #: describes the recipe) unless ``[gate] one_sided`` lists it; False: such a move always passes
     #: (``improvement``), as for a metric the profile lists in ``one_sided``
@@ -36,6 +36,10 @@ class Measure:
 
 #: the gate's minimum effect on the share of degenerate (looping) answers, in share units
 DEGENERATE_MIN_EFFECT = 0.05
+
+#: the reference-answer likelihood measure ([gate] answer_nll) and its minimum effect (nats per token)
+NLL = "answer_nll"
+NLL_MIN_EFFECT = 0.02
 
 
 #: the primary scores (BERTScore F1, USE F1): their gate checks must be able to fail (power_checked)
@@ -63,6 +67,12 @@ MEASURES: dict[str, Measure] = {
     # loops, +1.0) is 20 times beyond it. The absolute ceiling without a baseline is gate.MAX_DEGENERATE.
     "degenerate": Measure("degenerate", "degenerate answers (share)", False, DEGENERATE_MIN_EFFECT,
                           ("metrics", "degenerate"), "rate"),
+    # the tuned model's NLL of the reference answers (nats per answer token; [gate] answer_nll = true;
+    # train/nll.py). Lower is better. Min effect 0.02 nats: SmolLM2's between-seed sd on 120 MedQuAD
+    # questions is ~0.004, a planted steps / 4 or learning rate / 10 moves it by 0.12-0.16
+    # (docs/own-data.md). Only runs that measure it are judged on it.
+    NLL: Measure(NLL, "reference-answer NLL (nats/token)", False, NLL_MIN_EFFECT, ("metrics", NLL), "likelihood",
+                 bounds=(0.0, None)),
 }
 
 #: judged by the noise model of the gate, in this order (which way is a regression:
