@@ -132,3 +132,21 @@ def test_markdown_cells_and_fences_cannot_break_out():
     fence = block[0]
     assert block[1] == text and block[2] == fence and len(fence) > 4 and set(fence) == {"`"}
     assert fence not in text
+
+
+def test_answer_nll_is_a_column_only_when_a_run_measured_it():
+    """A run with ``[gate] answer_nll`` shows it after ``degenerate`` with its delta (nats, four
+    decimals); a table of runs without it keeps the usual header."""
+    from medqa_core.results.summary import columns, header
+
+    with_nll = [{**RECORDS[0], "metrics": {**RECORDS[0]["metrics"], "answer_nll": 2.14251}}, RECORDS[1]]
+    base = {"cases": {"llama-wikidoc": {"metrics": {**BASELINE["cases"]["llama-wikidoc"]["metrics"], "answer_nll": 2.1}}}}
+    assert columns(RECORDS) == COLUMNS and header(RECORDS) == HEADER
+    head = header(with_nll)
+    assert head.index("answer_nll") == head.index("degenerate") + 1 and len(head) == len(HEADER) + 1
+    lines = markdown_table(with_nll, base).splitlines()
+    llama = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert llama[head.index("answer_nll")] == "2.1425 (+0.0425)"
+    phi = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert phi[head.index("answer_nll")] == "-" and len(phi) == len(head)
+    assert plain_table(with_nll, base).splitlines()[0].split() == head

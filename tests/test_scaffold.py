@@ -76,6 +76,7 @@ def test_profile_is_written_into_the_repository_with_relative_paths_and_loads(tm
     m = prof.models["llama"]
     assert m.local_dir == str(TINY_LLAMA.resolve()) and m.family == "llama" and not m.needs_cuda
     assert not prof.slow and prof.train.trainer == "lean"  # a ~1M-parameter model gets the tiny recipe
+    assert prof.gate.answer_nll is False  # (and no answer_nll stage: the pipeline's own smoke test)
     assert res.case_id == "llama-clinic_export" and res.rows == 40
     assert res.train_rows + res.test_rows == 40 and res.test_rows > 0
     # the repository's pyproject.toml now names the profile; no temporary file left
@@ -143,6 +144,7 @@ def test_a_large_model_gets_the_slow_recipe_and_minus_m_slow(tmp_path):
     res = init_profile(data, Q, A, str(big))
     prof = load_profile(res.profile)
     assert prof.slow and res.slow and prof.train.steps == 20 and prof.generation.repetition_penalty == 1.2
+    assert prof.gate.answer_nll is True  # a real model's gate also judges the reference answers' likelihood
     assert prof.models["qwen2_0_5b"].family == "llama"  # unknown model_type: the llama projection names
     assert any("qwen2" in n for n in res.notes)
     for cmd in res.commands:
@@ -291,7 +293,7 @@ def test_a_tiny_stand_in_is_refused_on_real_text_but_not_on_fixture_text(tmp_pat
 
 
 def test_mde_target_sets_the_baseline_runs_from_the_power_plan(tmp_path):
-    from medqa_core import power
+    from medqa_core import power, scaffold
 
     write(tmp_path / "qa.csv", "csv", rows())
     res = init_profile(tmp_path / "qa.csv", Q, A, "tiny", root=tmp_path, mde=0.05)
@@ -302,8 +304,8 @@ def test_mde_target_sets_the_baseline_runs_from_the_power_plan(tmp_path):
     prof = load_profile(res.profile)
     alpha, tol = prof.gate.alpha, prof.gate.metric_tolerance["bert_f1"]
 
-    def reaches(k_: int, r_: int) -> bool:
-        return power.mde(sd, k_, r_, alpha, df=k_ - 1 + d0, min_effect=tol) <= 0.05
+    def reaches(k_: int, r_: int) -> bool:  # the plan aims PLAN_MARGIN under the target
+        return power.mde(sd, k_, r_, alpha, df=k_ - 1 + d0, min_effect=tol) <= 0.05 * scaffold.PLAN_MARGIN
 
     # the chosen (K, R) reaches the target with the fewest seeds in all (record + one gate run),
     # then the fewest gate runs: checked against every smaller pair

@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                         "in all (default 0.03 for a real model; a tiny stand-in only prints the plan)")
     i.add_argument("--budget", type=float, metavar="SECONDS", default=None,
                    help="seconds the seeds of recording the baseline plus one gate run may take, for the power "
-                        "plan (default 1050; measured: install, init and recording 5 seeds take ~16 minutes on 2 cores)")
+                        "plan (default 1250; measured: install, init and recording 5 seeds take ~16 minutes on 2 cores)")
     i.add_argument("--no-register", action="store_true",
                    help="do not add [tool.medqa-bench] profile = ... to the repository's pyproject.toml")
     i.add_argument("--name", help="profile and dataset name (default: from the data file's name)")

@@ -24,13 +24,13 @@ from ..metrics.registry import MEASURES
 from .record import CaseRecord, Status, check_fields, judges_score
 from .summary import (
     CONTROL_HEADER,
-    HEADER,
     _baseline_values,
     _row_values,
     control_rows,
     controls_legend,
     details_markdown,
     failure_reasons,
+    header,
     markdown_table,
     md_cell,
     md_fence,
@@ -362,7 +362,7 @@ ul.why li{margin:4px 0}.next{font-size:12px;color:#555}ul.why ul{margin:2px 0}su
 def to_html(rep: Report, pngs: dict[str, bytes]) -> str:
     e = html.escape
     rows = table_rows(rep.records, rep.baseline)
-    head = "".join(f"<th>{e(h)}</th>" for h in HEADER)
+    head = "".join(f"<th>{e(h)}</th>" for h in header(rep.records))
     body = "".join(f'<tr class="{e(r[-1])}">' + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(rep.title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{e(rep.title)}</h1>", counts_html(rep),

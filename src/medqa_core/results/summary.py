@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import METRICS
-from ..metrics.registry import RESOURCE_KEYS, RESOURCES
+from ..metrics.registry import NLL, RESOURCE_KEYS, RESOURCES
 from .record import CaseRecord, Status, check_fields, is_record, judges_score
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); gated like a
@@ -165,32 +165,51 @@ def _cell(col: str, v: float | None, b: float | None) -> str:
     if col in METRICS:
         s = f"{v:.4f}"
         return s + (f" ({v - b:+.4f})" if b is not None else "")
+    if col == NLL:  # nats per answer token
+        return f"{v:.4f}" + (f" ({v - b:+.4f})" if b is not None else "")
     if col == "degenerate":  # a share of answers: two decimals are all a test set of ~100 supports
         return f"{v:.2f}" + (f" ({v - b:+.2f})" if b is not None else "")
     s = f"{v:.1f}"
     return s + (f" (x{v / b:.2f})" if b else "")
 
 
+def columns(records: list[CaseRecord]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, and ``answer_nll`` after ``degenerate`` when any run measured it
+    (``[gate] answer_nll``): a table of runs without it is what it always was."""
+    if not any(NLL in (r.get("metrics") or {}) for rec in records for r in (rec.get("runs") or [rec])):
+        return COLUMNS
+    i = COLUMNS.index("degenerate") + 1
+    return (*COLUMNS[:i], NLL, *COLUMNS[i:])
+
+
+def header(records: list[CaseRecord]) -> list[str]:
+    """The table's header row for these records (:data:`HEADER`, with :func:`columns`)."""
+    return ["dataset", "model", *columns(records), "runs", "verdict"]
+
+
 def table_rows(records: list[CaseRecord], baseline: dict[str, Any] | None) -> list[list[str]]:
     cases = (baseline or {}).get("cases", {})
+    cols = columns(records)
     rows = []
     for rec in records:
         vals = _row_values(rec)
         base = _baseline_values(cases.get(rec["case_id"]))
         k = case_means(rec)[2]
-        rows.append([rec["dataset"], rec["model"], *(_cell(c, vals.get(c), base.get(c)) for c in COLUMNS),
+        rows.append([rec["dataset"], rec["model"], *(_cell(c, vals.get(c), base.get(c)) for c in cols),
                      str(k) if k else "-", (rec.get("verdict") or {}).get("status", "")])
     return rows
 
 
-#: ``runs``: how many runs (seeds) each row's values are the mean of
+#: ``runs``: how many runs (seeds) each row's values are the mean of (``answer_nll`` joins the
+#: columns of a run that measured it: :func:`header`)
 HEADER = ["dataset", "model", *COLUMNS, "runs", "verdict"]
 
 
 def plain_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
     """The table, its legend (how values aggregate over the runs) as the last line."""
-    rows = [HEADER, *table_rows(records, baseline)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    head = header(records)
+    rows = [head, *table_rows(records, baseline)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     legend = runs_legend(records)
@@ -199,7 +218,8 @@ def plain_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> s
 
 def markdown_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
     rows = table_rows(records, baseline)
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    head = header(records)
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
     legend = runs_legend(records)
     return "\n".join([*out, *(["", f"_{md_cell(legend)}_"] if legend else [])])
