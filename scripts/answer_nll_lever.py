@@ -12,7 +12,9 @@ unchanged recipe) in units of that group's between-seed sd.
 
     python scripts/answer_nll_lever.py --cache .medqa-cache --profile questions.toml [--max-length 128]
 
-Not part of the gate: a measurement (docs/own-data.md, "The lever that would move it").
+The measurement that led to the gate's ``answer_nll`` measure ([gate] answer_nll; docs/own-data.md,
+"The reference answers' likelihood"), kept to re-measure a cache: it sums the loss over all answer
+tokens of the test set (token-weighted), where the gated measure averages per pair.
 """
 from __future__ import annotations
 
