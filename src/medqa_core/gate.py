@@ -761,9 +761,10 @@ def other_machine(res: Mapping[str, Any], cur: Mapping[str, Any]) -> str:
     """Why a baseline's stage work cannot be compared with this run's ("" when it can): recorded on
     a CPU of another identity (:func:`resources.cpu_identity`), or at another torch thread count.
     Work is CPU seconds in units of a matmul workload; a Python-bound stage (a tiny model's
-    generation) and that workload speed up differently from one CPU model to the next (measured:
-    docs/regression-gating.md, "Time on another CPU"), and CPU seconds grow with the threads. A
-    baseline recorded before the identity was kept (no ``cpu``) is judged as before."""
+    generation) and that workload need not speed up alike from one CPU model to the next, and CPU
+    seconds grow with the threads: a comparison nothing measured is not made (docs/regression-
+    gating.md, "Time on another CPU"). A baseline recorded before the identity was kept (no
+    ``cpu``) is judged as before."""
     if res.get("cpu") and cur.get("cpu") and res["cpu"] != cur["cpu"]:
         return (f"time recorded on another CPU ({res['cpu']}; this run: {cur['cpu']}); "
                 "record times on this machine with --update-resources")

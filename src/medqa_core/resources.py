@@ -444,9 +444,10 @@ _SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "am
 def cpu_identity() -> str:
     """The CPU as a time check needs to know it: vendor, family/model, model name and the
     instruction sets torch's kernels use (``/proc/cpuinfo``; elsewhere ``platform.processor()``).
-    Stage times in reference-workload units carry over between machines of one identity only: a
-    tiny model's generation is Python-bound while the reference workload is a matmul, so their
-    ratio differs by CPU model (docs/regression-gating.md, "Time on another CPU")."""
+    The gate compares stage times in reference-workload units between machines of one identity
+    only: a tiny model's generation is Python-bound while the reference workload is a matmul, so
+    their ratio need not carry over to another CPU model (docs/regression-gating.md, "Time on
+    another CPU")."""
     try:
         with open("/proc/cpuinfo") as fh:
             text = fh.read().split("\n\n", 1)[0]  # the first processor's block
