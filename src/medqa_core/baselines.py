@@ -271,7 +271,7 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
         spreads = {m: round(float(v.std(ddof=1)), 6) if v.size > 1 else 0.0 for m, v in vals.items()}
     res_keys = [k for k, v in first["resources"].items() if k not in TEXT_RESOURCES and _num(v)
                 and all(_num(r["resources"].get(k)) for r in runs)]
-    # which CPU and threads the work was measured on (gate: time judged like for like only)
+    # the device, and which CPU the work was measured on (gate: time judged like for like only)
     text = {k: first["resources"][k] for k in TEXT_RESOURCES if k in first["resources"]}
     return {
         "metrics": means,
@@ -285,7 +285,7 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "invariants": {k: v for k, v in first["invariants"].items() if k != "tokens_seen"},
         "identity": first["identity"],
         "resources": {**{k: round(float(np.mean([r["resources"][k] for r in runs])), 3) for k in res_keys},
-                      "device": first["resources"].get("device"), **{k: v for k, v in text.items() if k != "device"}},
+                      "device": None, **text},
         "recorded": {k: first["provenance"][k] for k in ("git_sha", "versions", "hardware")},
     }
 

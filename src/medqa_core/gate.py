@@ -768,15 +768,11 @@ def other_machine(res: Mapping[str, Any], cur: Mapping[str, Any]) -> str:
     if res.get("cpu") and cur.get("cpu") and res["cpu"] != cur["cpu"]:
         return (f"time recorded on another CPU ({res['cpu']}; this run: {cur['cpu']}); "
                 "record times on this machine with --update-resources")
-    if _num_or_none(res.get("threads")) is not None and _num_or_none(cur.get("threads")) is not None \
+    if res.get("threads") is not None and cur.get("threads") is not None \
             and round(float(res["threads"])) != round(float(cur["threads"])):
         return (f"time recorded at {float(res['threads']):g} torch threads per process, this run at "
                 f"{float(cur['threads']):g} (MEDQA_THREADS, -n); record times at these settings with --update-resources")
     return ""
-
-
-def _num_or_none(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[str, Any]:

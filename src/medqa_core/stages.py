@@ -465,14 +465,13 @@ def answer_nll(
     answer jumps between wordings (docs/own-data.md, "The reference answers' likelihood")."""
 
     def build(tmp: Path) -> dict[str, Any]:
+        from peft import PeftModel
+
         from .model.bases import free_memory, load_base, load_tokenizer
         from .train.nll import reference_nll
 
         tok = load_tokenizer(base_art.source, spec.revision)
-        model = load_base(base_art.source, spec, quantization, device)
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_art.source)
+        model = PeftModel.from_pretrained(load_base(base_art.source, spec, quantization, device), adapter_art.source)
         with Timer() as t:
             values = reference_nll(model, tok, pairs, max_length, bf16, device)
         del model

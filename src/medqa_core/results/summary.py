@@ -162,11 +162,9 @@ def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
 def _cell(col: str, v: float | None, b: float | None) -> str:
     if v is None:
         return "-"
-    if col in METRICS:
+    if col in METRICS or col == NLL:  # scores; answer_nll in nats per answer token
         s = f"{v:.4f}"
         return s + (f" ({v - b:+.4f})" if b is not None else "")
-    if col == NLL:  # nats per answer token
-        return f"{v:.4f}" + (f" ({v - b:+.4f})" if b is not None else "")
     if col == "degenerate":  # a share of answers: two decimals are all a test set of ~100 supports
         return f"{v:.2f}" + (f" ({v - b:+.2f})" if b is not None else "")
     s = f"{v:.1f}"
