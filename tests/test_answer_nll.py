@@ -58,10 +58,15 @@ def test_a_prompt_that_fills_the_limit_still_scores_answer_tokens():
     _, prof, tok, _, pairs = _tiny()
     question, answer = pairs[0]
     long_q = " ".join([question] * 40)
-    [(ids, labels)] = encode_pairs(tok, [(long_q, answer)], 32)
-    prompt_len = next(i for i, t in enumerate(labels) if t != -100)
+    [(full, full_labels)] = encode_rows(tok, training_rows(tok, [(long_q, answer)]), 10_000)
+    prompt_len = next(i for i, t in enumerate(full_labels) if t != -100)
     assert prompt_len >= 32  # the prompt alone reaches the limit
-    assert len(ids) == len(labels) == prompt_len + MIN_ANSWER_TOKENS
+    [(ids, labels)] = encode_pairs(tok, [(long_q, answer)], 32)
+    assert len(ids) == len(labels) == 32  # never past the limit
+    # the prompt's last 16 tokens, then the answer's first 16, as in the whole pair
+    window = slice(prompt_len + MIN_ANSWER_TOKENS - 32, prompt_len + MIN_ANSWER_TOKENS)
+    assert ids == full[window] and labels == full_labels[window]
+    assert sum(t != -100 for t in labels) == MIN_ANSWER_TOKENS
     [(short_ids, _)] = encode_pairs(tok, [pairs[1]], 10_000)
     assert short_ids == encode_rows(tok, training_rows(tok, [pairs[1]]), 10_000)[0][0]  # otherwise as training
 
