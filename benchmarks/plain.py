@@ -3,7 +3,7 @@ pipeline against.
 
 Each does the same work as the corresponding ``medqa_core`` stage the simplest way, written
 here from the stage's documented definition and the libraries' own APIs. Nothing here imports
-``medqa_core`` (``tests/test_metrics_equiv.py`` checks it), so a bug in the package's prompt
+``medqa_core`` (``tests/integration/test_metrics_equiv.py`` checks it), so a bug in the package's prompt
 builder, batching or scorers cannot hide by being on both sides of a comparison:
 
 - :func:`plain_lora_loop`: a bare PyTorch LoRA loop (right padding, attention mask, AdamW),

@@ -6,7 +6,7 @@ source patch); ``pytest -m "mutation and slow"`` adds every other plant (each so
 retrains the case, since the code is in every cache key; a rerun reads the plant's own entries).
 That a plant is never served an entry of the clean code is checked by ``python
 scripts/plants.py`` (clean and planted runs on one cache, then cold, then clean again) and by
-tests/test_plants_defs.py (every patch changes the code digest).
+tests/unit/test_plants_defs.py (every patch changes the code digest).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ so a section killed by its budget leaves the rows it completed. Each section log
 
 ``--dry-run`` runs every path on the CPU at tiny sizes (the CUDA checks say "skipped (dry run)"),
 including a probe section that must be killed by its 3-second budget: the timeout path itself.
-tests/test_gpu_check.py runs it.
+tests/integration/test_gpu_check.py runs it.
 
 This file is also a pytest plugin (``-p gpu_check`` with scripts/ on the path): with
 ``MEDQA_GPU_CHECK_FP32=1`` it makes CUDA runs load and train in fp32 (the tiny section).

@@ -218,8 +218,8 @@ def _profile_or_none(name: str | None, explicit: bool) -> Any:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from . import baselines
+    from .results.analysis import GateSettings, analyse_run
     from .results.html import HISTORY_METRICS, Report, write
-    from .results.trend import case_trends
 
     args.run = args.run or "latest"
     recs = _records(args.run, args)
@@ -235,31 +235,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         base = None
     run_id = Path(args.run).name if Path(args.run).is_dir() else _history(args).resolve(args.run)
     rep = Report(title=f"medqa-bench report: profile {profile_name}, run {run_id}", records=recs, baseline=base, run_id=run_id)
-    from .gate import aggregates
-    from .specs import GateConfig
-
-    # family / suite verdicts recomputed from the records' checks: one run or a merged group alike
-    rep.aggregates = aggregates(recs, profile.gate if profile is not None else GateConfig())
     hist = _history(args, required=False)
+    # family / suite verdicts recomputed from the records' checks: one run or a merged group alike
+    found = analyse_run(recs, GateSettings.of(profile), hist, profile_name)
+    rep.aggregates = found.aggregates
     if hist is not None:
         ids = [r["case_id"] for r in recs]
         from .results.history import series_of
 
         rows = {c: hist.case_rows(c, profile_name) for c in ids}
         rep.history_series = {c: {m: series_of(rows[c], m) for m in HISTORY_METRICS} for c in ids}
-        tols, slack = _trend_limits(profile)
-        rep.trends = case_trends(hist, ids, profile_name, tols, memory_slack_mib=slack)
+        rep.trends = found.trends
     out = Path(args.out) if args.out else (_run_dir(args.run, run_id) or _results_roots()[-1] / run_id)
     written = write(rep, out)
     print(f"wrote {written['markdown']} and {written['html']}")
     return 0
-
-
-def _trend_limits(profile: Any) -> tuple[dict[str, float], float]:
-    """(metric tolerances, memory slack) that scale what counts as a trend step; none without a profile."""
-    if profile is None:
-        return {}, 0.0
-    return profile.gate.metric_tolerance, profile.gate.memory_slack_mib
 
 
 def _listing_scope(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -285,7 +275,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_trend(args: argparse.Namespace) -> int:
-    from .results.trend import case_trends
+    from .results.analysis import GateSettings, run_trends
 
     hist = _history(args)
     if not args.run and not args.profile:
@@ -297,8 +287,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
                 return 0
             args.profile = _newest_profile_ref(runs[-1])
     profile, name = _listing_scope(args)
-    tols, slack = _trend_limits(profile)
-    found = case_trends(hist, hist.case_ids(name), name, tols, memory_slack_mib=slack)
+    found = run_trends(hist, hist.case_ids(name), name, GateSettings.of(profile))
     for cid in sorted(found):
         for metric, shifts in found[cid].items():
             for sh in shifts:

@@ -918,10 +918,10 @@ def _judge_aggregates(session: pytest.Session, records: list[dict[str, Any]], li
     """Family and suite verdicts (gate.aggregates); a failing one fails the session like a case."""
     import json
 
-    from .gate import aggregates
+    from .results.analysis import GateSettings, run_aggregates
 
     config = session.config
-    aggs = aggregates(records, _profile(config).gate)
+    aggs = run_aggregates(records, GateSettings.of(_profile(config)))
     if not aggs:
         return
     (_state(config).run_dir / "aggregates.json").write_text(
@@ -954,8 +954,8 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
     if path is None:
         return {}
     from .resources import recorded_hardware_class
+    from .results.analysis import GateSettings, run_trends
     from .results.history import History
-    from .results.trend import case_trends
 
     profile = _profile_or_name(config)
     name = profile if isinstance(profile, str) else profile.name
@@ -967,8 +967,8 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
             lines.append(f"medqa-bench: run {_state(config).run_id} stored as #{seq} in {path}")
             return {}
         hw_class = recorded_hardware_class(records[0].get("provenance", {}).get("hardware", {}))
-        trends = case_trends(hist, [r["case_id"] for r in records if r.get("metrics")], profile.name, profile.gate.metric_tolerance, hw_class,
-                             memory_slack_mib=profile.gate.memory_slack_mib)
+        trends = run_trends(hist, [r["case_id"] for r in records if r.get("metrics")], profile.name,
+                            GateSettings.of(profile), hw_class)
     except MedQAError as exc:
         lines.append(f"medqa-bench: WARNING history not updated: {exc}")
         return {}

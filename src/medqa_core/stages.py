@@ -21,7 +21,7 @@ that returns an :class:`Artifact`, building the entry only when it is missing. A
 generation or scorer config), minus the fields :data:`NOT_KEYED` declares irrelevant to that
 stage, each with its reason. Nothing is picked by hand, so a setting the stage reads cannot be
 left out of its key, and a field added later is keyed until someone declares it irrelevant
-(``tests/test_cache_keys.py`` perturbs every field of every one of these dataclasses). Fields
+(``tests/integration/test_cache_keys.py`` perturbs every field of every one of these dataclasses). Fields
 that name files (a checkpoint, tokenizer, GGUF file, corpus, local model directory) are keyed
 by the digest of what they name, so a key is the same in every checkout.
 
@@ -81,7 +81,7 @@ BASE_KINDS = ("tiny", "checkpoint", "local", "hub", "gguf")
 
 #: the reason of a field that names where the base model comes from, for the stages after the
 #: base: they load the base from ``base_art.source`` and key it by ``base_art.key``, which holds
-#: what the field names (tests/test_cache_keys.py checks that the base key changes with it)
+#: what the field names (tests/integration/test_cache_keys.py checks that the base key changes with it)
 VIA_BASE = ("names where the base model comes from: the base stage keys what it names (file digests or hub commit), "
             "and this stage loads the base from base_art.source and keys base_art.key")
 

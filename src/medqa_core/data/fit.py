@@ -11,7 +11,7 @@ purpose. A token counts for every word its character span overlaps (a leading sp
 the word after it, so ``Ġ``/``▁`` pieces are counted), which needs a fast tokenizer's offsets.
 
 Measurements behind the thresholds (``tokenizer_coverage`` with its default sample; "own 24":
-the 24 patient-information sentences written for ``tests/test_fit.py``; "medquad": the dev and
+the 24 patient-information sentences written for ``tests/integration/test_fit.py``; "medquad": the dev and
 held-out CSVs in ``realdata/``, 300 rows each, questions and answers; "jargon": 10 sentences
 dense with drug and disease names; tokens/word over all words, then over words of <= 8 letters,
 and the share of those split in >= 2 pieces)::

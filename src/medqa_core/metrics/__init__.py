@@ -26,7 +26,7 @@ METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
 #: 8192 is at least twice every reference a shipped profile keeps (``max_answer_chars``: 1000
 #: small, 4000 paper; the tiny fixtures' longest is 368) and far above its answers (at most
 #: ``max_new_tokens`` tokens: 64 tiny, at most 16 characters each in the tiny vocabulary; 80
-#: small; 256 paper), so normal answers score exactly as uncut (tests/test_scoring_cap.py). The
+#: small; 256 paper), so normal answers score exactly as uncut (tests/integration/test_scoring_cap.py). The
 #: pipeline records how many texts were cut (the case record's ``scoring``).
 MAX_SCORED_CHARS = 8192
 

@@ -54,7 +54,7 @@ def _corpus_blocks(tokenizer: Any, corpus: Path, block: int) -> Any:
 
 def pretrain(model: Any, tokenizer: Any, corpus: Path, cfg: PretrainConfig) -> dict[str, float]:
     """Short full-parameter causal-LM training on the corpus; a plain loop with no unit test of
-    its own (tests/test_cache_corruption.py runs it end to end)."""
+    its own (tests/slow/test_cache_corruption.py runs it end to end)."""
     import torch
 
     blocks = _corpus_blocks(tokenizer, corpus, cfg.block_size)

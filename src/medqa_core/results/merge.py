@@ -225,15 +225,6 @@ def bad_exits(exits: dict[str, int | None] | None) -> dict[str, int]:
     return {rid: int(c) for rid, c in (exits or {}).items() if isinstance(c, int) and c != 0}
 
 
-def group_aggregates(records: list[CaseRecord], gate: Any) -> list[Any]:
-    """Family and suite verdicts of a merged group, *recomputed* from the records' checks with the
-    profile's gate (gate.aggregates): the same numbers one run of all the cases writes to its
-    ``aggregates.json``, which a single job could not compute for the whole suite."""
-    from ..gate import aggregates
-
-    return aggregates(records, gate)
-
-
 def night_status(records: list[CaseRecord], aggs: list[Any], exits: dict[str, int | None] | None = None) -> str:
     """The night in one word, from the verdicts and the runs' pytest exit codes (``exits``: run id
     -> code, None where unknown):
@@ -310,9 +301,7 @@ def issue_body(group: str, profile: str, records: list[CaseRecord], aggs: list[A
 
 def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
     """Write ``issue.md`` and ``status`` for group ``group`` into ``out_dir``; returns the status."""
-    from ..profile import load_profile
-    from ..specs import GateConfig
-    from .trend import case_trends
+    from .analysis import GateSettings, analyse_run
 
     hist = History(history)
     gid = hist.resolve(group)
@@ -328,14 +317,10 @@ def write_issue(history: Path | str, group: str, out_dir: Path | str) -> str:
             records = [r for r in records if r["case_id"] != rec["case_id"]] + [rec]
     records.sort(key=lambda r: (r["dataset"], r["model"]))
     profile_name = runs[0].profile if runs else "?"
-    try:
-        prof = load_profile(profile_name)
-        gate, tols, slack = prof.gate, prof.gate.metric_tolerance, prof.gate.memory_slack_mib
-    except MedQAError as exc:
-        log.warning("profile %s not loadable (%s): default gate settings", profile_name, exc)
-        gate, tols, slack = GateConfig(), {}, 0.0
-    aggs = group_aggregates(records, gate)
-    trends = case_trends(hist, [r["case_id"] for r in records], profile_name, tols, memory_slack_mib=slack)
+    # the family / suite verdicts recomputed over the merged records: a single job could not
+    # compute them for the whole suite
+    found = analyse_run(records, GateSettings.of_name(profile_name), hist, profile_name)
+    aggs, trends = found.aggregates, found.trends
     status = night_status(records, aggs, exits)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

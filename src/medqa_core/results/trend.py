@@ -21,7 +21,7 @@ so its time does not grow with the history. PELT itself is computed here (:func:
 same recursion, pruning and tie-breaking as ``ruptures.Pelt(model="l2", min_size=2, jump=1)``,
 with each segment's cost taken from cumulative sums in O(1) instead of a variance over the
 segment, so one series of ``n`` runs costs O(n * admissible points) vector work rather than
-ruptures' Python loop (tests/test_trend_scale.py checks both give the same breakpoints).
+ruptures' Python loop (tests/unit/test_trend_scale.py checks both give the same breakpoints).
 """
 from __future__ import annotations
 

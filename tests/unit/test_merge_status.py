@@ -8,7 +8,8 @@ when they ran, never by the folder their artifacts were downloaded to.
 from __future__ import annotations
 
 import pytest
-from test_merge import record, run_dir
+from helpers import merge_record as record
+from helpers import run_dir
 
 from medqa_core.results.history import History
 from medqa_core.results.merge import merge, night_status, read_run_dir, write_issue

@@ -11,6 +11,7 @@ import pytest
 # Imported once here: in-process pytest runs drop the modules they import, and scipy's numpy.fft
 # extension (pulled in by ruptures for the trend check) cannot be loaded twice in one process.
 import ruptures  # noqa: F401
+from helpers import FAKE_CONFTEST, write_fake_profile
 
 # Likewise the session and the pipeline it calls: imported here they are the same module objects
 # in every in-process run. Otherwise a later run can get a fresh ``medqa_core.pipeline`` (patched
@@ -19,108 +20,13 @@ import medqa_core.session  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METRICS = ("bert_p", "bert_r", "bert_f1", "cosine", "use_p", "use_r", "use_f1")
 
-FAKE_CONFTEST = '''
-import json, os
-import pytest
-from medqa_core import session
-from medqa_core.train.finetune import TrainStats
-
-pipeline = session.pipeline  # the module whose run_case the benchmark's session calls
-
-# per seed, a score moves by JITTER x this pattern (seeds 0-4 average to seed 0's value):
-# the baseline's K runs then have a spread, as real training runs do
-PATTERN = (0.0, 1.0, -1.0, 0.5, -0.5)
-
-
-@pytest.fixture(autouse=True)
-def _fake_pipeline(monkeypatch):
-    install(monkeypatch)
-
-
-_session_patch = pytest.MonkeyPatch()
-
-
-def pytest_collection_finish(session):
-    """A case collected from a profile file is a plain item (no fixtures): patch for the run."""
-    if any(not hasattr(item, "fixturenames") for item in session.items):
-        install(_session_patch)
-
-
-def pytest_sessionfinish(session):
-    _session_patch.undo()
-
-
-def install(monkeypatch):
-    table = json.loads(open(os.environ["FAKE_SCORES"]).read())
-
-    def fake(profile, model, dataset, ctx):
-        cid = f"{model}-{dataset}"
-        row = table[cid]
-        if row.get("interrupt"):
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
-        if row.get("crash"):
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)  # the worker dies as under `kill -9` or the OOM killer
-        if row.get("disk_full"):  # from here on, nothing under the results dir can be written
-            import errno, pathlib
-            real = pathlib.Path.write_text
-
-            def full(self, *a, **k):
-                if "results" in self.parts:
-                    raise OSError(errno.ENOSPC, "No space left on device", str(self))
-                return real(self, *a, **k)
-            pathlib.Path.write_text = full
-        seed = profile.train.seed
-        shift = row.get("jitter", 0.004) * PATTERN[seed % 5]
-        tuned = {m: v + shift for m, v in row["tuned"].items()}
-        stats = TrainStats(train_seconds=row.get("train_seconds", 10.0), tokens_per_s=1000.0, tokens_seen=10000 + seed,
-                           trainable_params=10, total_params=100, peak_mem_mib=row.get("mem", 100.0),
-                           peak_mem_abs_mib=500.0, loss_first=3.0, loss_last=2.0, device=ctx.device)
-        ids = ["a", "b", "c"]
-        per = {"ids": ids, **{m: [tuned[m]] * 3 for m in tuned}}
-        controls = {"base": {"metrics": row["base"], "per_example": {m: [v] * 3 for m, v in row["base"].items()}}}
-        invariants = {"test_ids": "t3", "train_rows": 30, "train_steps": 5, "tokens_seen": 10000 + seed,
-                      "trainable_params": 10, "train_test_overlap": 0, "scorer": {"name": "fake"}}
-        return pipeline.CaseResult(
-            case_id=cid, model=model, dataset=dataset, profile=profile.name, seed=seed,
-            metrics=tuned, base_metrics=row["base"], per_example=per, controls=controls, invariants=invariants,
-            train=stats, cached={"train": False}, seconds={}, work={"train": row.get("train_work", 1.0)}, keys={},
-            data={"fingerprint": "fp-" + dataset}, answers_sample=[])
-
-    monkeypatch.setattr(pipeline, "run_case", fake)
-'''
 
 
 def _metrics(v: float) -> dict[str, float]:
     return {m: v for m in METRICS}
-
-
-def write_fake_profile(tmp_path: Path, models: tuple[str, ...] = ("llama",)) -> Path:
-    """The profile the fake-pipeline plugin tests run: tiny-config models, two datasets, the
-    baseline at tmp_path/base.json (also used by tests/test_merge.py)."""
-    tokenizer = REPO / "fixtures" / "tokenizer"
-    tables = "".join(f'[models.{m}]\ntiny_config = {{}}\ntokenizer = "{tokenizer}"\n' for m in models)
-    path = tmp_path / "prof.toml"
-    path.write_text(f'''
-name = "fake"
-baseline = "{tmp_path / 'base.json'}"
-data_dir = "{tmp_path}"
-[gate]
-metric_tolerance = {{ bert_f1 = 0.02 }}
-require_beats_base = ["bert_f1"]
-{tables}[datasets.wikidoc]
-file = "w.json"
-question = "q"
-answer = "a"
-[datasets.mental_health]
-file = "m.json"
-question = "q"
-answer = "a"
-''')
-    return path
 
 
 @pytest.fixture

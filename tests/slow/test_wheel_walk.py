@@ -25,8 +25,6 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT
 
-pytestmark = pytest.mark.slow
-
 README = REPO_ROOT / "README.md"
 PLACEHOLDER = "/path/to/medqa-bench"
 

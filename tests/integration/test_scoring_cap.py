@@ -19,7 +19,7 @@ import pytest
 
 from medqa_core import metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAP = metrics.MAX_SCORED_CHARS
 
 

@@ -24,7 +24,7 @@ from medqa_core.progress import Event, Tracker, fmt_seconds, wanted
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:

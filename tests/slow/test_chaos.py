@@ -22,13 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from medqa_core.results.history import History
 
-pytestmark = pytest.mark.slow  # minutes: the nightly CPU job runs it (MEDQA_CHAOS_KILLS=20)
+# slow by location (tests/conftest.py): minutes: the nightly CPU job runs it (MEDQA_CHAOS_KILLS=20)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CASES = ("llama-wikidoc", "gemma-mental_health")
 RECIPE = ["--set", "train.steps=20", "--set", "split.test_size=16"]
 

@@ -19,6 +19,8 @@ import pytest
 
 # see test_plugin.py: imported once here for the in-process pytest runs below
 import ruptures  # noqa: F401
+from helpers import FAKE_CONFTEST, run_dir, write_fake_profile
+from helpers import merge_record as record
 
 import medqa_core.session  # noqa: F401
 from medqa_core.cli import main
@@ -29,34 +31,8 @@ from medqa_core.results.merge import MergeError, default_group, merge, read_run_
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 A100, H100 = "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"
-
-
-def record(case_id: str, bert_f1: float = 0.5, gpu: str | None = None, status: str = "pass",
-           profile: str = "tiny", data: str = "D", train_s: float = 60.0) -> dict:
-    model, dataset = case_id.split("-", 1)
-    return {
-        "case_id": case_id, "model": model, "dataset": dataset, "profile": profile,
-        "metrics": {**{m: 0.4 for m in METRICS}, "bert_f1": bert_f1},
-        "resources": {"train_seconds": train_s, "peak_mem_mib": 1000.0},
-        "identity": {"data": data, "test_ids": "T", "scorer": "S"},
-        "provenance": {"git_sha": "abc123", "profile": profile,
-                       "hardware": {"gpu": gpu, "gpu_count": 1 if gpu else None}},
-        "verdict": {"status": status, "note": "", "checks": [],
-                    "explain": f"{case_id}: {status}" + ("\n  [FAIL] bert_f1: planted" if status == "regression" else "")},
-    }
-
-
-def run_dir(root: Path, run_id: str, records: list[dict]) -> Path:
-    """A run directory as a pytest session leaves it."""
-    d = root / run_id
-    d.mkdir(parents=True)
-    for r in records:
-        (d / f"{r['case_id']}.json").write_text(json.dumps(r, indent=1))
-    (d / "aggregates.json").write_text("[]")
-    (d / "summary.md").write_text("# summary\n")
-    return d
 
 
 def counts(path: Path) -> tuple[int, int, int]:
@@ -257,7 +233,6 @@ def test_a_night_run_twice_counts_once(tmp_path):
 
 @pytest.fixture
 def plugin_env(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from test_plugin import FAKE_CONFTEST, write_fake_profile
 
     prof = write_fake_profile(tmp_path, ("llama", "mistral"))
     scores = tmp_path / "scores.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CITE = re.compile(r"`(tests/[\w/]+\.py)(?:::(\w+))?`")
 
 

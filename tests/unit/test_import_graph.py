@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "src" / "medqa_core"
+PKG = Path(__file__).resolve().parents[2] / "src" / "medqa_core"
 GROUND = {"errors", "cache", "resources", "paths"}
 
 

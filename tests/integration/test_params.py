@@ -11,7 +11,7 @@ import pytest
 from medqa_core.model.params import lora_param_count, lora_param_formula
 from medqa_core.profile import load_profile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = load_profile("paper")
 TABLE1 = json.loads((REPO / "baselines" / "paper.json").read_text())["models"]
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

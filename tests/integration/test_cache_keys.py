@@ -24,7 +24,7 @@ from medqa_core.model import bases
 from medqa_core.profile import load_profile
 from medqa_core.specs import GenerationConfig, ModelSpec, TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = load_profile("tiny")
 FIXTURE_MODEL = REPO / "fixtures" / "models" / "llama"
 FIXTURE_TOKENIZER = REPO / "fixtures" / "tokenizer"
@@ -150,7 +150,7 @@ def perturb(cls: str, name: str, value: Any, tmp: Path, kind: str | None = None)
         return (*value, "x")
     if isinstance(value, dict):
         return {**value, "x": 1}
-    pytest.fail(f"{key} = {value!r}: add another valid value for it to perturb() in tests/test_cache_keys.py, and key "
+    pytest.fail(f"{key} = {value!r}: add another valid value for it to perturb() in tests/integration/test_cache_keys.py, and key "
                 f"it (or declare it in stages.NOT_KEYED with the reason it cannot change the artefact)")
 
 

@@ -10,7 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 ANCHOR_LINK = re.compile(r"\]\(([^)#\s]*)#([^)\s]+)\)")
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -162,7 +162,7 @@ def test_test_and_init_pointers_name_existing_docs_and_headings():
     module's docstring and no init header points at a file kept outside the repository
     (``OUTSIDE``)."""
     texts = {p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8")
-             for p in sorted((REPO / "tests").glob("*.py")) if p.name != Path(__file__).name}
+             for p in sorted((REPO / "tests").rglob("*.py")) if p.name != Path(__file__).name}
     texts["medqa-bench init profile header"] = _comment_text(_init_profile_text())
     found = {(where, m.group(0)): _resolves(m) for where, text in texts.items() for m in POINTER.finditer(text)}
     assert any(where.startswith("medqa-bench init") for where, _ in found), "init's header names no doc any more"
@@ -172,7 +172,7 @@ def test_test_and_init_pointers_name_existing_docs_and_headings():
     prose = {p.relative_to(REPO).as_posix(): _docstrings_and_comments(p)
              for p in sorted((REPO / "src" / "medqa_core").rglob("*.py"))}
     prose |= {p.relative_to(REPO).as_posix(): _docstrings_and_comments(p, module_only=True)
-              for p in sorted((REPO / "tests").glob("*.py"))}
+              for p in sorted((REPO / "tests").rglob("*.py"))}
     prose["medqa-bench init profile header"] = texts["medqa-bench init profile header"]
     assert [(where, m.group(0)) for where, text in prose.items() for m in OUTSIDE.finditer(text)] == []
 

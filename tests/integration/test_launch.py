@@ -18,7 +18,7 @@ from medqa_core.profile import load_profile
 from medqa_core.stages import adapter, adapter_payload
 from medqa_core.stages import base as base_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def small_profile(tmp_path: Path, num_processes: int) -> Path:

@@ -27,7 +27,7 @@ from medqa_core.errors import BaselineError, ConfigError
 from medqa_core.metrics import METRICS
 from medqa_core.profile import LEAN_OPTIMIZERS, SFT_OPTIMIZERS, load_profile, with_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- profile values

@@ -960,7 +960,7 @@ def test_with_overrides_validates_like_a_profile_file(profile, text, key):
 
 
 def test_shipped_tiny_profile_gate_fields():
-    tiny = load_profile(Path(__file__).resolve().parents[1] / "profiles" / "tiny.toml")
+    tiny = load_profile(Path(__file__).resolve().parents[2] / "profiles" / "tiny.toml")
     g = tiny.gate
     assert 0 < g.alpha < 0.5 and 0 < g.aggregate_alpha < 0.5 and 0 < g.control_alpha < 0.5
     assert g.baseline_seeds >= 2  # a band needs a spread

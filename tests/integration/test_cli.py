@@ -177,7 +177,7 @@ unavailable = "no offline checkpoint for phi at this size"
 file = "wikidoc.json"
 question = "input"
 answer = "output"
-'''.replace("TOKENIZER", str(Path(__file__).resolve().parents[1] / "fixtures" / "tokenizer")))
+'''.replace("TOKENIZER", str(Path(__file__).resolve().parents[2] / "fixtures" / "tokenizer")))
     assert main(["params", "--profile", str(prof)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("llama") and "targets=" in out[1]

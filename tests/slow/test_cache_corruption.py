@@ -13,13 +13,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pytest
-
 from medqa_core import pipeline
 from medqa_core.cache import META, Cache
 from medqa_core.profile import load_profile
 
-pytestmark = pytest.mark.slow  # ~1-3 minutes on 2 cores: the nightly CPU job runs it
+# slow by location (tests/conftest.py): ~1-3 minutes on 2 cores: the nightly CPU job runs it
 
 
 def _small_tiny_profile():

@@ -10,7 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())
 MYPY = CONFIG["tool"]["mypy"]

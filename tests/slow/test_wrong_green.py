@@ -5,7 +5,7 @@ key would give the warm run the unchanged profile's entries (the `attn_implement
 defect: green in 2 s warm, a ValueError cold).
 
 Every field of the dataclasses a stage receives is listed: with a changed value the real
-pipeline runs it, or with the reason it cannot run offline (then tests/test_cache_keys.py, which
+pipeline runs it, or with the reason it cannot run offline (then tests/integration/test_cache_keys.py, which
 checks the key without running, is its guard). A new field fails here until it is listed.
 Slow (about 80 short cases): the nightly CPU workflow runs it (`-m slow`).
 """
@@ -22,8 +22,6 @@ from medqa_core.cache import Cache
 from medqa_core.metrics import ScorerConfig
 from medqa_core.profile import load_profile
 from medqa_core.specs import GenerationConfig, ModelSpec, SplitConfig, TrainConfig
-
-pytestmark = pytest.mark.slow
 
 MODEL, DATASET = "gemma", "wikidoc"  # Gemma 2: the family that cannot run sdpa
 

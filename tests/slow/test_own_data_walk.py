@@ -4,7 +4,7 @@ rerun that passes, a planted drop (fewer training steps) that fails, and the rep
 it. Every file lives under tmp_path; the repository's baselines are checked unchanged.
 
 Slow (a few minutes on a busy 2-core machine: two seeded training runs for the baseline, one
-for the plant): ``pytest tests/test_own_data_walk.py -m slow``.
+for the plant): ``pytest tests/slow/test_own_data_walk.py -m slow``.
 """
 from __future__ import annotations
 
@@ -16,12 +16,9 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
 from helpers import REPO_ROOT
 
 from medqa_core.cli import main
-
-pytestmark = pytest.mark.slow
 
 CONDITIONS = ["asthma", "migraine", "eczema", "gout", "anemia", "insomnia", "acne", "sinusitis", "psoriasis", "vertigo",
               "bronchitis", "gastritis", "tonsillitis", "shingles", "rosacea", "sciatica"]

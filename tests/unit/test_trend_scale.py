@@ -14,9 +14,9 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import bulk_history, trend_record
 
 from medqa_core.errors import MedQAError
-from medqa_core.metrics import METRICS
 from medqa_core.results import trend
 from medqa_core.results.history import History
 from medqa_core.results.trend import (
@@ -31,33 +31,6 @@ from medqa_core.results.trend import (
 )
 
 CASE = "llama-wikidoc"
-
-
-def record(case_id: str, f1: float, gpu: str | None = None) -> dict:
-    model, dataset = case_id.split("-", 1)
-    return {"case_id": case_id, "model": model, "dataset": dataset,
-            "metrics": {**{m: 0.4 for m in METRICS}, "bert_f1": f1},
-            "resources": {"train_seconds": 60.0, "peak_mem_mib": 900.0},
-            "identity": {"data": "D", "test_ids": "T", "scorer": "S"},
-            "runs": [{"seed": 0, "per_example": {"bert_f1": [0.5] * 40}}],
-            "provenance": {"hardware": {"gpu": gpu, "gpu_count": 1 if gpu else None}},
-            "verdict": {"status": "pass", "checks": []}, "outcome": "passed"}
-
-
-def bulk_history(path, values: list[float], cases: tuple[str, ...] = (CASE,)) -> History:
-    """A history with one run per value (every case at that bert_f1), written in one transaction."""
-    h = History(path)
-    h.runs()  # the schema
-    con = sqlite3.connect(path)
-    with con:
-        for i, v in enumerate(values):
-            rid = f"r{i:06d}"
-            con.execute("INSERT INTO runs (run_id, created, profile, git_sha, hardware_class, meta) "
-                        "VALUES (?,?,?,?,?,?)", (rid, 1e9 + i, "tiny", None, "cpu", "{}"))
-            con.executemany("INSERT INTO cases (run_id, case_id, outcome, status, record) VALUES (?,?,?,?,?)",
-                            [(rid, c, "passed", "pass", json.dumps(record(c, v))) for c in cases])
-    con.close()
-    return h
 
 
 def noisy(n: int, seed: int, level: float = 0.45, sd: float = 0.004) -> list[float]:
@@ -162,7 +135,7 @@ def test_each_hardware_class_gets_its_window(tmp_path):
             con.execute("INSERT INTO runs (run_id, created, profile, git_sha, hardware_class, meta) VALUES (?,?,?,?,?,?)",
                         (f"r{i:03d}", 1e9 + i, "tiny", None, None, "{}"))
             con.execute("INSERT INTO cases (run_id, case_id, outcome, status, record) VALUES (?,?,?,?,?)",
-                        (f"r{i:03d}", CASE, "passed", "pass", json.dumps(record(CASE, f1, gpu))))
+                        (f"r{i:03d}", CASE, "passed", "pass", json.dumps(trend_record(CASE, f1, gpu))))
     con.close()
     seen: list[int] = []
     orig = trend.regressions
@@ -194,7 +167,7 @@ def test_session_end_work_is_bounded_by_the_window(tmp_path):
 
     def session_end(h: History, tag: str) -> float:
         t = time.perf_counter()
-        h.add_run(tag, "tiny", [record(CASE, 0.45)], {"exitstatus": 0})
+        h.add_run(tag, "tiny", [trend_record(CASE, 0.45)], {"exitstatus": 0})
         case_trends(h, [CASE], "tiny", {"bert_f1": 0.02}, "cpu", window=50)
         return time.perf_counter() - t
 

@@ -1,6 +1,6 @@
 """Baseline files (medqa_core.baselines): validate, load, write atomically, record K-run cases.
 
-Judging a run against a baseline is gate.py (tests/test_gate.py).
+Judging a run against a baseline is gate.py (tests/unit/test_gate.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from medqa_core.baselines import SCHEMA_VERSION, case_entry, load, record_cases,
 from medqa_core.errors import BaselineError, MedQAError
 from medqa_core.metrics import METRICS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METRIC_VALUES = dict(zip(METRICS, (0.61, 0.58, 0.595, 0.72, 0.41, 0.44, 0.425)))
 PER_EXAMPLE = {"ids": ["a", "b", "c"], **{m: [0.5, 0.6, 0.7] for m in METRICS}}
 

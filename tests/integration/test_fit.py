@@ -21,7 +21,7 @@ from medqa_core.data import fit
 from medqa_core.data.fit import Coverage, Finding, assess, length_fit, tokenizer_coverage
 from medqa_core.errors import MedQAError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Realistic patient-information and counselling sentences, written for this test (no dataset rows).
 REAL_TEXT = [
