@@ -69,7 +69,7 @@ class CaseResult:
     seed: int  # the run seed (training and, for tiny bases, pretraining)
     metrics: dict[str, float]  # means over the test set, incl. answer_words and degenerate (both gated, like the scores)
     base_metrics: dict[str, float]
-    per_example: dict[str, list[float]]  # ids + one list per metric (fine-tuned model)
+    per_example: dict[str, list[Any]]  # "ids" (str) + one list of floats per metric (fine-tuned model)
     controls: dict[str, dict[str, Any]]  # name -> {"metrics": means, "per_example": {metric: list}}
     invariants: dict[str, Any]  # exact quantities the gate compares with the baseline
     train: TrainStats
@@ -122,7 +122,7 @@ def cut_for_scoring(answers: dict[str, list[str]], refs: list[str]) -> dict[str,
     """How many answers (per stage) and references are longer than the scorers read
     (:data:`metrics.MAX_SCORED_CHARS`; metrics.score_all cuts them), with a warning when any is."""
     limit = metrics_mod.MAX_SCORED_CHARS
-    out = {"max_chars": limit, "answers_capped": {k: metrics_mod.cap(v, limit)[1] for k, v in answers.items()},
+    out: dict[str, Any] = {"max_chars": limit, "answers_capped": {k: metrics_mod.cap(v, limit)[1] for k, v in answers.items()},
            "references_capped": metrics_mod.cap(refs, limit)[1]}
     if out["references_capped"] or any(out["answers_capped"].values()):
         log.warning("scores: texts longer than %d characters were cut to it before scoring: answers %s, references %d",

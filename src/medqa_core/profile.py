@@ -117,7 +117,7 @@ def _model_spec(name: str, table: dict[str, Any], where: str) -> ModelSpec:
         raise ConfigError(f"{where}: give exactly one of 'hub_id', 'tiny_config' or 'gguf' (or 'unavailable' with a reason)")
     if "checkpoint" in table and "tiny_config" not in table:
         raise ConfigError(f"{where}: 'checkpoint' (a shipped tiny base) needs the 'tiny_config' it was built from")
-    spec = _build(
+    spec: ModelSpec = _build(
         ModelSpec,
         {
             "name": name,
@@ -143,7 +143,8 @@ def _dataset_spec(name: str, table: dict[str, Any], where: str) -> DatasetSpec:
     table["question"] = [q] if isinstance(q, str) else list(q)
     if table.get("file") is None and table.get("hub_id") is None:
         raise ConfigError(f"{where}: needs 'file' (relative to the data dir) or 'hub_id'")
-    return _build(DatasetSpec, {"name": name, "file": None, **table}, where)
+    dspec: DatasetSpec = _build(DatasetSpec, {"name": name, "file": None, **table}, where)
+    return dspec
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -302,7 +302,7 @@ def _threads_error(message: str) -> Exception:
     except ImportError:  # a torchrun worker of an install without pytest
         return ConfigError(message)
 
-    class ThreadsError(ConfigError, pytest.UsageError):
+    class ThreadsError(ConfigError, pytest.UsageError):  # type: ignore[misc]  # final in pytest's stubs; subclassed on purpose: pytest shows it as a usage error
         pass
 
     return ThreadsError(message)
@@ -358,7 +358,7 @@ def _driver_version() -> str:
     try:
         import torch
 
-        v = int(torch._C._cuda_getDriverVersion())  # e.g. 12040 = CUDA 12.4 driver API
+        v = int(torch._C._cuda_getDriverVersion())  # type: ignore[attr-defined]  # private, untyped  # e.g. 12040 = CUDA 12.4 driver API
         return f"cuda-api-{v // 1000}.{v % 1000 // 10}"
     except Exception:  # noqa: BLE001 - no driver at all
         return "unknown"

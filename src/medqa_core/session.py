@@ -18,7 +18,7 @@ from . import gate, pipeline
 from .baselines import resource_baseline
 from .cache import content_key
 from .resources import hardware_class
-from .results.record import CaseRecord
+from .results.record import CaseRecord, RunRecord
 from .specs import Profile, as_dict
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeli
     rec = cast(CaseRecord, dict(runs[0]))
     if len(runs) > 1:
         rec["metrics"] = {m: round(float(np.mean([r["metrics"][m] for r in runs])), 6) for m in runs[0]["metrics"]}
-    rec["runs"] = [{k: r[k] for k in ("seed", "metrics", "per_example", "controls", "invariants", "resources", "base_metrics",
-                                      "cached")}
+    rec["runs"] = [cast(RunRecord, {k: r[k] for k in ("seed", "metrics", "per_example", "controls", "invariants", "resources",
+                                                      "base_metrics", "cached")})
                    for r in runs]
     for r in rec["runs"]:
         r["margins"] = gate.margins(r, profile.gate.require_beats_base)

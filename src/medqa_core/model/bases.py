@@ -197,7 +197,7 @@ def load_base(source: str, spec: ModelSpec, quantization: str = "none", device: 
         kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quantization != "nf4" and device != "cpu":
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorated .to types its self oddly
     model.eval()
     return model
 

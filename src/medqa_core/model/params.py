@@ -51,7 +51,8 @@ def lora_param_formula(spec: ModelSpec, r: int, config: dict[str, Any] | None = 
         "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
         "qkv_proj": (h, (heads + 2 * kv) * hd), "gate_up_proj": (h, 2 * inter),
     }
-    return layers * sum(r * sum(shapes[t]) for t in spec.target_modules)
+    total: int = layers * sum(r * sum(shapes[t]) for t in spec.target_modules)
+    return total
 
 
 def real_param_count(model: Any) -> int:

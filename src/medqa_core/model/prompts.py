@@ -17,9 +17,10 @@ CANARY_QUESTION = "What is the usual treatment for a mild sprained ankle?"
 
 def build_prompt(tokenizer: Any, question: str) -> str:
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
+        text: str = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
+        return text
     return PLAIN_TEMPLATE.format(question=question)
 
 

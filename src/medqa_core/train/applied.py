@@ -45,7 +45,9 @@ def lora_applied(peft_model: Any) -> dict[str, Any]:
         drops.add(_r(getattr(drop, "p", 0.0)))
         targets.add(name.rsplit(".", 1)[-1])
     trainable = sorted((n, list(p.shape)) for n, p in peft_model.named_parameters() if p.requires_grad)
-    one = lambda s: sorted(s)[0] if len(s) == 1 else sorted(s)  # noqa: E731
+    def one(s: set[Any]) -> Any:
+        return sorted(s)[0] if len(s) == 1 else sorted(s)
+
     return {"lora_r": one(ranks), "lora_scaling": one(scales), "lora_dropout": one(drops),
             "lora_targets": sorted(targets),
             "trainable_names": content_key([n for n, _ in trainable])[:16],

@@ -151,7 +151,8 @@ def _optimizer(params: list[Any], cfg: TrainConfig) -> Any:
     if cfg.optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit"):
         import bitsandbytes as bnb
 
-        cls = bnb.optim.PagedAdamW8bit if cfg.optimizer.startswith("paged") else bnb.optim.AdamW8bit
+        optim: Any = bnb.optim  # its classes are not re-exported for type checkers
+        cls = optim.PagedAdamW8bit if cfg.optimizer.startswith("paged") else optim.AdamW8bit
         return cls(params, lr=cfg.learning_rate, weight_decay=0.0)
     raise TrainingError(f"[train] optimizer = {cfg.optimizer!r} is not supported by trainer = \"lean\"; "
                         "use adamw_torch, adamw_8bit or paged_adamw_8bit, or trainer = \"sft\"")
