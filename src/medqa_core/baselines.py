@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,7 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def record_cases(path: Path, profile_name: str, records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     """Merge the records of passing cases into the baseline file at ``path`` (other cases kept).
 
     A record holds one case's runs (``runs``: one per seed). Returns (recorded case ids, skipped
@@ -315,7 +316,7 @@ def _lock(path: Path) -> Any:
     return FileLock(str(locks / f"baseline-{digest}.lock"))
 
 
-def _record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _record_cases(path: Path, profile_name: str, records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     data: dict[str, Any] = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     if data.get("schema_version") != SCHEMA_VERSION:  # an old recorded file is rewritten whole in the new schema
         data = {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
@@ -334,7 +335,7 @@ def _record_cases(path: Path, profile_name: str, records: list[dict[str, Any]]) 
     return written, sorted(skipped)
 
 
-def record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
+def record_resources(path: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
     """``--update-resources``: replace only the time and memory of the baseline's cases with this
     run's (stages built in this run; scores, runs and invariants stay). For a time baseline taken
     on a quiet machine after the scores were recorded under load, or on a new hardware class."""
@@ -342,7 +343,7 @@ def record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
         return _record_resources(path, records)
 
 
-def _record_resources(path: Path, records: list[dict[str, Any]]) -> list[str]:
+def _record_resources(path: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
     data = load(path)
     done = []
     for rec in records:

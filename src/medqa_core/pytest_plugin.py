@@ -30,13 +30,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from . import paths
 from .errors import MedQAError
-from .results.record import Status
+from .results.record import CaseRecord, Status
 
 RECORD_KEY = "medqa_record"
 INLINE_RECORD_KEY = "medqa_record_inline"  # a record a full disk could not take, carried in the report
@@ -57,7 +57,7 @@ class RunState:
     finish_lines: list[str] = field(default_factory=list)
     # what went wrong outside a case's own record (a post-run step, a crashed worker): (where, reason)
     problems: list[tuple[str, str]] = field(default_factory=list)
-    records: list[dict[str, Any]] | None = None  # the session's records, gathered once at its end
+    records: list[CaseRecord] | None = None  # the session's records, gathered once at its end
     started: float = field(default_factory=time.time)  # run.toml's `started` (merge orders attempts by it)
 
 
@@ -190,9 +190,10 @@ def pytest_configure(config: pytest.Config) -> None:
     paths.set_work_root(config.rootpath)  # provenance (git sha) of the user's repository
     if _is_worker(config):
         # Before anything imports torch: the caller's CUDA_VISIBLE_DEVICES is respected and split.
-        pin_worker_gpu(config.workerinput["workerid"], visible_gpus())
-        run_id = config.workerinput["medqa_run_id"]
-        n_workers = int(config.workerinput.get("workercount", 1))
+        given: dict[str, Any] = config.workerinput  # type: ignore[attr-defined]  # set by xdist on its workers
+        pin_worker_gpu(given["workerid"], visible_gpus())
+        run_id = given["medqa_run_id"]
+        n_workers = int(given.get("workercount", 1))
     else:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         n = getattr(config.option, "numprocesses", None)
@@ -234,8 +235,8 @@ def _ended_before_start(config: pytest.Config, reason: str) -> None:
 
     try:
         run_dir = _state(config).run_dir
-        rec = {**error_record(_profile_or_name(config), "(session)", "(session)", run_dir, reason,
-                              case_id="session.start"), "outcome": "failed"}
+        rec = cast(CaseRecord, {**error_record(_profile_or_name(config), "(session)", "(session)", run_dir, reason,
+                                               case_id="session.start"), "outcome": "failed"})
         _state(config).records = [rec]
         lines: list[str] = []
         trends = _store_history(config, [rec], int(pytest.ExitCode.USAGE_ERROR), lines)
@@ -550,7 +551,7 @@ class CaseOutcome:
     verdict, and how the case's test should end (:meth:`check`)."""
 
     case: Case
-    record: dict[str, Any]
+    record: CaseRecord
     verdict: Any
     profile: Any
     recording: bool
@@ -673,7 +674,7 @@ class _RecordCollector:
         self.records: list[tuple[str, str]] = []
         self.cases: dict[str, str] = {}  # nodeid of each benchmark case -> passed / failed / skipped
         self.skip_reasons: list[str] = []
-        self.inline: list[tuple[dict[str, Any], str]] = []  # records that could not be written to disk
+        self.inline: list[tuple[CaseRecord, str]] = []  # records that could not be written to disk
         self.recorded: set[str] = set()  # nodeids whose case left a record
         self.unrecorded: dict[str, str] = {}  # nodeid -> why a failed case left no record
 
@@ -701,9 +702,9 @@ class _RecordCollector:
             return
         for name, value in report.user_properties:
             if name == RECORD_KEY:
-                self.records.append((value, report.outcome))
+                self.records.append((str(value), report.outcome))
             elif name == INLINE_RECORD_KEY:
-                self.inline.append((json.loads(value), report.outcome))
+                self.inline.append((cast(CaseRecord, json.loads(str(value))), report.outcome))
 
 
 def _first_line(longrepr: Any) -> str:
@@ -731,7 +732,7 @@ def _records_seen(config: pytest.Config) -> list[tuple[str, str]]:
     return config.stash[_collector_key].records
 
 
-def _collected(config: pytest.Config) -> list[dict[str, Any]]:
+def _collected(config: pytest.Config) -> list[CaseRecord]:
     """Every record of this run, gathered once: the files the cases wrote, the records a full disk
     kept in memory, and an ``error`` record for each case that failed without leaving one (a
     crashed worker, a setup error such as an unreadable baseline) - one path for what ended badly."""
@@ -749,7 +750,7 @@ def _collected(config: pytest.Config) -> list[dict[str, Any]]:
     have = {r["case_id"] for r in recs}
     for rec, out in seen.inline:
         if rec["case_id"] not in have:
-            recs.append({**rec, "_path": "", "outcome": out})
+            recs.append(cast(CaseRecord, {**rec, "_path": "", "outcome": out}))
             have.add(rec["case_id"])
     models = _case_models(config)
     for nodeid, reason in sorted(seen.unrecorded.items()):
@@ -758,7 +759,7 @@ def _collected(config: pytest.Config) -> list[dict[str, Any]]:
             continue
         model, dataset = models.get(cid, ("", ""))
         rec = error_record(_profile_or_name(config), model, dataset, st.run_dir, reason, case_id=cid)
-        recs.append({**rec, "outcome": "failed"})
+        recs.append(cast(CaseRecord, {**rec, "outcome": "failed"}))
         have.add(cid)
     st.records = recs
     return recs
@@ -780,7 +781,7 @@ def _case_models(config: pytest.Config) -> dict[str, tuple[str, str]]:
     return {case_name(m, d): (m, d) for d in prof.datasets for m in prof.models}
 
 
-def _session_problem(config: pytest.Config, records: list[dict[str, Any]], where: str, exc: BaseException) -> None:
+def _session_problem(config: pytest.Config, records: list[CaseRecord], where: str, exc: BaseException) -> None:
     """A step after the cases failed (disk full, a locked history, a broken baseline file): counted
     as a ``(session)`` error record, so the summary, history, exit code and alert all see it."""
     from .session import error_record
@@ -894,7 +895,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _alert(config, url, records, int(session.exitstatus), trends, lines)
 
 
-def _record_resources(config: pytest.Config, records: list[dict[str, Any]]) -> str:
+def _record_resources(config: pytest.Config, records: list[CaseRecord]) -> str:
     from .baselines import record_resources
 
     path = _profile(config).resolve(str(_profile(config).baseline))
@@ -902,7 +903,7 @@ def _record_resources(config: pytest.Config, records: list[dict[str, Any]]) -> s
     return f"medqa-bench: time and memory of {len(done)} case(s) recorded into {path}"
 
 
-def _write_summary(config: pytest.Config, records: list[dict[str, Any]]) -> None:
+def _write_summary(config: pytest.Config, records: list[CaseRecord]) -> None:
     from .results.summary import markdown_table
 
     profile = _profile_or_name(config)
@@ -914,7 +915,7 @@ def _write_summary(config: pytest.Config, records: list[dict[str, Any]]) -> None
         + markdown_table(records, _state(config).baseline_before) + "\n")
 
 
-def _judge_aggregates(session: pytest.Session, records: list[dict[str, Any]], lines: list[str]) -> None:
+def _judge_aggregates(session: pytest.Session, records: list[CaseRecord], lines: list[str]) -> None:
     """Family and suite verdicts (gate.aggregates); a failing one fails the session like a case."""
     import json
 
@@ -934,7 +935,7 @@ def _judge_aggregates(session: pytest.Session, records: list[dict[str, Any]], li
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _record_baselines(config: pytest.Config, records: list[dict[str, Any]]) -> str:
+def _record_baselines(config: pytest.Config, records: list[CaseRecord]) -> str:
     from .baselines import record_cases
     from .resources import recorded_hardware_class
 
@@ -947,7 +948,7 @@ def _record_baselines(config: pytest.Config, records: list[dict[str, Any]]) -> s
             + (f"; not recorded (failed): {skipped}" if skipped else ""))
 
 
-def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitstatus: int,
+def _store_history(config: pytest.Config, records: list[CaseRecord], exitstatus: int,
                    lines: list[str]) -> dict[str, Any]:
     """Append the run to the history and look for worsening trends in the cases just run."""
     path = history_path(config)
@@ -980,7 +981,7 @@ def _store_history(config: pytest.Config, records: list[dict[str, Any]], exitsta
     return trends
 
 
-def _alert(config: pytest.Config, url: str, records: list[dict[str, Any]], exitstatus: int,
+def _alert(config: pytest.Config, url: str, records: list[CaseRecord], exitstatus: int,
            trends: dict[str, Any], lines: list[str]) -> None:
     from .results.alerts import payload, post
 

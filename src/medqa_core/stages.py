@@ -268,10 +268,12 @@ def base(profile: Profile, spec: ModelSpec, cache: Cache) -> Artifact:
     pre = profile.pretrain
     assert pre is not None and spec.tokenizer is not None  # base_payload checked both
 
+    tokenizer = spec.tokenizer  # narrowed for the closure below
+
     def build(tmp: Path) -> dict[str, Any]:
         from .model.pretrain import build_tiny, pretrain
 
-        tok = bases.load_tokenizer(profile.resolve(spec.tokenizer))
+        tok = bases.load_tokenizer(profile.resolve(tokenizer))
         model = build_tiny(spec, tok, pre.seed)
         log.info("pretraining tiny %s base (%d params)", spec.family, model.num_parameters())
         with Timer() as t:
@@ -285,7 +287,7 @@ def base(profile: Profile, spec: ModelSpec, cache: Cache) -> Artifact:
 
 # --- LoRA adapter ----------------------------------------------------------------------------
 
-def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg: TrainConfig, device: str) -> dict:
+def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg: TrainConfig, device: str) -> dict[str, Any]:
     """``base_key``: the base artefact's key (the only field of the base Artifact that is keyed)."""
     return {
         "what": "lora-adapter",
