@@ -57,6 +57,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], timeout_s: float) -> tuple[
     Returns (exit code, or None when it timed out; stdout + stderr)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    out: str | None
     try:
         out, _ = proc.communicate(timeout=timeout_s)
         return proc.returncode, out
@@ -114,7 +115,8 @@ def run_distributed(job: dict[str, Any], num_processes: int, work_dir: Path) -> 
             f"torchrun training of {job['case']} on {num_processes} processes failed "
             f"(exit {rc}); last lines:\n{tail}"
         )
-    return json.loads(stats_file.read_text())
+    stats: dict[str, Any] = json.loads(stats_file.read_text())
+    return stats
 
 
 def job_for(rows: list[Any], spec: Any, cfg: Any, base_src: str, device: str, case: str) -> dict[str, Any]:
@@ -140,7 +142,8 @@ def _worker(job: dict[str, Any]) -> None:
     spec_fields = dict(job["spec"])
     spec_fields["target_modules"] = tuple(spec_fields.get("target_modules") or ())
     spec = ModelSpec(**spec_fields)
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["train"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in job["train"].items()}
+    cfg = TrainConfig(**fields)
     rows = [QAExample(*r) for r in job["rows"]]
     if cfg.batch_size % world:
         raise TrainingError(f"[train] batch_size {cfg.batch_size} is not divisible by num_processes {world}")

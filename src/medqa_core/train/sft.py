@@ -17,7 +17,7 @@ from .lean import canary_prompt_ids
 
 
 def sft_config(cfg: TrainConfig, out_dir: str, device: str, family: str | None = None) -> Any:
-    from trl import SFTConfig
+    from trl import SFTConfig  # type: ignore[attr-defined]  # trl's lazy module exports it at run time
 
     cuda = device.startswith("cuda")
     precision = mixed_precision(device, family) if cuda else cpu_precision(cfg)
@@ -66,7 +66,7 @@ def fine_tune_sft(
     model: Any, tokenizer: Any, spec: ModelSpec, rows: list[dict[str, Any]], cfg: TrainConfig, out_dir: Path, device: str
 ) -> TrainStats:
     from datasets import Dataset
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # type: ignore[attr-defined]  # as above
 
     with tempfile.TemporaryDirectory(prefix="medqa-sft-") as scratch:
         trainer = SFTTrainer(
@@ -81,7 +81,7 @@ def fine_tune_sft(
             trainer.add_callback(_progress_callback(cfg.steps))
         counter = _PadCounter(trainer.data_collator)
         trainer.data_collator = counter
-        peft_model = trainer.model
+        peft_model: Any = trainer.model  # the PeftModel trl wrapped (typed by trl as Module | None)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         total = real_param_count(peft_model)  # a 4-bit weight counts its real values, not its packed bytes
         with PeakMemory(device) as mem, Timer() as t:
@@ -122,7 +122,7 @@ def _progress_callback(steps: int) -> Any:
 
     tracker = progress.Tracker("train", steps, "step")
 
-    class _Progress(TrainerCallback):  # type: ignore[misc]
+    class _Progress(TrainerCallback):
         loss: float | None = None
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
