@@ -83,8 +83,8 @@ def dir_digest(path: Path) -> str:
 POST_RUN_MODULES = frozenset({
     "gate.py", "baselines.py", "cli.py", "pytest_plugin.py", "session.py", "scaffold.py", "progress.py",
 })
-#: Whole subpackages of that kind: everything under results/ (summary, report, history, trend, alerts, merge).
-POST_RUN_PACKAGES = ("results/",)
+#: Whole subpackages of that kind: results/ (summary, report, history, trend, alerts, merge) and plugin/ (the pytest plugin's parts).
+POST_RUN_PACKAGES = ("results/", "plugin/")
 
 
 @functools.cache
