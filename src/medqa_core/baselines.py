@@ -1,4 +1,4 @@
-"""Baseline files: the format only (read, validate, write atomically, record). Judging is gate.py.
+"""Baseline files: the format only (read, validate, write atomically, record). Judging is gate/.
 
 Schema 2 (recorded baselines, ``--update-baselines [--seeds K]``)::
 

@@ -81,10 +81,11 @@ def dir_digest(path: Path) -> str:
 #: Modules that only judge, store or show results: they shape no cached artefact, so editing them
 #: keeps the cache warm. Every other module of the package is in every stage key.
 POST_RUN_MODULES = frozenset({
-    "gate.py", "baselines.py", "cli.py", "pytest_plugin.py", "session.py", "scaffold.py", "progress.py",
+    "baselines.py", "cli.py", "pytest_plugin.py", "session.py", "scaffold.py", "progress.py",
 })
-#: Whole subpackages of that kind: results/ (summary, report, history, trend, alerts, merge) and plugin/ (the pytest plugin's parts).
-POST_RUN_PACKAGES = ("results/", "plugin/")
+#: Whole subpackages of that kind: results/ (summary, report, history, trend, alerts, merge), plugin/ (the
+#: pytest plugin's parts) and gate/ (judging).
+POST_RUN_PACKAGES = ("results/", "plugin/", "gate/")
 
 
 @functools.cache

@@ -89,7 +89,7 @@ def mde(sigma_run: float, K: int, R: int, alpha: float, power: float = POWER, df
     ``method="exact"`` (default): ``c`` is the noncentrality at which a noncentral t with ``df``
     df exceeds ``t_df(1 - alpha)`` with probability ``power``: the exact power of the t test under
     normal noise (checked by simulation in tests/unit/test_power.py).
-    ``method="gate"``: ``c = t_df(1 - alpha) + t_df(power)``, the formula gate.py prints
+    ``method="gate"``: ``c = t_df(1 - alpha) + t_df(power)``, the formula the gate prints
     (``Band.mde``). **It differs at small df**: that approximation treats the estimated se as
     if it were known on the alternative side, and its real power at alpha 0.0005 is 0.66 (df 2),
     0.69 (df 4), 0.76 (df 10), 0.79 (df 30); the exact MDE is 23%, 12%, 4%, 1% larger. With K=3-5

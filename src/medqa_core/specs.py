@@ -178,7 +178,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """How a case is judged against its baseline (gate.py; docs/regression-gating.md)."""
+    """How a case is judged against its baseline (gate/; docs/regression-gating.md)."""
 
     # minimum effect per metric (absolute, 0-1 scale; answer_words in words): smaller changes never fail
     metric_tolerance: dict[str, float] = field(default_factory=dict)

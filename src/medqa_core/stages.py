@@ -105,7 +105,7 @@ _PROFILE_NOT_BASE = {
     "Profile.train": "the LoRA recipe: read by the adapter stage, whose key has all of it",
     "Profile.generation": "read by the answers stage, whose key has all of it",
     "Profile.split": "chooses the rows, which the later stages key by content",
-    "Profile.gate": "judges finished results (gate.py): shapes no artefact",
+    "Profile.gate": "judges finished results (gate/): shapes no artefact",
     "Profile.data_dir": "where dataset files are found: the rows read from them are keyed by content",
     "Profile.baseline": "the baseline file: read and written after the run",
     "Profile.baseline_readonly": "whether --update-baselines may rewrite the baseline: after the run",

@@ -1,6 +1,6 @@
 """Baseline files (medqa_core.baselines): validate, load, write atomically, record K-run cases.
 
-Judging a run against a baseline is gate.py (tests/unit/test_gate.py).
+Judging a run against a baseline is gate/ (tests/unit/test_gate.py).
 """
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ def test_readme_says_what_picks_the_cpu_torch_wheel():
 
 def test_readme_verdict_example_is_what_the_gate_prints_for_baselines_tiny():
     """The example verdict: the run's value and steps are invented, everything else (baseline,
-    band, t, df, K, MDE, the head line) is what gate.py prints against baselines/tiny.json."""
+    band, t, df, K, MDE, the head line) is what the gate prints against baselines/tiny.json."""
     from medqa_core import gate
     from medqa_core.metrics.registry import MEASURES
     from medqa_core.profile import load_profile

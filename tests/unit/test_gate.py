@@ -1,5 +1,5 @@
 """The gate (medqa_core.gate): the noise model, controls, invariants, verdicts and aggregates,
-checked against independent computations (the formulas of gate.py's docstring written out
+checked against independent computations (the formulas of the gate package's docstring written out
 here with scipy.stats directly, scipy's Stouffer combination, and Monte-Carlo rates on normal
 data with a known spread); plus the session's --seeds parser and --set overrides."""
 from __future__ import annotations
@@ -1086,7 +1086,7 @@ def test_a_band_from_overflowing_runs_is_an_error_not_a_pass():
 def test_the_gate_reads_direction_and_sidedness_from_the_registry(monkeypatch):
     """Flip bert_f1 to lower-is-better in the registry (nothing else changes): the gate judges it
     with the opposite sign everywhere - a case's check, the verdict, worse_way, the aggregates and
-    the power check - so no part of gate.py decides on its own that down is bad."""
+    the power check - so no part of the gate decides on its own that down is bad."""
     import dataclasses
 
     from medqa_core.metrics import registry

@@ -7,7 +7,7 @@ times, or one word said six times in a row all count; an answer of fewer than 4 
 does. A case's ``degenerate`` number is the share of its answers that are degenerate (0 to 1).
 
 It is recorded beside the scores (tuned, base and no-question answers), shown in the summary,
-and gated on the tuned answers (gate.py): like a score against the baseline's K runs, but lower is
+and gated on the tuned answers (gate/): like a score against the baseline's K runs, but lower is
 better (metrics/registry.py: a rise beyond the band and beyond 0.05 is a regression, a fall beyond
 it 'changed'), and against an absolute ceiling that needs no baseline (``gate.MAX_DEGENERATE``,
 10% of answers; recording refuses a run at or above it). A loop also costs BERTScore/USE; this
