@@ -219,7 +219,7 @@ def _profile_or_none(name: str | None, explicit: bool) -> Any:
 def cmd_report(args: argparse.Namespace) -> int:
     from . import baselines
     from .results.analysis import GateSettings, analyse_run
-    from .results.html import HISTORY_METRICS, Report, write
+    from .results.report import HISTORY_METRICS, Report, write
 
     args.run = args.run or "latest"
     recs = _records(args.run, args)

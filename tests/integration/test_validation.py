@@ -326,7 +326,7 @@ def test_recording_through_a_chain_of_links_keeps_the_links(tmp_path):
 
 
 def test_report_markdown_title_and_verdicts_line_hold_no_html():
-    from medqa_core.results.html import Report, to_markdown
+    from medqa_core.results.report import Report, to_markdown
 
     evil = "<script>alert(1)</script>"
     recs = [{"case_id": "llama-wikidoc", "model": "llama", "dataset": "wikidoc", "metrics": dict(SCORES),

@@ -11,8 +11,8 @@ import pytest
 
 from medqa_core import gate
 from medqa_core.results import alerts
-from medqa_core.results.html import Report, case_check_state, cell_state, to_html, to_markdown
 from medqa_core.results.record import FIELDS, CheckFields, Status, _legacy_fields, check_fields, judges_score
+from medqa_core.results.report import Report, case_check_state, cell_state, to_html, to_markdown
 from medqa_core.results.summary import control_rows, details_markdown, details_text, failure_reasons
 from medqa_core.specs import GateConfig
 

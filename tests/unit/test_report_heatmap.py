@@ -9,7 +9,7 @@ import numpy as np
 
 from medqa_core import gate
 from medqa_core.metrics import METRICS
-from medqa_core.results.html import HEAT_METRICS, Report, to_html
+from medqa_core.results.report import HEAT_METRICS, Report, to_html
 from medqa_core.results.summary import details_text, failure_reasons
 from medqa_core.specs import GateConfig
 
@@ -173,7 +173,7 @@ def test_family_panel_one_row_per_model():
 
 
 def test_sparkline_draws_the_history_and_marks_shifts():
-    from medqa_core.results.html import sparkline_svg
+    from medqa_core.results.report import sparkline_svg
 
     assert sparkline_svg([0.5]) == ""
     svg = sparkline_svg([0.5, 0.5, 0.5, 0.4, 0.4], shifts=[3])

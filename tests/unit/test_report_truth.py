@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from medqa_core import gate
 from medqa_core.gate import Check, judge_case, status_of
 from medqa_core.metrics import METRICS
-from medqa_core.results.html import Report, to_html, to_markdown
+from medqa_core.results.report import Report, to_html, to_markdown
 from medqa_core.results.summary import (
     HEADER,
     control_rows,
