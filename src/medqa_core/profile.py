@@ -423,7 +423,8 @@ def _check_dataset(d: DatasetSpec, where: str) -> None:
         _choice(d.format, FORMATS, f"{where} format", " (or leave it out: the file's suffix decides)")
     unknown = [r for r in d.clean if r not in RULES]
     if unknown:
-        raise ConfigError(f"{where} clean = {list(d.clean)!r}: unknown rule(s) {unknown}; rules are {sorted(RULES)}")
+        known = "; ".join(f"{name} ({RULES[name].doc})" for name in sorted(RULES))
+        raise ConfigError(f"{where} clean = {list(d.clean)!r}: unknown rule(s) {unknown}; the rules: {known}")
     for key in ("max_question_chars", "max_answer_chars"):
         v = getattr(d, key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):

@@ -434,3 +434,12 @@ def test_misspelt_table_or_key_is_an_error_with_a_suggestion(tmp_path, typo, exp
     path = write_profile(tmp_path, typo + MINIMAL_PROFILE)
     with pytest.raises(ConfigError, match=expected):
         load_profile(path)
+
+
+def test_an_unknown_cleaning_rule_names_every_rule_with_what_it_strips(tmp_path):
+    from medqa_core.data.cleaning import RULES
+
+    path = write_profile(tmp_path, MINIMAL_PROFILE.replace('answer = "a"\n', 'answer = "a"\nclean = ["answer_greting"]\n'))
+    msg = expect_config_error(path, "unknown rule(s) ['answer_greting']")
+    for name, rule in RULES.items():
+        assert f"{name} ({rule.doc})" in msg
