@@ -25,12 +25,13 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .errors import BaselineError
 from .metrics import METRICS
+from .results.record import BaselineFile
 
 #: resource fields that are text, not measurements: the device, and the CPU's identity
 #: (resources.cpu_identity: time is judged like for like only)
@@ -120,7 +121,7 @@ def _rescaled(case: dict[str, Any]) -> bool:
     return isinstance(bert, str) and "|rescale" in bert
 
 
-def validate(data: Any, path: Path | str) -> dict[str, Any]:
+def validate(data: Any, path: Path | str) -> BaselineFile:
     """Check the schema; raise :class:`BaselineError` naming the file and the offending key."""
     if not isinstance(data, dict):
         raise BaselineError(f"{path}: top level must be an object, got {type(data).__name__}")
@@ -180,7 +181,7 @@ def validate(data: Any, path: Path | str) -> dict[str, Any]:
         _check_spread(runs, "metrics", where)
         _check_spread(runs, "margins", where)
         _check_per(case.get("per_example"), where, rescaled)
-    return data
+    return cast(BaselineFile, data)
 
 
 def _check_per(per: Any, where: str, rescaled: bool = False) -> None:
@@ -201,7 +202,7 @@ def _check_per(per: Any, where: str, rescaled: bool = False) -> None:
                         _check_value(vals[j], m, f"{where}.per_example.{m}[{j}]", rescaled)
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> BaselineFile:
     if not path.is_file():
         raise BaselineError(f"{path}: baseline file not found; record one with --update-baselines")
     try:
@@ -211,7 +212,7 @@ def load(path: Path) -> dict[str, Any]:
     return validate(data, path)
 
 
-def write(path: Path, data: dict[str, Any]) -> None:
+def write(path: Path, data: Mapping[str, Any]) -> None:
     """Validate, then write atomically (temp file + rename): a crash never leaves half a file.
 
     A baseline reached through a symlink (a linked file, or this repository's ``baselines/``,
@@ -241,7 +242,7 @@ def write(path: Path, data: dict[str, Any]) -> None:
 
 
 def resource_baseline(
-    case_id: str, model: str, main: dict[str, Any] | None, hw: dict[str, Any] | None, hw_class: str
+    case_id: str, model: str, main: BaselineFile | None, hw: BaselineFile | None, hw_class: str
 ) -> dict[str, Any] | None:
     """Which recorded training time/memory a case is gated against, in order of preference:
     the hardware-class file's entry for the case; the main baseline's per-model published
@@ -317,7 +318,7 @@ def _lock(path: Path) -> Any:
 
 
 def _record_cases(path: Path, profile_name: str, records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
-    data: dict[str, Any] = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
+    data: BaselineFile = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     if data.get("schema_version") != SCHEMA_VERSION:  # an old recorded file is rewritten whole in the new schema
         data = {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     written, skipped = [], []

@@ -30,7 +30,7 @@ from . import paths
 from .errors import MedQAError
 
 if TYPE_CHECKING:
-    from .results.record import CaseRecord
+    from .results.record import BaselineFile, CaseRecord
 
 
 def _results_roots() -> list[Path]:
@@ -158,7 +158,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .results.summary import details_text, plain_table
 
     recs = _records(args.run, args)
-    base: dict[str, Any] | None
+    base: BaselineFile | None
     if args.baseline:
         base = baselines.load(Path(args.baseline))
     else:  # the baseline the run was judged against (run.toml), when it is still there

@@ -50,7 +50,7 @@ from .plugin.state import (
     is_worker,
     run_state,
 )
-from .results.record import CaseRecord, Status
+from .results.record import BaselineFile, CaseRecord, Status
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -251,8 +251,8 @@ class Runner:
 
     profile: Any
     context: Any
-    baseline: dict[str, Any] | None
-    hw_baseline: tuple[str, dict[str, Any] | None]
+    baseline: BaselineFile | None
+    hw_baseline: tuple[str, BaselineFile | None]
     seeds: list[int]
     run_dir: Path
     recording: bool
@@ -377,7 +377,7 @@ def medqa_context(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture(scope="session")
-def medqa_baseline(request: pytest.FixtureRequest) -> dict[str, Any] | None:
+def medqa_baseline(request: pytest.FixtureRequest) -> BaselineFile | None:
     """The baseline file, or None while recording with --update-baselines (then only the controls judge)."""
     return runner(request.config).baseline
 
@@ -389,7 +389,7 @@ def medqa_seeds(request: pytest.FixtureRequest) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def medqa_hw_baseline(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any] | None]:
+def medqa_hw_baseline(request: pytest.FixtureRequest) -> tuple[str, BaselineFile | None]:
     """(this machine's hardware class, its resource baseline file for the profile or None)."""
     return runner(request.config).hw_baseline
 

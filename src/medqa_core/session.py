@@ -18,7 +18,7 @@ from . import gate, pipeline
 from .baselines import resource_baseline
 from .cache import content_key
 from .resources import hardware_class
-from .results.record import CaseRecord, RunRecord
+from .results.record import BaselineFile, CaseRecord, RunRecord
 from .specs import Profile, as_dict
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeli
 
 
 def run_and_judge(profile: Profile, model: str, dataset: str, ctx: pipeline.RunContext, seeds: list[int],
-                  baseline: dict[str, Any] | None, hw: tuple[str, dict[str, Any] | None],
+                  baseline: BaselineFile | None, hw: tuple[str, BaselineFile | None],
                   run_dir: Path, judge_resources: bool = True) -> tuple[CaseRecord, gate.Verdict]:
     """Run the case once per seed, judge it, write its record to ``run_dir``; (record, verdict)."""
     results = []

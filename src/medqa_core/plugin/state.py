@@ -13,7 +13,7 @@ import pytest
 
 from .. import paths
 from ..errors import MedQAError
-from ..results.record import CaseRecord
+from ..results.record import BaselineFile, CaseRecord
 
 RECORD_KEY = "medqa_record"
 
@@ -32,7 +32,7 @@ class RunState:
     ref_source: str  # where it was configured: "option", "env" or "pyproject"
     n_workers: int = 1  # processes sharing the cores (xdist workers): torch threads are split by it
     profile: Any = None
-    baseline_before: dict[str, Any] | None = None
+    baseline_before: BaselineFile | None = None
     finish_lines: list[str] = field(default_factory=list)
     # what went wrong outside a case's own record (a post-run step, a crashed worker): (where, reason)
     problems: list[tuple[str, str]] = field(default_factory=list)

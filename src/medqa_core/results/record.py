@@ -83,6 +83,22 @@ class CaseRecord(RunRecord, total=False):
     _run: str
 
 
+class BaselineFile(TypedDict, total=False):
+    """A baseline file as :func:`medqa_core.baselines.load` returns it, validated: its schema
+    version, the profile it was recorded for, where its numbers come from (``source``) and per
+    case id the recorded entry (the case record's fields, every run, resources by seed)."""
+
+    schema_version: int
+    profile: str
+    source: str
+    cases: dict[str, dict[str, Any]]
+    # a published baseline (paper.json) also says how its numbers were made
+    models: dict[str, dict[str, Any]]  # per model: published training minutes, parameters
+    hardware: dict[str, Any]  # the hardware class the published times were measured on
+    recipe: dict[str, Any]
+    scorer: dict[str, Any]
+
+
 REQUIRED = ("case_id", "model", "dataset")
 
 

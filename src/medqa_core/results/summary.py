@@ -8,7 +8,7 @@ from typing import Any
 
 from ..metrics import METRICS
 from ..metrics.registry import NLL, RESOURCE_KEYS, RESOURCES
-from .record import CaseRecord, Status, check_fields, is_record, judges_score
+from .record import BaselineFile, CaseRecord, Status, check_fields, is_record, judges_score
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); gated like a
 #: score, lower is better (metrics/registry.py)
@@ -185,7 +185,7 @@ def header(records: list[CaseRecord]) -> list[str]:
     return ["dataset", "model", *columns(records), "runs", "verdict"]
 
 
-def table_rows(records: list[CaseRecord], baseline: dict[str, Any] | None) -> list[list[str]]:
+def table_rows(records: list[CaseRecord], baseline: BaselineFile | None) -> list[list[str]]:
     cases = (baseline or {}).get("cases", {})
     cols = columns(records)
     rows = []
@@ -203,7 +203,7 @@ def table_rows(records: list[CaseRecord], baseline: dict[str, Any] | None) -> li
 HEADER = ["dataset", "model", *COLUMNS, "runs", "verdict"]
 
 
-def plain_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
+def plain_table(records: list[CaseRecord], baseline: BaselineFile | None) -> str:
     """The table, its legend (how values aggregate over the runs) as the last line."""
     head = header(records)
     rows = [head, *table_rows(records, baseline)]
@@ -214,7 +214,7 @@ def plain_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> s
     return "\n".join([*lines, *([legend] if legend else [])])
 
 
-def markdown_table(records: list[CaseRecord], baseline: dict[str, Any] | None) -> str:
+def markdown_table(records: list[CaseRecord], baseline: BaselineFile | None) -> str:
     rows = table_rows(records, baseline)
     head = header(records)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

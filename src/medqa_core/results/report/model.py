@@ -7,7 +7,7 @@ from typing import Any
 
 from ...metrics import METRICS
 from ...metrics.registry import MEASURES
-from ..record import CaseRecord, Status, check_fields, judges_score
+from ..record import BaselineFile, CaseRecord, Status, check_fields, judges_score
 from ..summary import (
     _row_values,
 )
@@ -27,7 +27,7 @@ UNJUDGED = "unjudged"
 class Report:
     title: str
     records: list[CaseRecord]
-    baseline: dict[str, Any] | None
+    baseline: BaselineFile | None
     history_series: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # case -> metric -> rows
     trends: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # case -> metric -> [Shift]
     run_id: str | None = None
@@ -55,7 +55,7 @@ CELL_CLASSES = (Status.PASS, Status.REGRESSION, Status.CHANGED, Status.IMPROVEME
                 Status.NO_BASELINE, Status.ERROR, UNJUDGED)
 
 
-def cell_state(rec: CaseRecord, metric: str, baseline: dict[str, Any] | None) -> dict[str, Any]:
+def cell_state(rec: CaseRecord, metric: str, baseline: BaselineFile | None) -> dict[str, Any]:
     """What the heatmap shows for one case x metric: the verdict class of that metric's check, the
     delta against the baseline, the interval (the noise band, or a bootstrap CI) and a tooltip."""
     v = rec.get("verdict") or {}
