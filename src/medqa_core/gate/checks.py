@@ -2,11 +2,12 @@
 which way each measure gets worse (the metrics registry's direction, read here for every check)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..metrics.registry import MEASURES, higher_is_better, two_sided
-from ..results.record import Status, VerdictRecord
+from ..results.record import CheckRecord, Status, VerdictRecord
 
 #: the statuses that fail a case (the others: incomparable, no-baseline, improvement, pass)
 FAILING = (Status.ERROR, Status.REGRESSION, Status.CHANGED)
@@ -78,7 +79,7 @@ def _delta_text(delta: float) -> str:
     return f"{delta:+.1f}" if abs(delta) >= 1 else f"{delta:+.4f}"
 
 
-def is_drop(c: dict[str, Any]) -> bool:
+def is_drop(c: Mapping[str, Any]) -> bool:
     """A noise check that failed downward: marked ``down``, or (a check without a direction) a
     negative or unknown delta. A failing score that is not known to have risen counts as a drop."""
     if c.get("kind") != "noise" or c.get("passed", True):
@@ -116,7 +117,7 @@ def worse_way(name: str) -> str:
     return "up" if m is not None and not m.higher_is_better else "down"
 
 
-def is_worse(c: dict[str, Any]) -> bool:
+def is_worse(c: Mapping[str, Any]) -> bool:
     """A noise check that failed the bad way for its metric (:func:`worse_way`): a score down, the
     share of looping answers up. A failing check without a direction (an older record) is judged by
     the sign of its delta; with no delta either it counts as worse (never hides a regression)."""
@@ -133,7 +134,7 @@ def is_worse(c: dict[str, Any]) -> bool:
     return way == worse_way(c.get("name", ""))
 
 
-def _way(c: dict[str, Any]) -> str:
+def _way(c: Mapping[str, Any]) -> str:
     """'up beyond band', 'down beyond band', 'down, within band', ... for one noise check (as JSON)."""
     d = c.get("delta")
     if c.get("direction") in ("up", "down") or not c.get("passed", True):
@@ -144,7 +145,7 @@ def _way(c: dict[str, Any]) -> str:
     return f"{'up' if d > 0 else 'down'}, within band"
 
 
-def movement(c: dict[str, Any]) -> str:
+def movement(c: Mapping[str, Any]) -> str:
     """One noise check as '<name> <up|down> <delta> beyond band' or '... (within band)'."""
     d = c.get("delta")
     dt = f" {_delta_text(d)}" if isinstance(d, (int, float)) else ""
@@ -160,7 +161,7 @@ def movement(c: dict[str, Any]) -> str:
 WITHIN_BAND_SHOWN = 3
 
 
-def moved(checks: list[dict[str, Any]]) -> list[str]:
+def moved(checks: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every score that moved beyond its band, the worse way first (a score down, looping answers
     up: :func:`worse_way`), each with direction and delta; and, when anything moved beyond its band,
     the scores that moved the worse way *within* theirs (so a verdict made by a move the better way,
@@ -172,13 +173,13 @@ def moved(checks: list[dict[str, Any]]) -> list[str]:
     beyond.sort(key=lambda c: (not is_worse(c), c.get("passed", True)))
     out = [movement(c) for c in beyond]
 
-    def closeness(c: dict[str, Any]) -> float:
+    def closeness(c: Mapping[str, Any]) -> float:
         width: float = (c["baseline"] - c["limit"]) if isinstance(c.get("baseline"), (int, float)) and isinstance(
             c.get("limit"), (int, float)) else 0.0
         delta: float = abs(c["delta"])
         return delta / width if width > 0 else delta
 
-    def worse_within(c: dict[str, Any]) -> bool:
+    def worse_within(c: Mapping[str, Any]) -> bool:
         d = c.get("delta")
         return isinstance(d, (int, float)) and (d > 0 if worse_way(c.get("name", "")) == "up" else d < 0)
 
@@ -225,4 +226,4 @@ class Verdict:
 
     def to_json(self) -> VerdictRecord:
         return {"status": self.status, "note": self.note, "explain": self.explain(),
-                "checks": [asdict(c) for c in self.checks]}
+                "checks": [cast(CheckRecord, asdict(c)) for c in self.checks]}

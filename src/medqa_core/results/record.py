@@ -28,16 +28,38 @@ class Status(StrEnum):
     ERROR = "error"  # the case failed before it could be judged (session.error_record)
 
 
+class CheckRecord(TypedDict, total=False):
+    """A :class:`gate.Check` as JSON (one entry of a verdict's ``checks``). ``metric``, ``control``
+    and ``seed`` exist in records written since checks carry them: read them through
+    :func:`check_fields`, never out of the name."""
+
+    name: str
+    value: Any
+    baseline: Any
+    passed: bool
+    kind: str  # noise | invariant | control | ceiling | power | time | memory
+    detail: str
+    limit: float | None
+    delta: float | None
+    se: float | None
+    t: float | None
+    df: float | None
+    p: float | None
+    mde: float | None
+    direction: str  # down | up | ""
+    ci: list[float] | None
+    metric: str | None
+    control: str | None
+    seed: int | None
+
+
 class VerdictRecord(TypedDict, total=False):
     """A :class:`gate.Verdict` as JSON (``Verdict.to_json``): the ``verdict`` of a case record."""
 
     status: str  # a Status value
     note: str
     explain: str
-    # gate.Check as JSON: name, value, baseline, passed, kind, detail, limit, delta, se, t, df, p,
-    # mde, direction, ci, and (records written since they exist) metric, control, seed: read
-    # these three through check_fields, never out of the name
-    checks: list[dict[str, Any]]
+    checks: list[CheckRecord]
 
 
 class RunRecord(TypedDict, total=False):

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..metrics import METRICS
 from ..metrics.registry import NLL, RESOURCE_KEYS, RESOURCES
-from .record import BaselineFile, CaseRecord, Status, check_fields, is_record, judges_score
+from .record import BaselineFile, CaseRecord, CheckRecord, Status, check_fields, is_record, judges_score
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); gated like a
 #: score, lower is better (metrics/registry.py)
@@ -251,7 +251,7 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
-def check_reason(c: dict[str, Any]) -> str:
+def check_reason(c: Mapping[str, Any]) -> str:
     """One failing check of a verdict, in words: what failed and by how much."""
     name, kind = c.get("name", "?"), c.get("kind", "")
     f = check_fields(c)
@@ -302,7 +302,7 @@ def next_step(rec: CaseRecord) -> str:
     return hint((rec.get("verdict") or {}).get("status", ""))
 
 
-def _noise_check(rec: CaseRecord, metric: str) -> dict[str, Any] | None:
+def _noise_check(rec: CaseRecord, metric: str) -> CheckRecord | None:
     for c in (rec.get("verdict") or {}).get("checks", []):
         if judges_score(c, metric):
             return c

@@ -82,8 +82,9 @@ def cell_state(rec: CaseRecord, metric: str, baseline: BaselineFile | None) -> d
         cls = Status.CHANGED if chk.get("direction") == better else Status.REGRESSION
     delta = chk.get("delta")
     band = ""
-    if chk.get("ci"):
-        lo, hi = chk["ci"]
+    ci = chk.get("ci")
+    if ci:
+        lo, hi = ci
         band = f"CI {lo:.3f}..{hi:.3f}"
     elif isinstance(chk.get("limit"), (int, float)) and isinstance(chk.get("baseline"), (int, float)):
         band = f"\u00b1{chk['baseline'] - chk['limit']:.3f}"

@@ -120,8 +120,8 @@ def family_html(rep: Report) -> str:
         chips = "".join(f"<span class='badge {e(k)}'>{e(k)} {n}</span>" for k, n in sorted(counts.items()))
         cells = []
         for m in HISTORY_METRICS:
-            deltas = [c["delta"] for r in recs for c in (r.get("verdict") or {}).get("checks", [])
-                      if judges_score(c, m) and isinstance(c.get("delta"), (int, float))]
+            deltas = [float(d) for r in recs for c in (r.get("verdict") or {}).get("checks", [])
+                      if judges_score(c, m) and isinstance(d := c.get("delta"), (int, float))]
             a = aggs.get((f"family {fam}", m))
             cls = (Status.REGRESSION if not a.passed else Status.PASS) if a is not None else UNJUDGED
             text = f"{sum(deltas) / len(deltas):+.4f}" if deltas else "-"
