@@ -140,8 +140,7 @@ _AFTER_BASE = {
 #: ``answers``, ``scores``. The stages' other arguments are keyed whole (rows, questions, answers
 #: and references by content; ``device`` by :func:`resources.numeric_env`; ``quantization``),
 #: except what says how, not what, to build: the cache itself, ``label`` (progress output),
-#: ``distributed`` (the torchrun launcher that ``TrainConfig.num_processes``, keyed, asks for) and
-#: ``load_model`` / ``load_tokenizer`` (test hooks standing in for loading ``base_art``).
+#: and ``distributed`` (the torchrun launcher that ``TrainConfig.num_processes``, keyed, asks for).
 NOT_KEYED: dict[str, dict[str, str]] = {
     "base:tiny": dict(_BASE),
     **{f"base:{kind}": {**_BASE, "Profile.pretrain": _NOT_PRETRAINED} for kind in BASE_KINDS if kind != "tiny"},
@@ -305,13 +304,12 @@ def adapter_payload(base_key: Any, spec: ModelSpec, train: list[QAExample], cfg:
 def adapter(
     cache: Cache, base_art: Artifact, spec: ModelSpec, train: list[QAExample], cfg: TrainConfig, device: str,
     distributed: Callable[[Path], dict[str, Any]] | None = None,
-    load_model: Callable[[], Any] | None = None, load_tokenizer: Callable[[], Any] | None = None,
 ) -> Artifact:
     """The LoRA adapter of ``spec`` on ``base_art`` trained on ``train``; ``value`` holds the
     stats recorded when it was trained. ``source`` is the adapter directory (PEFT's format).
 
-    The base and tokenizer load only when the adapter must be trained (``load_model`` and
-    ``load_tokenizer`` replace the loaders, for tests). With ``cfg.num_processes > 1`` the training
+    The base and tokenizer load only when the adapter must be trained. With
+    ``cfg.num_processes > 1`` the training
     runs under torchrun instead: ``distributed(work_dir)`` (the pipeline binds
     :func:`medqa_core.train.launch.run_distributed` to the job) leaves the adapter in
     ``work_dir / "adapter"`` and returns process 0's stats.
@@ -331,8 +329,8 @@ def adapter(
             shutil.rmtree(tmp / "launch")
             world = raw.pop("world_size")
             return {"stats": raw, "world_size": world}
-        model = load_model() if load_model else load_base(base_art.source, spec, cfg.quantization, device)
-        tok = load_tokenizer() if load_tokenizer else tokenizer_of(base_art.source, spec.revision)
+        model = load_base(base_art.source, spec, cfg.quantization, device)
+        tok = tokenizer_of(base_art.source, spec.revision)
         stats = fine_tune(model, tok, spec, train, cfg, tmp / "adapter", device)
         del model
         free_memory()  # the trained model is unreachable now; give its memory back before generation

@@ -371,18 +371,19 @@ def test_memory_freed_after_generation(base_and_adapter, tmp_path, monkeypatch, 
         assert refs[-1]() is None, "the model is gone once its answers are written"
 
 
-def test_memory_freed_after_training(base_and_adapter, tmp_path, empty_cache_calls):
+def test_memory_freed_after_training(base_and_adapter, tmp_path, empty_cache_calls, monkeypatch):
     src, _, spec = base_and_adapter
     refs = []
 
-    def load():
+    def load(*args, **kwargs):
         m = load_base(src, spec)
         refs.append(weakref.ref(m))
         return m
 
+    monkeypatch.setattr(models, "load_base", load)  # the stage loads through medqa_core.model.bases
+
     cfg = TrainConfig(steps=2, batch_size=4, max_length=48, lora_r=4, lora_alpha=8, trainer="sft")
-    adapter_stage(Cache(tmp_path / "cache"), Artifact("base", "b", src, {}, False), spec, ROWS, cfg, "cpu",
-                  load_model=load, load_tokenizer=lambda: load_tokenizer(src))
+    adapter_stage(Cache(tmp_path / "cache"), Artifact("base", "b", src, {}, False), spec, ROWS, cfg, "cpu")
     assert empty_cache_calls, "empty_cache() after training"
     gc.disable()  # what is gone must have been freed by the code under test, not by a collection now
     try:

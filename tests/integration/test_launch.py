@@ -31,7 +31,7 @@ def small_profile(tmp_path: Path, num_processes: int) -> Path:
     return p
 
 
-def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
+def test_one_model_trained_on_two_processes_via_torchrun(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     prof = load_profile(small_profile(tmp_path, 2))
@@ -45,9 +45,12 @@ def test_one_model_trained_on_two_processes_via_torchrun(tmp_path):
 
     job = launch.job_for(data.train, spec, prof.train, base_src, "cpu", "llama-wikidoc")
     distributed = partial(launch.run_distributed, job, prof.train.num_processes)
-    art = adapter(cache, base, spec, data.train, prof.train, "cpu", distributed,
-                  load_model=lambda: pytest.fail("the launching process must not load the model"),
-                  load_tokenizer=lambda: pytest.fail("the launching process must not load the tokenizer"))
+    from medqa_core.model import bases
+
+    monkeypatch.setattr(bases, "load_base", lambda *a, **k: pytest.fail("the launching process must not load the model"))
+    monkeypatch.setattr(bases, "load_tokenizer",
+                        lambda *a, **k: pytest.fail("the launching process must not load the tokenizer"))
+    art = adapter(cache, base, spec, data.train, prof.train, "cpu", distributed)
     assert art.built and art.key == content_key(adapter_payload(base.key, spec, data.train, prof.train, "cpu"))
     stats, path = art.value, Path(art.source)
     entry_meta = json.loads((path.parent / "meta.json").read_text())

@@ -135,10 +135,11 @@ def test_adapter_entry_with_an_empty_meta_is_rebuilt_not_a_key_error(tmp_path, m
 
     monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
     monkeypatch.setattr(bases, "free_memory", lambda: None)
+    monkeypatch.setattr(bases, "load_base", lambda *a, **k: object())  # the trainer is faked: no model needed
+    monkeypatch.setattr(bases, "load_tokenizer", lambda *a, **k: object())
     cache = Cache(tmp_path)
     rows = [stages.QAExample("i", "q?", "a.")]
-    run = lambda: stages.adapter(cache, BASE, SPEC, rows, PROFILE.train, "cpu",  # noqa: E731
-                                 load_model=lambda: object(), load_tokenizer=lambda: object())
+    run = lambda: stages.adapter(cache, BASE, SPEC, rows, PROFILE.train, "cpu")  # noqa: E731
     first = run()
     assert first.built and first.value.steps_run == 2 and len(trained) == 1
     (Path(first.source).parent / "meta.json").write_text("{}")
