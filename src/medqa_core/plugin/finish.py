@@ -99,6 +99,7 @@ def record_resources(config: pytest.Config, records: list[CaseRecord]) -> str:
     done = record_resources(path, records)
     return f"medqa-bench: time and memory of {len(done)} case(s) recorded into {path}"
 
+
 def write_summary(config: pytest.Config, records: list[CaseRecord]) -> None:
     from ..results.summary import markdown_table
 
@@ -109,6 +110,7 @@ def write_summary(config: pytest.Config, records: list[CaseRecord]) -> None:
     (run_dir / "summary.md").write_text(
         f"# medqa-bench run {run_state(config).run_id} (profile {name})\n\n"
         + markdown_table(records, run_state(config).baseline_before) + "\n")
+
 
 def judge_aggregates(session: pytest.Session, records: list[CaseRecord], lines: list[str]) -> None:
     """Family and suite verdicts (gate.aggregates); a failing one fails the session like a case."""
@@ -129,6 +131,7 @@ def judge_aggregates(session: pytest.Session, records: list[CaseRecord], lines: 
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+
 def record_baselines(config: pytest.Config, records: list[CaseRecord]) -> str:
     from ..baselines import record_cases
     from ..resources import recorded_hardware_class
@@ -140,6 +143,7 @@ def record_baselines(config: pytest.Config, records: list[CaseRecord]) -> str:
     written, skipped = record_cases(path, profile.name, records)
     return (f"medqa-bench: recorded {len(written)} case(s) into {path}"
             + (f"; not recorded (failed): {skipped}" if skipped else ""))
+
 
 def store_history(config: pytest.Config, records: list[CaseRecord], exitstatus: int,
                    lines: list[str]) -> dict[str, Any]:
@@ -172,6 +176,7 @@ def store_history(config: pytest.Config, records: list[CaseRecord], exitstatus: 
             for sh in found:
                 lines.append(f"medqa-bench: trend {cid} {sh.explain(metric)}")
     return trends
+
 
 def alert(config: pytest.Config, url: str, records: list[CaseRecord], exitstatus: int,
            trends: dict[str, Any], lines: list[str]) -> None:

@@ -69,6 +69,7 @@ MARKERS = (
     "slow: heavier checks (every case of a slow medqa-bench profile); deselect with -m 'not slow'",
 )
 
+
 def visible_gpus() -> list[str]:
     """GPU ids this process may use, found without importing torch (CUDA_VISIBLE_DEVICES or nvidia-smi)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -80,6 +81,7 @@ def visible_gpus() -> list[str]:
         return []
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
+
 def pin_worker_gpu(worker_id: str, gpus: list[str]) -> str | None:
     """One GPU per xdist worker: gw<k> gets the k-th visible GPU (round robin)."""
     if not gpus or not worker_id.startswith("gw"):
@@ -87,6 +89,7 @@ def pin_worker_gpu(worker_id: str, gpus: list[str]) -> str | None:
     gpu = gpus[int(worker_id[2:]) % len(gpus)]
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     return gpu
+
 
 def profile_ref(config: pytest.Config) -> tuple[str, str] | None:
     """(the configured profile, where it was configured) or None when medqa-bench is not in use:
@@ -103,6 +106,7 @@ def profile_ref(config: pytest.Config) -> tuple[str, str] | None:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     return (ref, "pyproject") if ref else None
+
 
 def check_usage(config: pytest.Config) -> None:
     """Stop a run with a bad command line or input file before anything starts, with one line
@@ -128,6 +132,7 @@ def check_usage(config: pytest.Config) -> None:
                 check_writable_dir(opt, Path(config.getoption(opt)))
     except MedQAError as exc:
         raise pytest.UsageError(" ".join(str(exc).split())) from None
+
 
 def check_writable_dir(opt: str, root: Path) -> None:
     import tempfile

@@ -53,6 +53,7 @@ class RecordCollector:
             elif name == INLINE_RECORD_KEY:
                 self.inline.append((cast(CaseRecord, json.loads(str(value))), report.outcome))
 
+
 def first_line(longrepr: Any) -> str:
     """The reason a report gives, in one line: the ``E`` line of a traceback, else its last line."""
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
@@ -63,16 +64,16 @@ def first_line(longrepr: Any) -> str:
     err = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
     return " ".join((err[:1] or lines[-1:] or ["failed"])[0].split())[:300]
 
+
 def case_of(nodeid: str) -> str:
     """``test_medqa.py::test_case[llama-wikidoc]`` or ``clinic.toml::llama-wikidoc`` -> the case id."""
     if nodeid.endswith("]") and "[" in nodeid:
         return nodeid[nodeid.rindex("[") + 1:-1]
     return nodeid.rsplit("::", 1)[-1]
 
+
 COLLECTOR_KEY = pytest.StashKey[RecordCollector]()
 
-def records_seen(config: pytest.Config) -> list[tuple[str, str]]:
-    return config.stash[COLLECTOR_KEY].records
 
 def collected(config: pytest.Config) -> list[CaseRecord]:
     """Every record of this run, gathered once: the files the cases wrote, the records a full disk
@@ -106,6 +107,7 @@ def collected(config: pytest.Config) -> list[CaseRecord]:
     st.records = recs
     return recs
 
+
 def session_problem(config: pytest.Config, records: list[CaseRecord], where: str, exc: BaseException) -> None:
     """A step after the cases failed (disk full, a locked history, a broken baseline file): counted
     as a ``(session)`` error record, so the summary, history, exit code and alert all see it."""
@@ -116,6 +118,7 @@ def session_problem(config: pytest.Config, records: list[CaseRecord], where: str
     run_dir = run_state(config).run_dir
     records.append({**error_record(profile_or_name(config), "(session)", "(session)", run_dir, reason,
                                    case_id=f"session.{where}"), "outcome": "failed"})
+
 
 def judged_nothing(config: pytest.Config) -> str:
     """Why this run judged no case ('' when it judged one, or need not): every case it ran was

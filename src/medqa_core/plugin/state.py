@@ -16,8 +16,8 @@ from ..errors import MedQAError
 from ..results.record import BaselineFile, CaseRecord
 
 RECORD_KEY = "medqa_record"
-
 INLINE_RECORD_KEY = "medqa_record_inline"  # a record a full disk could not take, carried in the report
+
 
 @dataclass
 class RunState:
@@ -39,17 +39,22 @@ class RunState:
     records: list[CaseRecord] | None = None  # the session's records, gathered once at its end
     started: float = field(default_factory=time.time)  # run.toml's `started` (merge orders attempts by it)
 
+
 STATE_KEY = pytest.StashKey[RunState]()
+
 
 def run_state(config: pytest.Config) -> RunState:
     return config.stash[STATE_KEY]
 
+
 def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
 
 def active(config: pytest.Config) -> bool:
     """Whether this run uses medqa-bench (a profile is configured)."""
     return STATE_KEY in config.stash
+
 
 @dataclass(frozen=True)
 class Case:
@@ -62,11 +67,14 @@ class Case:
 
         return case_name(self.model, self.dataset)
 
+
 def cache_dir(config: pytest.Config) -> Path:
     return paths.cache_dir(config.getoption("--cache-dir"), config.rootpath)
 
+
 def history_path(config: pytest.Config) -> Path | None:
     return paths.history_file(config.getoption("--history"), cache_dir(config))
+
 
 def write_run_info(config: pytest.Config, exitstatus: int | None = None) -> None:
     """``run.toml`` in the run directory: the profile as given (a name, or a file's absolute path),
@@ -94,6 +102,7 @@ def write_run_info(config: pytest.Config, exitstatus: int | None = None) -> None
         "finished": round(time.time(), 3) if exitstatus is not None else None,
     })
 
+
 def active_profile(config: pytest.Config) -> Any:
     cached = run_state(config).profile
     if cached is None:
@@ -109,6 +118,7 @@ def active_profile(config: pytest.Config) -> Any:
         run_state(config).profile = cached
     return cached
 
+
 def check_data_env(profile: Any) -> None:
     """A ``MEDQA_DATA_<NAME>`` that names no dataset of the profile (a typo) would silently run on
     the fixtures: refuse it, listing the variables the profile reads."""
@@ -120,11 +130,13 @@ def check_data_env(profile: Any) -> None:
         raise ConfigError(f"environment {stray}: no dataset of profile {profile.name!r} reads it; "
                           f"the profile reads {sorted(known)}")
 
+
 def profile_or_name(config: pytest.Config) -> Any:
     try:
         return active_profile(config)
     except Exception:  # the profile itself may be what is broken
         return run_state(config).profile_ref
+
 
 def case_models(config: pytest.Config) -> dict[str, tuple[str, str]]:
     from ..specs import case_name

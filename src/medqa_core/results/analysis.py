@@ -68,10 +68,6 @@ class Analysis:
     aggregates: list[Aggregate]
     trends: Trends
 
-    @property
-    def failed(self) -> list[Aggregate]:
-        return [a for a in self.aggregates if not a.passed]
-
 
 def run_aggregates(records: Sequence[Mapping[str, Any]], settings: GateSettings) -> list[Aggregate]:
     """Family (per model) and suite verdicts recomputed from the records' checks
@@ -92,10 +88,11 @@ def run_trends(history: Any, case_ids: Sequence[str], profile_name: str | None, 
 
 
 def analyse_run(records: Sequence[Mapping[str, Any]], settings: GateSettings, history: Any = None,
-                profile_name: str | None = None, hardware_class: str | None = None) -> Analysis:
-    """The aggregates of ``records`` and, with a history, the trends of every case they hold."""
+                profile_name: str | None = None) -> Analysis:
+    """The aggregates of ``records`` and, with a history, the trends of every case they hold
+    (every hardware class's series)."""
     ids = [str(r["case_id"]) for r in records]
-    trends = run_trends(history, ids, profile_name, settings, hardware_class) if history is not None else {}
+    trends = run_trends(history, ids, profile_name, settings) if history is not None else {}
     return Analysis(run_aggregates(records, settings), trends)
 
 
