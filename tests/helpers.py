@@ -279,3 +279,14 @@ def bulk_history(path: Path, values: list[float], cases: tuple[str, ...] = ("lla
     return h
 
 
+
+
+def history_record(case_id: str = "llama-wikidoc", f1: float = 0.5) -> dict:
+    """A passing case record as the history stores it (tests/unit/test_history_lock.py,
+    test_history_retention.py)."""
+    model, dataset = case_id.split("-", 1)
+    return {"case_id": case_id, "model": model, "dataset": dataset,
+            "metrics": {**{m: 0.4 for m in METRICS}, "bert_f1": f1},
+            "resources": {"train_seconds": 10.0, "peak_mem_mib": 100.0},
+            "provenance": {"git_sha": "abc", "hardware": {"gpu": None}},
+            "verdict": {"status": "pass", "checks": []}, "outcome": "passed", "_path": "/x.json"}

@@ -14,20 +14,11 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from helpers import history_record
 
 from medqa_core.errors import MedQAError
-from medqa_core.metrics import METRICS
 from medqa_core.results.history import History, HistoryError, HistorySpooled
 from medqa_core.results.trend import case_trends
-
-
-def rec(case_id: str = "llama-wikidoc", f1: float = 0.5) -> dict:
-    model, dataset = case_id.split("-", 1)
-    return {"case_id": case_id, "model": model, "dataset": dataset,
-            "metrics": {**{m: 0.4 for m in METRICS}, "bert_f1": f1},
-            "resources": {"train_seconds": 10.0, "peak_mem_mib": 100.0},
-            "provenance": {"git_sha": "abc", "hardware": {"gpu": None}},
-            "verdict": {"status": "pass", "checks": []}, "outcome": "passed", "_path": "/x.json"}
 
 
 @contextmanager
@@ -72,11 +63,11 @@ def stored(path) -> list[str]:
 def test_locked_history_spools_the_run_within_the_deadline_and_replays_it_once(tmp_path, how):
     path = tmp_path / "history.sqlite"
     h = History(path, lock_timeout=0.5)
-    h.add_run("r1", "tiny", [rec(f1=0.5)])
+    h.add_run("r1", "tiny", [history_record(f1=0.5)])
     with locked(path, how):
         t = time.monotonic()
         with pytest.raises(HistorySpooled) as err:
-            h.add_run("r2", "tiny", [rec(f1=0.45)], {"exitstatus": 1})
+            h.add_run("r2", "tiny", [history_record(f1=0.45)], {"exitstatus": 1})
         took = time.monotonic() - t
         if how == "EXCLUSIVE":  # a trend read waits the same deadline and is a MedQAError too
             with pytest.raises(MedQAError, match="locked"):
@@ -91,42 +82,42 @@ def test_locked_history_spools_the_run_within_the_deadline_and_replays_it_once(t
     assert stored(path) == ["r1"] and h.spooled() == [spool]
 
     # the next session's add_run stores the spooled run first, then its own; the spool is emptied
-    assert h.add_run("r3", "tiny", [rec(f1=0.4)]) == 3
+    assert h.add_run("r3", "tiny", [history_record(f1=0.4)]) == 3
     assert stored(path) == ["r1", "r2", "r3"]
     assert not spool.exists() and h.spooled() == []
     assert h.run_meta(["r2"])["r2"] == {"exitstatus": 1}
     assert [r["metrics"]["bert_f1"] for r in h.records("r2")] == [0.45]
-    h.add_run("r4", "tiny", [rec(f1=0.4)])
+    h.add_run("r4", "tiny", [history_record(f1=0.4)])
     assert stored(path) == ["r1", "r2", "r3", "r4"]  # once
 
 
 def test_lock_timeout_comes_from_the_environment(tmp_path, monkeypatch):
     path = tmp_path / "history.sqlite"
-    History(path).add_run("r1", "tiny", [rec()])
+    History(path).add_run("r1", "tiny", [history_record()])
     monkeypatch.setenv("MEDQA_HISTORY_LOCK_TIMEOUT", "0.3")
     h = History(path)
     assert h.lock_timeout == 0.3
     with locked(path):
         t = time.monotonic()
         with pytest.raises(HistorySpooled, match="for 0.3 s"):
-            h.add_run("r2", "tiny", [rec()])
+            h.add_run("r2", "tiny", [history_record()])
         assert time.monotonic() - t < 2.5
     monkeypatch.setenv("MEDQA_HISTORY_LOCK_TIMEOUT", "soon")
     with pytest.raises(HistoryError, match="MEDQA_HISTORY_LOCK_TIMEOUT='soon'"):
-        History(path).add_run("r3", "tiny", [rec()])  # the constructor itself never raises
+        History(path).add_run("r3", "tiny", [history_record()])  # the constructor itself never raises
 
 
 def test_a_spooled_run_stored_before_its_file_was_removed_is_not_stored_twice(tmp_path):
     """A crash between the commit and the removal of the spool file: the file is still there."""
     path = tmp_path / "history.sqlite"
     h = History(path, lock_timeout=0.3)
-    h.add_run("r1", "tiny", [rec()])
+    h.add_run("r1", "tiny", [history_record()])
     with locked(path):
         with pytest.raises(HistorySpooled):
-            h.add_run("r2", "tiny", [rec()])
+            h.add_run("r2", "tiny", [history_record()])
     spool = h.spooled()[0]
     kept = spool.read_text()
-    h.add_run("r3", "tiny", [rec()])
+    h.add_run("r3", "tiny", [history_record()])
     spool.write_text(kept)  # as if the removal never happened
     assert h.replay_spool() == ["r2"]
     assert stored(path) == ["r1", "r2", "r3"] and h.spooled() == []
@@ -138,8 +129,8 @@ def test_the_same_run_spooled_then_added_again_is_stored_once(tmp_path):
     h.runs()  # the schema
     with locked(path):
         with pytest.raises(HistorySpooled):
-            h.add_run("r1", "tiny", [rec()])
-    assert h.add_run("r1", "tiny", [rec()]) == 1  # a retry of the same run: the spooled copy is it
+            h.add_run("r1", "tiny", [history_record()])
+    assert h.add_run("r1", "tiny", [history_record()]) == 1  # a retry of the same run: the spooled copy is it
     assert stored(path) == ["r1"]
 
 
@@ -149,7 +140,7 @@ def test_a_damaged_spool_file_is_set_aside_and_does_not_block_the_history(tmp_pa
     h.spool_dir.mkdir(parents=True)
     (h.spool_dir / "broken.json").write_text("{not json")
     (h.spool_dir / "empty.json").write_text(json.dumps({"run_id": "x", "profile": "tiny", "records": []}))
-    h.add_run("r1", "tiny", [rec()])
+    h.add_run("r1", "tiny", [history_record()])
     assert stored(path) == ["r1"] and h.spooled() == []
     assert sorted(p.name for p in h.spool_dir.iterdir()) == ["broken.json.bad", "empty.json.bad"]
     assert "broken.json cannot be stored" in caplog.text
@@ -162,13 +153,13 @@ def test_a_spool_that_cannot_be_written_is_still_one_medqa_error(tmp_path):
     h.spool_dir.write_text("a file where the spool directory would go")
     with locked(path):
         with pytest.raises(HistoryError, match="could not be spooled.*run r1 not stored") as err:
-            h.add_run("r1", "tiny", [rec()])
+            h.add_run("r1", "tiny", [history_record()])
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad", ["nan", "no_case_id", "not_a_dict"])
 def test_add_run_raises_nothing_but_medqa_errors(tmp_path, bad):
-    r: object = rec()
+    r: object = history_record()
     if bad == "nan":
         r["metrics"]["bert_f1"] = math.nan  # type: ignore[index]
     elif bad == "no_case_id":
@@ -186,7 +177,7 @@ def test_run_ids_that_are_not_file_names_spool_safely(tmp_path):
     h.runs()
     with locked(path):
         with pytest.raises(HistorySpooled) as err:
-            h.add_run("../../etc/x", "tiny", [rec()])
+            h.add_run("../../etc/x", "tiny", [history_record()])
     assert err.value.spool_file.parent == h.spool_dir and err.value.spool_file.name.startswith("_.._etc_x-")
     h.replay_spool()
     assert stored(path) == ["../../etc/x"]

@@ -5,21 +5,12 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from helpers import history_record
 
-from medqa_core.metrics import METRICS
 from medqa_core.results.history import History, HistoryError, ImportRun
 
 DAY = 86400.0
 NOW = 2_000_000_000.0
-
-
-def rec(case_id: str = "llama-wikidoc", f1: float = 0.5) -> dict:
-    model, dataset = case_id.split("-", 1)
-    return {"case_id": case_id, "model": model, "dataset": dataset,
-            "metrics": {**{m: 0.4 for m in METRICS}, "bert_f1": f1},
-            "resources": {"train_seconds": 10.0, "peak_mem_mib": 100.0},
-            "provenance": {"git_sha": "abc", "hardware": {"gpu": None}},
-            "verdict": {"status": "pass", "checks": []}, "outcome": "passed"}
 
 
 def counts(path) -> tuple[int, int, int]:
@@ -33,9 +24,9 @@ def counts(path) -> tuple[int, int, int]:
 def test_prune_keeps_the_newest_runs_of_each_profile(tmp_path):
     h = History(tmp_path / "h.sqlite")
     for i in range(6):
-        h.add_run(f"t{i}", "tiny", [rec(), rec("phi-wikidoc")], created=NOW - (6 - i) * DAY)
+        h.add_run(f"t{i}", "tiny", [history_record(), history_record("phi-wikidoc")], created=NOW - (6 - i) * DAY)
     for i in range(2):
-        h.add_run(f"p{i}", "paper", [rec()], created=NOW - 100 * DAY)  # old, but few: kept by keep_runs alone
+        h.add_run(f"p{i}", "paper", [history_record()], created=NOW - 100 * DAY)  # old, but few: kept by keep_runs alone
     res = h.prune(keep_runs=3)
     assert res.runs_removed == ["t0", "t1", "t2"] and res.cases_removed == 6 and res.groups_removed == []
     assert [r.run_id for r in h.runs()] == ["t3", "t4", "t5", "p0", "p1"]
@@ -46,7 +37,7 @@ def test_prune_keeps_the_newest_runs_of_each_profile(tmp_path):
 def test_prune_by_age_and_both_limits(tmp_path):
     h = History(tmp_path / "h.sqlite")
     for i in range(6):
-        h.add_run(f"t{i}", "tiny", [rec()], created=NOW - (6 - i) * 10 * DAY)  # 60, 50, ... 10 days old
+        h.add_run(f"t{i}", "tiny", [history_record()], created=NOW - (6 - i) * 10 * DAY)  # 60, 50, ... 10 days old
     assert h.prune(keep_days=35, now=NOW).runs_removed == ["t0", "t1", "t2"]
     assert h.prune(keep_runs=2, keep_days=35, now=NOW).runs_removed == ["t3"]  # every limit must keep a run
     assert [r.run_id for r in h.runs()] == ["t4", "t5"]
@@ -59,9 +50,9 @@ def test_prune_by_age_and_both_limits(tmp_path):
 def test_a_group_counts_as_one_run_and_goes_whole(tmp_path):
     h = History(tmp_path / "h.sqlite")
     for night in range(3):
-        h.merge(f"night-{night}", [ImportRun(f"n{night}-{fam}", "tiny", [rec(f"{fam}-wikidoc")], NOW + night * DAY + k,
+        h.merge(f"night-{night}", [ImportRun(f"n{night}-{fam}", "tiny", [history_record(f"{fam}-wikidoc")], NOW + night * DAY + k,
                                              f"/d/{fam}") for k, fam in enumerate(("llama", "phi"))])
-    h.add_run("solo", "tiny", [rec()], created=NOW + 5 * DAY)
+    h.add_run("solo", "tiny", [history_record()], created=NOW + 5 * DAY)
     assert [r.run_id for r in h.runs()] == ["night-0", "night-1", "night-2", "solo"]
     res = h.prune(keep_runs=2)
     assert res.groups_removed == ["night-0", "night-1"]
@@ -72,7 +63,7 @@ def test_a_group_counts_as_one_run_and_goes_whole(tmp_path):
 def test_only_prune_deletes(tmp_path):
     h = History(tmp_path / "h.sqlite")
     for i in range(3):
-        h.add_run(f"t{i}", "tiny", [rec()])
+        h.add_run(f"t{i}", "tiny", [history_record()])
     h.prune(keep_runs=1)
     con = sqlite3.connect(h.path)
     names = {r for (r,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
@@ -86,22 +77,22 @@ def test_only_prune_deletes(tmp_path):
 def test_retention_setting_prunes_after_every_stored_run(tmp_path, monkeypatch):
     h = History(tmp_path / "h.sqlite", keep_runs=3)
     for i in range(5):
-        h.add_run(f"t{i}", "tiny", [rec()])
+        h.add_run(f"t{i}", "tiny", [history_record()])
     assert [r.run_id for r in h.runs()] == ["t2", "t3", "t4"]
     monkeypatch.setenv("MEDQA_HISTORY_KEEP_RUNS", "2")
     env = History(tmp_path / "h.sqlite")
     assert env.retention() == (2, None)
-    env.add_run("t5", "tiny", [rec()])
+    env.add_run("t5", "tiny", [history_record()])
     assert [r.run_id for r in env.runs()] == ["t4", "t5"]
     monkeypatch.setenv("MEDQA_HISTORY_KEEP_DAYS", "-3")
     with pytest.raises(HistoryError, match="MEDQA_HISTORY_KEEP_DAYS='-3'"):
-        History(tmp_path / "h.sqlite").add_run("t6", "tiny", [rec()])
+        History(tmp_path / "h.sqlite").add_run("t6", "tiny", [history_record()])
     assert [r.run_id for r in env.runs()] == ["t4", "t5"]  # a bad setting stores nothing
 
 
 def test_vacuum_returns_the_space(tmp_path):
     h = History(tmp_path / "h.sqlite")
-    big = rec()
+    big = history_record()
     big["runs"] = [{"per_example": {"bert_f1": [0.5] * 5000}}]
     for i in range(20):
         h.add_run(f"t{i}", "tiny", [big])
