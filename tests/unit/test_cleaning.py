@@ -1,5 +1,6 @@
 """Cleaning rules (medqa_core.data.cleaning): one test per rule, on the rule alone and through the
-loader, where the per-rule counts land in the load stats."""
+loader, where the per-rule counts land in the load stats; and the linear-time engine that runs the
+rules (RULES) against their definition, the plain regexes of cleaning.SPEC (apply_spec)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medqa_core.data.cleaning import RULES, clean_row
+from medqa_core.data._cleaning_engine import ENGINE
+from medqa_core.data.cleaning import RULES, SPEC, apply_spec, clean_row
 from medqa_core.data.datasets import load_examples
 from medqa_core.specs import DatasetSpec
 
@@ -161,52 +163,28 @@ def test_length_caps_drop_and_count(tmp_path, field, cap, dropped):
     assert all(len(getattr(e, limit_field)) <= cap for e in examples)
 
 
-# ---------------------------------------------------------------- against a plain-regex reference
-# The rules' definition: plain regular expressions, each applied with re.sub(count=1) until the
-# text stops changing. Simple, and fine on short texts, but quadratic (sign-offs after many
-# newlines) or exponential (greetings with many addressees) on adversarial ones.
+# ---------------------------------------------------------------- against the plain-regex definition
+# The rules' definition is cleaning.SPEC: plain regular expressions, each applied with
+# re.sub(count=1) until the text stops changing (cleaning.apply_spec). Simple, and fine on short
+# texts, but quadratic (sign-offs after many newlines) or exponential (greetings with many
+# addressees) on adversarial ones; RULES run the engine, which must give the same results.
 
-_RF = re.IGNORECASE
-_R_SAL = r"(?:hi|hello|hey|hii+|greetings|good (?:morning|afternoon|evening)|dear|respected)"
-_R_ADDR = r"(?:\s+(?:there|all|doctor|doc|sir|madam|ma'am|team|dr\.?\s*[a-z]+(?:\s+[a-z]+)?))*"
-_R_SENT = r"[^.!?\n]*[.!?]+"
-_R_START = r"(?:^|(?<=[.!?\n]))\s*"
-_R_WISH = r"(?:take care(?: of yourself)?|best wishes|all the best|good luck|get well soon|stay (?:safe|healthy|well))"
-REFERENCE = {name: [re.compile(p, _RF) for p in patterns] for name, patterns in {
-    "question_prefix": [r"^\s*(?:q|question)\s*[.:)]\s*"],
-    "question_greeting": [rf"^\s*{_R_SAL}{_R_ADDR}\s*[,.!:]+\s*"],
-    "answer_greeting": [
-        rf"^\s*{_R_SAL}{_R_ADDR}\s*[,.!:]+\s*",
-        r"^\s*(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*",
-        rf"^\s*(?:thanks?|thank you)(?:\s+(?:a lot|so much|very much))?\s+for\b{_R_SENT}\s*",
-        rf"^\s*(?:{_R_SAL}\s*,?\s*)?(?:and\s+)?welcome\s+(?:to|back){_R_SENT}\s*",
-        rf"^\s*i\s+(?:have\s+)?(?:gone|went|read|go)\s+(?:through\s+)?(?:your|the)\s+(?:query|question|post|history|message){_R_SENT}\s*",
-        rf"^\s*i\s+(?:can\s+)?understand\s+your\s+concerns?{_R_SENT}\s*",
-    ],
-    "answer_signoff": [
-        rf"{_R_START}(?:for\s+(?:more|further)\s+information\s+)?consult\s+an?\s+[^.!?\n]{{0,80}}online\s*-*>+\s*\S+\s*$",
-        rf"{_R_START}(?:thanks?\s+and\s+|with\s+|best\s+|kind\s+|warm\s+)?regards\b[^\n]{{0,60}}$",
-        rf"{_R_START}(?:dr|doctor)\.?\s+[a-z][a-z.]*(?:\s+[a-z][a-z.]*){{0,3}}\s*\.?\s*$",
-        rf"{_R_START}hope\s+(?:this|that|it|i|my|the)\b[^.!?\n]{{0,120}}[.!]*\s*$",
-        rf"{_R_START}(?:let me know|feel free|do not hesitate|don't hesitate)\b[^.!?\n]{{0,120}}[.!]*\s*$",
-        rf"{_R_START}{_R_WISH}(?:\s*(?:,|and)\s*{_R_WISH})*\s*[.!]*\s*$",
-        rf"{_R_START}wish(?:ing)?\s+you\b[^.!?\n]{{0,80}}[.!]*\s*$",
-        rf"{_R_START}thanks?(?:\s+you)?(?:\s+for\s+(?:using|choosing|contacting|asking|writing)\b[^.!?\n]{{0,60}})?[.!]*\s*$",
-    ],
-}.items()}
+def test_every_rule_in_the_table_is_implemented_by_the_engine_and_vice_versa():
+    assert set(SPEC) == set(ENGINE) == set(RULES)
+    for name, spec in SPEC.items():
+        assert RULES[name].apply is ENGINE[name], name
+        assert (RULES[name].field, RULES[name].doc) == (spec.field, spec.doc), name
 
 
-def reference(rule: str, text: str) -> str:
-    original = text = text.strip()
-    while True:
-        before = text
-        for p in REFERENCE[rule]:
-            text = p.sub("", text, count=1).strip()
-        if text == before:
-            break
-    if text != original and text[:1].islower():
-        text = text[0].upper() + text[1:]
-    return text
+def test_the_table_is_well_formed():
+    """Each rule rewrites the question or the answer and has patterns; each pattern compiles and
+    says in one line what it strips."""
+    for name, spec in SPEC.items():
+        assert spec.field in ("question", "answer"), name
+        assert spec.patterns and spec.doc and "\n" not in spec.doc, name
+        for p in spec.patterns:
+            re.compile(p.regex, re.IGNORECASE)
+            assert p.strips.strip() and "\n" not in p.strips, (name, p.regex)
 
 
 @pytest.mark.parametrize("rule, text", [
@@ -227,19 +205,43 @@ def reference(rule: str, text: str) -> str:
     ("answer_signoff", "Rest? Hope this helps! Hope it helps. Let me know."),
 ])
 def test_rules_match_reference_on_edge_cases(rule, text):
-    assert apply(rule, text) == reference(rule, text)
+    assert apply(rule, text) == apply_spec(rule, text)
+
+
+def quoted_examples(strips: str) -> list[str]:
+    return re.findall(r"'([^']+)'", strips)
+
+
+def test_each_pattern_strips_the_examples_its_line_quotes():
+    """The table's lines stay true: every pattern quotes examples, and strips each one whole, as
+    do its rule by the definition and the engine. The examples join the fragments below, so the
+    property tests exercise every pattern."""
+    for name, spec in SPEC.items():
+        for p in spec.patterns:
+            assert quoted_examples(p.strips), (name, p.strips)
+            for example in quoted_examples(p.strips):
+                assert re.sub(p.regex, "", example, count=1, flags=re.IGNORECASE) == "", (name, example)
+                assert apply_spec(name, example) == apply(name, example) == "", (name, example)
+
+
+def examples_of(*rules: str) -> list[str]:
+    return [ex for rule in rules for p in SPEC[rule].patterns for ex in quoted_examples(p.strips)]
 
 
 _OPENERS = ["Hi", "Hello doctor,", "hi dr. ann lee,", "Dear sir:", "Hii,", "Good morning team!", "Q.", "Question:",
             "Thanks for your query.", "Thank you so much for asking.", "Hello and welcome to Chat Doctor.",
-            "I have gone through your query.", "I understand your concern.", "Hi Mary,", "Dear John!", "hey there"]
+            "I have gone through your query.", "I understand your concern.", "Hi Mary,", "Dear John!", "hey there",
+            *examples_of("question_prefix", "question_greeting", "answer_greeting")]
 _BODY = ["It is gout.", "rest and ice", "Drink water.", "Take care to avoid sun.", "Is it serious?", "see a dr soon",
          "Thanks to the vaccine, you are fine.", "Hope is good", "all the best tests", "1 tab daily!"]
 _SIGNOFFS = ["Hope this helps.", "hope it helps you!", "Regards Dr. John Smith", "Thanks and regards,\nDr. Ann Lee.",
              "With regards", "Dr. Ray", "doctor j.r. smith .", "Let me know if I can assist you further.",
              "Do not hesitate to ask.", "Take care.", "take care of yourself, good luck and get well soon!", "Stay safe",
              "Wishing you good health.", "wish you well", "Thanks for using Chat Doctor.", "Thank you!", "thanks",
-             "For more information consult a neurologist online --> https://example.org/ask", "consult an ENT online ->x"]
+             "For more information consult a neurologist online --> https://example.org/ask", "consult an ENT online ->x",
+             "Regards, Dr. Ann Lee, MBBS, MD, Consultant Physician, Pune, IN",  # 55 characters after "regards"
+             "Warm regards, Dr. Ann Lee, MBBS, MD, Consultant Physician, City Hospital, Pune",  # 66: too many
+             *examples_of("answer_signoff")]
 _SEPARATORS = [" ", "  ", "\n", "\n\n", ". ", "! ", "? ", ", ", "\t", "", " \n "]
 FRAGMENTS = _OPENERS + _BODY + _SIGNOFFS
 
@@ -259,14 +261,14 @@ def normal_texts(draw):
 @settings(max_examples=300, deadline=None)
 def test_property_rules_match_reference_on_normal_texts(text):
     for rule in RULES:
-        assert apply(rule, text) == reference(rule, text), rule
+        assert apply(rule, text) == apply_spec(rule, text), rule
 
 
 @given(st.text(alphabet="adehiknoprstuy .,!?:\n->'\u212a", max_size=40))
 @settings(max_examples=300, deadline=None)
 def test_property_rules_match_reference_on_short_random_texts(text):
     for rule in RULES:
-        assert apply(rule, text) == reference(rule, text), rule
+        assert apply(rule, text) == apply_spec(rule, text), rule
 
 
 # ---------------------------------------------------------------- time is linear in the length

@@ -36,7 +36,8 @@ from ._cleaning_engine import ENGINE
 @dataclass(frozen=True)
 class Pattern:
     """One plain pattern of a rule: a regular expression, matched case-insensitively, and a
-    line saying what it strips."""
+    line saying what it strips, with examples in single quotes (each of which the pattern strips
+    whole; tests/unit/test_cleaning.py checks that)."""
 
     regex: str
     strips: str
@@ -94,7 +95,7 @@ SPEC: dict[str, RuleSpec] = {
         Pattern(rf"{_SENTENCE_START}(?:thanks?\s+and\s+|with\s+|best\s+|kind\s+|warm\s+)?regards\b[^\n]{{0,60}}$",
                 "a trailing 'Regards', 'Thanks and regards, Dr. X' (up to 60 more characters on its line)"),
         Pattern(rf"{_SENTENCE_START}(?:dr|doctor)\.?\s+[a-z][a-z.]*(?:\s+[a-z][a-z.]*){{0,3}}\s*\.?\s*$",
-                "a trailing doctor's name: 'Dr. Ray', 'Dr. John A. Smith' (one to four words)"),
+                "a trailing signature: 'Dr. Ray', 'Dr. John A. Smith' (the title and one to four words)"),
         Pattern(rf"{_SENTENCE_START}hope\s+(?:this|that|it|i|my|the)\b[^.!?\n]{{0,120}}[.!]*\s*$",
                 "a trailing 'Hope this helps.' / 'Hope I have answered your query.' sentence"),
         Pattern(rf"{_SENTENCE_START}(?:let me know|feel free|do not hesitate|don't hesitate)\b[^.!?\n]{{0,120}}"
