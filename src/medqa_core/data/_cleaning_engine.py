@@ -21,6 +21,7 @@ exponential, so the engine never runs them whole and never searches the whole te
 
 The matchers of each rule are tried in the order of that rule's patterns in ``SPEC``.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,8 +72,10 @@ _Q_PREFIX = [_regex(r"(?:q|question)\s*[.:)]\s*")]
 
 _SALUTATION = r"(?:hi|hello|hey|hii+|greetings|good (?:morning|afternoon|evening)|dear|respected)"
 # The salutation's alternatives in the regex's order; ``hii+`` only ever works at its longest.
-_SAL_ALTS = [re.compile(p, _F) for p in
-             ("hi", "hello", "hey", "hii+", "greetings", "good (?:morning|afternoon|evening)", "dear", "respected")]
+_SAL_ALTS = [
+    re.compile(p, _F)
+    for p in ("hi", "hello", "hey", "hii+", "greetings", "good (?:morning|afternoon|evening)", "dear", "respected")
+]
 # An addressee after the salutation, each after whitespace, in the regex's order:
 #   there|all|doctor|doc|sir|madam|ma'am|team|dr\.?\s*[a-z]+(?:\s+[a-z]+)?
 _ADDR_WORDS = [re.compile(w, _F) for w in ("there", "all", "doctor", "doc", "sir", "madam", "ma'am", "team")]
@@ -144,7 +147,9 @@ _A_GREETING = [
     _regex(r"(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*"),  # "Hi Mary," / "Dear John,"
     _regex(rf"(?:thanks?|thank you)(?:\s++(?:a lot|so much|very much))?\s++for\b{_SENT}\s*"),
     _regex(rf"(?:{_SALUTATION}\s*+,?\s*+)?(?:and\s++)?welcome\s++(?:to|back){_SENT}\s*"),
-    _regex(rf"i\s++(?:have\s++)?(?:gone|went|read|go)\s++(?:through\s++)?(?:your|the)\s++(?:query|question|post|history|message){_SENT}\s*"),
+    _regex(
+        rf"i\s++(?:have\s++)?(?:gone|went|read|go)\s++(?:through\s++)?(?:your|the)\s++(?:query|question|post|history|message){_SENT}\s*"
+    ),
     _regex(rf"i\s++(?:can\s++)?understand\s++your\s++concerns?{_SENT}\s*"),
 ]
 
@@ -379,7 +384,8 @@ def _find_let_me_know(t: _Text, e: int) -> int | None:
 
 
 _WISH_REV = re.compile(  # one wish, read backwards from its end
-    r"(?:flesruoy fo )?erac ekat|sehsiw tseb|tseb eht lla|kcul doog|noos llew teg|(?:efas|yhtlaeh|llew) yats", _F)
+    r"(?:flesruoy fo )?erac ekat|sehsiw tseb|tseb eht lla|kcul doog|noos llew teg|(?:efas|yhtlaeh|llew) yats", _F
+)
 
 
 def _wish_at(t: _Text, j: int) -> int | None:
@@ -469,8 +475,7 @@ def _find_thanks(t: _Text, e: int) -> int | None:
     return b if b is not None and t.valid("thanks", b, e) else None
 
 
-_SIGNOFFS = (_find_consult, _find_regards, _find_dr, _find_hope, _find_let_me_know, _find_wish_list,
-             _find_wish_you, _find_thanks)
+_SIGNOFFS = (_find_consult, _find_regards, _find_dr, _find_hope, _find_let_me_know, _find_wish_list, _find_wish_you, _find_thanks)
 
 
 def _strip_signoffs(text: str) -> str:

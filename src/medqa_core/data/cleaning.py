@@ -23,6 +23,7 @@ whose normalised question equals an earlier row's (dedup), and the leak check
 question's. Both use this one function, so a punctuation or spacing variant that survived dedup
 can never show up as an "exact" leak.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,51 +65,99 @@ _SENTENCE_START = r"(?:^|(?<=[.!?\n]))\s*"
 _WISH = r"(?:take care(?: of yourself)?|best wishes|all the best|good luck|get well soon|stay (?:safe|healthy|well))"
 
 SPEC: dict[str, RuleSpec] = {
-    "question_prefix": RuleSpec("question", "leading 'Q.' / 'Question:'", (
-        Pattern(r"^\s*(?:q|question)\s*[.:)]\s*",
-                "a leading 'Q.', 'Q:', 'Q)' or 'Question:' (AI Medical Chatbot titles)"),
-    )),
-    "question_greeting": RuleSpec("question", "leading 'Hi doctor,' / 'Hello,'", (
-        Pattern(rf"^\s*{_SALUTATION}{_ADDRESSEES}\s*[,.!:]+\s*",
-                "a leading greeting to the doctor: 'Hi doctor,', 'Hello,', 'Dear sir,', 'Good morning Dr. Lee:'"),
-    )),
-    "answer_greeting": RuleSpec("answer", "leading greetings and 'thanks for your query'", (
-        Pattern(rf"^\s*{_SALUTATION}{_ADDRESSEES}\s*[,.!:]+\s*",
-                "a leading greeting: 'Hi,', 'Hello there!', 'Dear sir,'"),
-        Pattern(r"^\s*(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*",
-                "a leading greeting with a name: 'Hi Mary,', 'Dear John!'"),
-        Pattern(rf"^\s*(?:thanks?|thank you)(?:\s+(?:a lot|so much|very much))?\s+for\b{_REST_OF_SENTENCE}\s*",
-                "a leading thank-you sentence: 'Thanks for your query.', 'Thank you so much for asking.'"),
-        Pattern(rf"^\s*(?:{_SALUTATION}\s*,?\s*)?(?:and\s+)?welcome\s+(?:to|back){_REST_OF_SENTENCE}\s*",
-                "a leading welcome sentence: 'Welcome to Chat Doctor.', 'Hello and welcome back.'"),
-        Pattern(rf"^\s*i\s+(?:have\s+)?(?:gone|went|read|go)\s+(?:through\s+)?(?:your|the)\s+"
+    "question_prefix": RuleSpec(
+        "question",
+        "leading 'Q.' / 'Question:'",
+        (
+            Pattern(
+                r"^\s*(?:q|question)\s*[.:)]\s*",
+                "a leading 'Q.', 'Q:', 'Q)' or 'Question:' (AI Medical Chatbot titles)",
+            ),
+        ),
+    ),
+    "question_greeting": RuleSpec(
+        "question",
+        "leading 'Hi doctor,' / 'Hello,'",
+        (
+            Pattern(
+                rf"^\s*{_SALUTATION}{_ADDRESSEES}\s*[,.!:]+\s*",
+                "a leading greeting to the doctor: 'Hi doctor,', 'Hello,', 'Dear sir,', 'Good morning Dr. Lee:'",
+            ),
+        ),
+    ),
+    "answer_greeting": RuleSpec(
+        "answer",
+        "leading greetings and 'thanks for your query'",
+        (
+            Pattern(
+                rf"^\s*{_SALUTATION}{_ADDRESSEES}\s*[,.!:]+\s*",
+                "a leading greeting: 'Hi,', 'Hello there!', 'Dear sir,'",
+            ),
+            Pattern(
+                r"^\s*(?:hi|hello|dear)\s+[a-z]+\s*[,!]\s*",
+                "a leading greeting with a name: 'Hi Mary,', 'Dear John!'",
+            ),
+            Pattern(
+                rf"^\s*(?:thanks?|thank you)(?:\s+(?:a lot|so much|very much))?\s+for\b{_REST_OF_SENTENCE}\s*",
+                "a leading thank-you sentence: 'Thanks for your query.', 'Thank you so much for asking.'",
+            ),
+            Pattern(
+                rf"^\s*(?:{_SALUTATION}\s*,?\s*)?(?:and\s+)?welcome\s+(?:to|back){_REST_OF_SENTENCE}\s*",
+                "a leading welcome sentence: 'Welcome to Chat Doctor.', 'Hello and welcome back.'",
+            ),
+            Pattern(
+                rf"^\s*i\s+(?:have\s+)?(?:gone|went|read|go)\s+(?:through\s+)?(?:your|the)\s+"
                 rf"(?:query|question|post|history|message){_REST_OF_SENTENCE}\s*",
-                "a leading 'I have gone through your query.' / 'I read the history.' sentence"),
-        Pattern(rf"^\s*i\s+(?:can\s+)?understand\s+your\s+concerns?{_REST_OF_SENTENCE}\s*",
-                "a leading 'I understand your concern.' / 'I can understand your concerns ...' sentence"),
-    )),
+                "a leading 'I have gone through your query.' / 'I read the history.' sentence",
+            ),
+            Pattern(
+                rf"^\s*i\s+(?:can\s+)?understand\s+your\s+concerns?{_REST_OF_SENTENCE}\s*",
+                "a leading 'I understand your concern.' / 'I can understand your concerns ...' sentence",
+            ),
+        ),
+    ),
     # Each sign-off runs to the end of the text and starts a sentence.
-    "answer_signoff": RuleSpec("answer", "trailing 'Regards Dr. X', 'Hope this helps'", (
-        Pattern(rf"{_SENTENCE_START}(?:for\s+(?:more|further)\s+information\s+)?consult\s+an?\s+[^.!?\n]{{0,80}}"
+    "answer_signoff": RuleSpec(
+        "answer",
+        "trailing 'Regards Dr. X', 'Hope this helps'",
+        (
+            Pattern(
+                rf"{_SENTENCE_START}(?:for\s+(?:more|further)\s+information\s+)?consult\s+an?\s+[^.!?\n]{{0,80}}"
                 r"online\s*-*>+\s*\S+\s*$",
-                "a trailing 'For more information consult a neurologist online --> <link>'"),
-        Pattern(rf"{_SENTENCE_START}(?:thanks?\s+and\s+|with\s+|best\s+|kind\s+|warm\s+)?regards\b[^\n]{{0,60}}$",
-                "a trailing 'Regards', 'Thanks and regards, Dr. X' (up to 60 more characters on its line)"),
-        Pattern(rf"{_SENTENCE_START}(?:dr|doctor)\.?\s+[a-z][a-z.]*(?:\s+[a-z][a-z.]*){{0,3}}\s*\.?\s*$",
-                "a trailing signature: 'Dr. Ray', 'Dr. John A. Smith' (the title and one to four words)"),
-        Pattern(rf"{_SENTENCE_START}hope\s+(?:this|that|it|i|my|the)\b[^.!?\n]{{0,120}}[.!]*\s*$",
-                "a trailing 'Hope this helps.' / 'Hope I have answered your query.' sentence"),
-        Pattern(rf"{_SENTENCE_START}(?:let me know|feel free|do not hesitate|don't hesitate)\b[^.!?\n]{{0,120}}"
+                "a trailing 'For more information consult a neurologist online --> <link>'",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}(?:thanks?\s+and\s+|with\s+|best\s+|kind\s+|warm\s+)?regards\b[^\n]{{0,60}}$",
+                "a trailing 'Regards', 'Thanks and regards, Dr. X' (up to 60 more characters on its line)",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}(?:dr|doctor)\.?\s+[a-z][a-z.]*(?:\s+[a-z][a-z.]*){{0,3}}\s*\.?\s*$",
+                "a trailing signature: 'Dr. Ray', 'Dr. John A. Smith' (the title and one to four words)",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}hope\s+(?:this|that|it|i|my|the)\b[^.!?\n]{{0,120}}[.!]*\s*$",
+                "a trailing 'Hope this helps.' / 'Hope I have answered your query.' sentence",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}(?:let me know|feel free|do not hesitate|don't hesitate)\b[^.!?\n]{{0,120}}"
                 r"[.!]*\s*$",
-                "a trailing 'Let me know if I can assist you further.' / 'Feel free to ask.' sentence"),
-        Pattern(rf"{_SENTENCE_START}{_WISH}(?:\s*(?:,|and)\s*{_WISH})*\s*[.!]*\s*$",
-                "trailing wishes: 'Take care.', 'Take care of yourself, good luck and get well soon!'"),
-        Pattern(rf"{_SENTENCE_START}wish(?:ing)?\s+you\b[^.!?\n]{{0,80}}[.!]*\s*$",
-                "a trailing 'Wishing you good health.' / 'Wish you well.' sentence"),
-        Pattern(rf"{_SENTENCE_START}thanks?(?:\s+you)?(?:\s+for\s+(?:using|choosing|contacting|asking|writing)\b"
+                "a trailing 'Let me know if I can assist you further.' / 'Feel free to ask.' sentence",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}{_WISH}(?:\s*(?:,|and)\s*{_WISH})*\s*[.!]*\s*$",
+                "trailing wishes: 'Take care.', 'Take care of yourself, good luck and get well soon!'",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}wish(?:ing)?\s+you\b[^.!?\n]{{0,80}}[.!]*\s*$",
+                "a trailing 'Wishing you good health.' / 'Wish you well.' sentence",
+            ),
+            Pattern(
+                rf"{_SENTENCE_START}thanks?(?:\s+you)?(?:\s+for\s+(?:using|choosing|contacting|asking|writing)\b"
                 r"[^.!?\n]{0,60})?[.!]*\s*$",
-                "a trailing 'Thanks.', 'Thank you!' or 'Thanks for using Chat Doctor.'"),
-    )),
+                "a trailing 'Thanks.', 'Thank you!' or 'Thanks for using Chat Doctor.'",
+            ),
+        ),
+    ),
 }
 
 
@@ -144,9 +193,7 @@ class Rule:
 RULES: dict[str, Rule] = {name: Rule(spec.field, ENGINE[name], spec.doc) for name, spec in SPEC.items()}
 
 
-def clean_row(
-    question_parts: list[str], answer: str, rules: tuple[str, ...], counts: dict[str, int]
-) -> tuple[list[str], str]:
+def clean_row(question_parts: list[str], answer: str, rules: tuple[str, ...], counts: dict[str, int]) -> tuple[list[str], str]:
     """Apply ``rules`` in order (question rules to each question column separately);
     ``counts[rule]`` += 1 for each rule that changed this row."""
     parts, answer = [p.strip() for p in question_parts], answer.strip()
