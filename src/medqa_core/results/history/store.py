@@ -1,16 +1,14 @@
-"""Append-only run history in SQLite: one row per run, one row per case result.
+"""The history's SQLite store: one row per run, one row per case result, append-only.
 
 Default location ``<cache dir>/history.sqlite`` (``--history PATH`` / ``MEDQA_HISTORY``). Rows are
 only ever inserted: triggers make UPDATE and DELETE fail, so a nightly series can be trusted
 as it was written. A run is added by the pytest controller at the end of a session with the
 case records it collected (the same JSON records that sit in the run directory).
 
-Run groups (``medqa-bench merge``, docs/multi-runner.md): the runs of one night that ran on
-several machines (one matrix job per model family) are imported under one group id. Every run
-keeps its own row, records, provenance and hardware class; the group only says which runs
-form one logical run. Listing, ``latest``, reports and trends show a group as one run; a run
-that belongs to a group is not listed on its own. Within a group, the newest attempt of a case
-(by recorded time, then storage order) stands for the group.
+Run groups (``medqa-bench merge``, :meth:`History.merge`): what a group is and how it reads as
+one run (listing, ``latest``, a group's records, a case's rows, retention) are the rules of
+:mod:`.groups`; this module stores the groups (the ``run_groups`` table) and applies those rules
+to what it reads.
 
 Retention (:meth:`History.prune`, docs/history-and-reports.md): rows leave the history only
 through an explicit prune, ``keep_runs`` newest runs per profile and/or ``keep_days`` days; a
@@ -39,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import MedQAError
-from ..metrics import registry
-from .record import CaseRecord
+from ...errors import MedQAError
+from ..record import CaseRecord
+from .groups import FIRST_GROUP, RunRow, fold, newest_attempts, newest_per_label, read_groups, retired
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,25 +129,6 @@ def _is_lock_error(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class RunRow:
-    """One stored run, or one run group shown as a run (``members`` = its runs' ids; then
-    ``seq`` is the newest member's, ``created`` the oldest member's, and ``git_sha`` and
-    ``hardware_class`` list the members' distinct values joined by ``+``)."""
-
-    seq: int
-    run_id: str
-    created: float
-    profile: str
-    git_sha: str | None
-    hardware_class: str | None
-    members: tuple[str, ...] = ()
-
-    @property
-    def is_group(self) -> bool:
-        return bool(self.members)
-
-
-@dataclass(frozen=True)
 class ImportRun:
     """A run to import into a group (:meth:`History.merge`): its id (the run directory's name),
     profile, case records (each may carry ``_path``, the file it was read from, for errors)."""
@@ -191,7 +170,7 @@ def comparable(record: CaseRecord) -> dict[str, Any]:
 def outcome_of(record: CaseRecord) -> str:
     """The pytest outcome of a record read from a run directory (the file does not hold it):
     the one stored with it, else ``failed`` for a failing verdict (gate.FAILING) and ``passed``."""
-    from ..gate import FAILING
+    from ...gate import FAILING
 
     if record.get("outcome"):
         return str(record["outcome"])
@@ -200,7 +179,7 @@ def outcome_of(record: CaseRecord) -> str:
 
 def record_hardware_class(record: Mapping[str, Any], fallback: str | None = None) -> str | None:
     """The hardware class the record was measured on (its own provenance), else ``fallback``."""
-    from ..resources import recorded_hardware_class
+    from ...resources import recorded_hardware_class
 
     hw = (record.get("provenance") or {}).get("hardware")
     return recorded_hardware_class(hw) if isinstance(hw, dict) and hw else fallback
@@ -243,7 +222,7 @@ def _strip(record: CaseRecord) -> dict[str, Any]:
 def _insert_run(con: sqlite3.Connection, run_id: str, profile: str, records: list[dict[str, Any]],
                 meta: dict[str, Any], created: float) -> int:
     """Insert one run and its case rows (inside the caller's transaction); its sequence number."""
-    from ..resources import recorded_hardware_class
+    from ...resources import recorded_hardware_class
 
     prov = records[0].get("provenance") or {}
     hw = prov.get("hardware") or {}
@@ -528,34 +507,15 @@ class History:
             q, args = q + " WHERE profile = ?", (profile,)
         with self._open() as con:
             rows = [RunRow(*row) for row in con.execute(q + " ORDER BY seq", args)]
-            groups = self._groups(con)
+            groups = read_groups(con)
         if not grouped or not groups:
             return rows
-        by_id = {r.run_id: r for r in rows}
-        grouped_ids = {rid for members in groups.values() for rid in members}
-        out = [r for r in rows if r.run_id not in grouped_ids]
-        for gid, members in groups.items():
-            mem = [by_id[m] for m in members if m in by_id]  # members of another profile are filtered out
-            if not mem:
-                continue
-            mem.sort(key=lambda r: r.seq)
-            out.append(RunRow(seq=mem[-1].seq, run_id=gid, created=min(r.created for r in mem), profile=mem[0].profile,
-                              git_sha=_joined(r.git_sha for r in mem), hardware_class=_joined(r.hardware_class for r in mem),
-                              members=tuple(r.run_id for r in mem)))
-        return sorted(out, key=lambda r: (r.seq, r.is_group, r.run_id))
-
-    @staticmethod
-    def _groups(con: sqlite3.Connection) -> dict[str, list[str]]:
-        """group id -> member run ids (in the order they joined)."""
-        out: dict[str, list[str]] = {}
-        for gid, rid in con.execute("SELECT group_id, run_id FROM run_groups ORDER BY added, rowid"):
-            out.setdefault(gid, []).append(rid)
-        return out
+        return fold(rows, groups)
 
     def groups(self) -> dict[str, list[str]]:
         """Every run group: group id -> its member run ids."""
         with self._open() as con:
-            return self._groups(con)
+            return read_groups(con)
 
     def run_meta(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored meta of runs (``exitstatus`` of a pytest session, ``source`` of an import, ...)."""
@@ -597,7 +557,7 @@ class History:
         in the group counts once, from the newest attempt: latest recorded time, then the
         latest stored)."""
         with self._open() as con:
-            members = self._groups(con).get(run_id)
+            members = read_groups(con).get(run_id)
             if members is None:
                 rows = con.execute("SELECT record, outcome FROM cases WHERE run_id = ? ORDER BY case_id", (run_id,)).fetchall()
             else:
@@ -605,8 +565,7 @@ class History:
                 rows = con.execute(f"SELECT cases.record, cases.outcome, cases.case_id FROM cases JOIN runs "
                                    f"ON runs.run_id = cases.run_id WHERE cases.run_id IN ({marks}) "
                                    "ORDER BY runs.created, runs.seq", members).fetchall()
-                newest = {cid: (rec, outcome) for rec, outcome, cid in rows}  # later attempts overwrite earlier ones
-                rows = [newest[cid] for cid in sorted(newest)]
+                rows = newest_attempts((cid, (rec, outcome)) for rec, outcome, cid in rows)
         out = []
         for rec, outcome in rows:
             r = json.loads(rec)
@@ -635,9 +594,7 @@ class History:
                      lean: bool) -> list[tuple[str, str | None, dict[str, Any]]]:
         rec_col = ("json_extract(cases.record, " + ", ".join(f"'$.{p}'" for p in LEAN_PATHS) + ")" if lean
                    else "cases.record")
-        group_col = ("(SELECT g.group_id FROM run_groups g WHERE g.run_id = runs.run_id "
-                     "ORDER BY g.added, g.rowid LIMIT 1)")
-        cols = f"runs.seq, runs.run_id, runs.hardware_class, runs.created, {rec_col}, {group_col}"
+        cols = f"runs.seq, runs.run_id, runs.hardware_class, runs.created, {rec_col}, {FIRST_GROUP}"
         where = "cases.case_id = ?" + (" AND runs.profile = ?" if profile else "")
         args: list[Any] = [case_id, *([profile] if profile else [])]
         if last is not None:  # pick the newest rows by their keys first, then read only their records
@@ -649,22 +606,12 @@ class History:
             q = f"SELECT {cols} FROM cases JOIN runs ON runs.run_id = cases.run_id WHERE {where} ORDER BY runs.seq"
         with self._open() as con:
             rows = con.execute(q, args).fetchall()
-        out: list[tuple[str, str | None, dict[str, Any]] | None] = []
-        where_at: dict[str, tuple[int, tuple[float, int]]] = {}
+        found = []
         for seq, run_id, hw_class, created, rec, group in rows:
             label = group or run_id
             r = _lean(rec) if lean else json.loads(rec)
-            row = (label, record_hardware_class(r, hw_class), r)
-            key = (float(created), int(seq))
-            if label in where_at:  # the same case again in one group: the newest attempt stands for it
-                i, old_key = where_at[label]
-                old = out[i]
-                out[i] = None
-                if old_key > key and old is not None:
-                    row, key = old, old_key
-            where_at[label] = (len(out), key)
-            out.append(row)
-        return [row for row in out if row is not None]
+            found.append((label, (float(created), int(seq)), (label, record_hardware_class(r, hw_class), r)))
+        return newest_per_label(found)
 
     def merge(self, group_id: str, runs: list[ImportRun]) -> MergeResult:
         """Import ``runs`` into the history as members of group ``group_id``, in one transaction:
@@ -683,7 +630,7 @@ class History:
 
         def body(con: sqlite3.Connection, _: dict[str, int]) -> list[str]:
             try:
-                groups = self._groups(con)
+                groups = read_groups(con)
                 if (any(r.run_id == group_id for r in runs)
                         or con.execute("SELECT 1 FROM runs WHERE run_id = ?", (group_id,)).fetchone()):
                     raise HistoryError(f"{self.path}: group id {group_id!r} is also a run id (stored or being "
@@ -763,27 +710,7 @@ def _prune_rows(con: sqlite3.Connection, keep_runs: int | None, keep_days: float
     """Delete, inside the caller's write transaction, the runs :meth:`History.prune` lets go."""
     runs = {rid: (seq, created, profile) for seq, rid, created, profile in
             con.execute("SELECT seq, run_id, created, profile FROM runs")}
-    groups = History._groups(con)
-    in_group = {rid for members in groups.values() for rid in members}
-    # units as listed: a group (its newest member's place and time) or a run in no group
-    units: list[tuple[str, int, float, str | None, list[str]]] = []
-    for gid, members in groups.items():
-        mem = [m for m in members if m in runs]
-        if mem:
-            units.append((runs[mem[0]][2], max(runs[m][0] for m in mem), max(runs[m][1] for m in mem), gid, mem))
-    units += [(prof, seq, created, None, [rid]) for rid, (seq, created, prof) in runs.items() if rid not in in_group]
-    cutoff = now - keep_days * 86400.0 if keep_days is not None else None
-    kept_runs: set[str] = set()
-    gone: list[tuple[str | None, list[str]]] = []
-    per_profile: dict[str, int] = {}
-    for prof, _, created, group_id, mem in sorted(units, key=lambda u: -u[1]):  # newest first
-        rank = per_profile[prof] = per_profile.get(prof, 0) + 1
-        if (keep_runs is not None and rank > keep_runs) or (cutoff is not None and created < cutoff):
-            gone.append((group_id, mem))
-        else:
-            kept_runs.update(mem)
-    gone_groups = [gid for gid, _ in gone if gid is not None]
-    gone_runs = sorted({m for _, mem in gone for m in mem} - kept_runs, key=lambda r: runs[r][0])
+    gone_groups, gone_runs = retired(runs, read_groups(con), keep_runs, keep_days, now)
     if not gone_groups and not gone_runs:
         return PruneResult([], [], 0)
     for name in DELETE_TRIGGERS:  # only here, inside this transaction; put back below
@@ -797,32 +724,3 @@ def _prune_rows(con: sqlite3.Connection, keep_runs: int | None, keep_days: float
     for name in DELETE_TRIGGERS:
         con.execute(TRIGGERS[name])
     return PruneResult(gone_runs, sorted(gone_groups), cases)
-
-
-RESOURCE_KEYS = registry.RESOURCE_KEYS
-
-
-def series_of(rows: list[tuple[str, str | None, dict[str, Any]]], metric: str,
-              hardware_class: str | None = None) -> list[tuple[str, float]]:
-    """(run id, value) of ``metric`` from :meth:`History.case_rows`, runs without the value left out."""
-    out = []
-    for run_id, hw_class, rec in rows:
-        v = metric_value(rec, metric)
-        if v is not None and (hardware_class is None or hw_class == hardware_class):
-            out.append((run_id, v))
-    return out
-
-
-def metric_value(record: Mapping[str, Any], metric: str) -> float | None:
-    if metric in record.get("metrics", {}):
-        return float(record["metrics"][metric])
-    key = RESOURCE_KEYS.get(metric)
-    if key and record.get("resources", {}).get(key) is not None:
-        return float(record["resources"][key])
-    return None
-
-
-def _joined(values: Any) -> str | None:
-    """Distinct non-empty values joined by ``+`` (sorted), None when there is none."""
-    vals = sorted({v for v in values if v})
-    return "+".join(vals) if vals else None
