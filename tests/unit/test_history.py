@@ -207,3 +207,31 @@ def test_a_history_written_before_run_groups_still_opens_and_takes_a_merge(tmp_p
     h = History(path)
     h.merge("g", [ImportRun("r2", "tiny", [rec("llama-wikidoc", 0.45)], 0.0, "/r2")])
     assert [r.run_id for r in h.runs()] == ["r1", "g"]
+
+
+def test_the_history_package_is_post_run_code_for_the_cache_key(tmp_path, monkeypatch):
+    """The history is a package (results/history/); like every module of results/ it shapes no
+    cached artefact, so editing any of its modules keeps the cache key's code digest
+    (cache.code_digest, cache.POST_RUN_PACKAGES), while editing a pipeline module changes it."""
+    import shutil
+    from pathlib import Path
+
+    from medqa_core import cache
+
+    src = Path(cache.__file__).resolve().parent
+    pkg = tmp_path / "medqa_core"
+    for p in src.rglob("*.py"):  # the package's code, in a copy the test may edit
+        if "__pycache__" not in p.parts:
+            (pkg / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, pkg / p.relative_to(src))
+    monkeypatch.setattr(cache, "__file__", str(pkg / "cache.py"))
+    digest = cache.code_digest.__wrapped__  # uncached: each call reads the copy again
+    history_modules = sorted((pkg / "results" / "history").glob("*.py"))
+    assert {p.name for p in history_modules} >= {"__init__.py", "store.py", "groups.py"}
+    before = digest()
+    for p in history_modules:
+        p.write_text(p.read_text() + "\n# edited\n")
+        assert digest() == before, f"editing {p.relative_to(pkg)} changed the code digest"
+    stages = pkg / "stages.py"
+    stages.write_text(stages.read_text() + "\n# edited\n")
+    assert digest() != before
