@@ -137,3 +137,18 @@ def test_a_series_is_one_case_on_one_hardware_class(tmp_path):
     assert sh.hardware_class == "1x-tesla-t4" and sh.run_id == "r09" and sh.start == 4
     assert sh.explain("bert_f1").endswith("on 1x-tesla-t4")
     assert case_trends(h, ["llama-wikidoc"], "tiny", {"bert_f1": 0.02}, "1x-nvidia-l4") == {}
+
+
+def test_a_shift_as_json_is_every_field_then_its_delta():
+    """Shift.to_json (the alert payload's ``trend`` entries) names each field of the dataclass, in
+    field order, then ``delta``: a field added to Shift must be added to its JSON too."""
+    import dataclasses
+    import json
+
+    from medqa_core.results.trend import Shift
+
+    sh = Shift(start=3, run_id="r3", before=0.5, after=0.4, kind="step", breakpoints=(3, 5), hardware_class="cpu")
+    out = sh.to_json()
+    assert list(out) == [f.name for f in dataclasses.fields(Shift)] + ["delta"]
+    assert out == {**dataclasses.asdict(sh), "delta": sh.delta}
+    assert json.dumps(out) == json.dumps({**dataclasses.asdict(sh), "delta": sh.delta})

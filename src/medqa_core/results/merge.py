@@ -27,12 +27,12 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import MedQAError
-from .history import History, ImportRun, MergeResult
+from .history import History, ImportRun, MergeResult, RunMeta
 from .record import CaseRecord, Status, check_record
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ PASSING = frozenset({Status.PASS, Status.IMPROVEMENT})
 #: pytest's exit codes other than 0
 EXIT_NAMES = {1: "tests failed", 2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
 #: run.toml / record keys holding when a run (or case) ran: epoch seconds or an ISO 8601 time
-TIME_KEYS = ("started", "finished", "timestamp", "created")
+TIME_KEYS: tuple[Literal["started", "finished", "timestamp", "created"], ...] = ("started", "finished", "timestamp", "created")
 
 
 class MergeError(MedQAError):
@@ -99,7 +99,7 @@ def read_run_dir(path: Path | str) -> ImportRun:
     from .summary import read_run_info
 
     info = read_run_info(d)
-    meta: dict[str, Any] = {}
+    meta: RunMeta = {}
     code = info.get("exitstatus")
     if isinstance(code, int) and not isinstance(code, bool):
         meta["exitstatus"] = code
@@ -132,7 +132,7 @@ def _epoch(value: Any) -> float | None:
     return None
 
 
-def _created(d: Path, files: list[Path], info: dict[str, Any] | None = None,
+def _created(d: Path, files: list[Path], info: Mapping[str, object] | None = None,
              records: list[CaseRecord] | None = None) -> float:
     """When the run ran, for ordering attempts: ``run.toml``'s ``started`` (else ``finished``, ...),
     else the earliest time stamp in its records (``started`` / ``timestamp`` / ... at the top or in

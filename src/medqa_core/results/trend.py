@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from ..errors import MedQAError
 from ..metrics import registry
+
+if TYPE_CHECKING:
+    from .history import CaseRow
 
 DEFAULT_PENALTY = 6.0
 MIN_SIZE = 2  # runs per segment
@@ -65,6 +68,19 @@ def trend_window(window: int | None = None) -> int:
     return int(window)
 
 
+class ShiftJson(TypedDict):
+    """A :class:`Shift` as JSON (:meth:`Shift.to_json`): its fields, then its ``delta``."""
+
+    start: int
+    run_id: str | None
+    before: float
+    after: float
+    kind: str
+    breakpoints: tuple[int, ...]
+    hardware_class: str | None
+    delta: float
+
+
 @dataclass(frozen=True)
 class Shift:
     start: int  # index of the first run at the new level
@@ -79,8 +95,9 @@ class Shift:
     def delta(self) -> float:
         return self.after - self.before
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "delta": self.delta}
+    def to_json(self) -> ShiftJson:
+        return ShiftJson(start=self.start, run_id=self.run_id, before=self.before, after=self.after, kind=self.kind,
+                         breakpoints=self.breakpoints, hardware_class=self.hardware_class, delta=self.delta)
 
     def explain(self, metric: str) -> str:
         where = f"run {self.start}" + (f" ({self.run_id})" if self.run_id else "")
@@ -227,7 +244,7 @@ TREND_EFFECT_FRACTION = 0.5
 RESOURCES = registry.RESOURCES
 
 
-def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tuple[str, str | None, dict[str, Any]]]:
+def same_inputs(rows: list[CaseRow]) -> list[CaseRow]:
     """The rows measured on the same inputs (data, test set, scorer: gate.IDENTITY_KEYS) as the
     newest one: a series never spans a change of data or scorer, so such a change is no step."""
     from ..gate import IDENTITY_KEYS
@@ -241,10 +258,10 @@ def same_inputs(rows: list[tuple[str, str | None, dict[str, Any]]]) -> list[tupl
     return [r for r in rows if ident(r[2]) == last]
 
 
-def by_hardware_class(rows: list[tuple[str, str | None, dict[str, Any]]]) -> dict[str | None, list[tuple[str, str | None, dict[str, Any]]]]:
+def by_hardware_class(rows: list[CaseRow]) -> dict[str | None, list[CaseRow]]:
     """The rows split into one series per hardware class (in order of each class's first run): a
     night that ran the case on another GPU model is another series, never a step in this one."""
-    out: dict[str | None, list[tuple[str, str | None, dict[str, Any]]]] = {}
+    out: dict[str | None, list[CaseRow]] = {}
     for row in rows:
         out.setdefault(row[1], []).append(row)
     return out
@@ -291,14 +308,14 @@ def case_trends(history: Any, case_ids: Sequence[str], profile: str | None, tole
                          f"{' '.join(str(exc).split())[:300]})") from exc
 
 
-def _recent_rows(history: Any, case_id: str, profile: str | None, win: int) -> list[tuple[str, str | None, dict[str, Any]]]:
+def _recent_rows(history: Any, case_id: str, profile: str | None, win: int) -> list[CaseRow]:
     """The case's stored rows a trend needs: the newest ``SCAN_FACTOR * win`` (all when ``win`` is 0),
     read lean (:meth:`History.trend_rows`) where the history offers it."""
     reader = getattr(history, "trend_rows", None)
     if reader is not None:
-        lean: list[tuple[str, str | None, dict[str, Any]]] = reader(case_id, profile, last=SCAN_FACTOR * win if win else None)
+        lean: list[CaseRow] = reader(case_id, profile, last=SCAN_FACTOR * win if win else None)
         return lean
-    rows: list[tuple[str, str | None, dict[str, Any]]] = history.case_rows(case_id, profile)
+    rows: list[CaseRow] = history.case_rows(case_id, profile)
     return rows[-SCAN_FACTOR * win:] if win else rows
 
 

@@ -3,17 +3,18 @@ trends read (:meth:`History.case_rows <medqa_core.results.history.store.History.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...metrics import registry
+from ..record import RunRecord
+
+if TYPE_CHECKING:
+    from .store import CaseRow
 
 RESOURCE_KEYS = registry.RESOURCE_KEYS
 
 
-def series_of(
-    rows: list[tuple[str, str | None, dict[str, Any]]], metric: str, hardware_class: str | None = None
-) -> list[tuple[str, float]]:
+def series_of(rows: list[CaseRow], metric: str, hardware_class: str | None = None) -> list[tuple[str, float]]:
     """(run id, value) of ``metric`` from :meth:`History.case_rows
     <medqa_core.results.history.store.History.case_rows>`, runs without the value left out."""
     out = []
@@ -24,7 +25,9 @@ def series_of(
     return out
 
 
-def metric_value(record: Mapping[str, Any], metric: str) -> float | None:
+def metric_value(record: RunRecord, metric: str) -> float | None:
+    """``metric`` of a case record or one of its runs: a score, else a resource (by its
+    record key, :data:`RESOURCE_KEYS`); None when the record has no such value."""
     if metric in record.get("metrics", {}):
         return float(record["metrics"][metric])
     key = RESOURCE_KEYS.get(metric)

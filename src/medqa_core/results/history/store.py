@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 
 from ...errors import MedQAError
 from ..record import CaseRecord
@@ -128,6 +128,37 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+class RunMeta(TypedDict, total=False):
+    """What the history stores with a run (``runs.meta``, JSON; :meth:`History.run_meta` reads it
+    back): the pytest session's ``exitstatus``; for a run imported by :meth:`History.merge` also
+    when it was ``imported``, its ``source`` and the times its ``run.toml`` gives. A meta stored
+    by an older version may hold other keys, or none."""
+
+    exitstatus: int
+    imported: float
+    source: str
+    started: float
+    finished: float
+    timestamp: float
+    created: float
+
+
+class SpooledRun(TypedDict):
+    """A run waiting in the spool (``<history>.spool/<run id>.json``) while the history is locked."""
+
+    medqa_history_spool: int  # SPOOL_VERSION
+    run_id: str
+    profile: str
+    created: float
+    meta: RunMeta
+    records: list[CaseRecord]  # without their in-memory ``_`` keys
+
+
+#: one stored result of a case (:meth:`History.case_rows`): (run id, or the id of the group the run
+#: is listed under; hardware class; the case record)
+CaseRow = tuple[str, str | None, CaseRecord]
+
+
 @dataclass(frozen=True)
 class ImportRun:
     """A run to import into a group (:meth:`History.merge`): its id (the run directory's name),
@@ -138,7 +169,7 @@ class ImportRun:
     records: list[CaseRecord]
     created: float
     source: str  # where it was read from, for messages and the run's meta
-    meta: dict[str, Any] = field(default_factory=dict)  # stored in the run's meta (e.g. exitstatus from run.toml)
+    meta: RunMeta = field(default_factory=lambda: RunMeta())  # stored in the run's meta (e.g. exitstatus from run.toml)
 
 
 @dataclass(frozen=True)
@@ -161,7 +192,7 @@ class MergeResult:
         return sum(self.cases_added.values())
 
 
-def comparable(record: CaseRecord) -> dict[str, Any]:
+def comparable(record: CaseRecord) -> dict[str, object]:
     """A record as compared for idempotence: without the pytest outcome and without the
     in-memory ``_`` keys (neither is part of what the case measured)."""
     return {k: v for k, v in record.items() if k != "outcome" and not k.startswith("_")}
@@ -185,7 +216,7 @@ def record_hardware_class(record: Mapping[str, Any], fallback: str | None = None
     return recorded_hardware_class(hw) if isinstance(hw, dict) and hw else fallback
 
 
-def _case_row(run_id: str, r: dict[str, Any]) -> tuple[str, str, str | None, str | None, str]:
+def _case_row(run_id: str, r: CaseRecord) -> tuple[str, str, str | None, str | None, str]:
     return (run_id, r["case_id"], r.get("outcome"), (r.get("verdict") or {}).get("status"),
             json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, allow_nan=False))
 
@@ -215,12 +246,13 @@ def _spool_name(run_id: str) -> str:
     return safe
 
 
-def _strip(record: CaseRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith("_")}
+def _strip(record: CaseRecord) -> CaseRecord:
+    """The record without its in-memory ``_`` keys (a TypedDict cannot be built by a comprehension: cast)."""
+    return cast(CaseRecord, {k: v for k, v in record.items() if not k.startswith("_")})
 
 
-def _insert_run(con: sqlite3.Connection, run_id: str, profile: str, records: list[dict[str, Any]],
-                meta: dict[str, Any], created: float) -> int:
+def _insert_run(con: sqlite3.Connection, run_id: str, profile: str, records: list[CaseRecord],
+                meta: RunMeta, created: float) -> int:
     """Insert one run and its case rows (inside the caller's transaction); its sequence number."""
     from ...resources import recorded_hardware_class
 
@@ -240,10 +272,10 @@ def _insert_run(con: sqlite3.Connection, run_id: str, profile: str, records: lis
 LEAN_PATHS = ("metrics", "resources", "identity", "provenance.hardware")
 
 
-def _lean(payload: str) -> dict[str, Any]:
+def _lean(payload: str) -> CaseRecord:
     """The parts of a record a trend needs, from ``json_extract(record, LEAN_PATHS...)``."""
     metrics, resources, identity, hardware = json.loads(payload)
-    rec: dict[str, Any] = {}
+    rec: CaseRecord = {}
     if metrics is not None:
         rec["metrics"] = metrics
     if resources is not None:
@@ -358,7 +390,7 @@ class History:
     # ------------------------------------------------------------------ adding runs, spool, retention
 
     def add_run(self, run_id: str, profile: str, records: list[CaseRecord],
-                meta: dict[str, Any] | None = None, created: float | None = None) -> int:
+                meta: RunMeta | None = None, created: float | None = None) -> int:
         """Insert a run and its case records in one transaction; returns the run's sequence number.
 
         Waits at most :attr:`lock_timeout` seconds for another process's lock; past that the run is
@@ -374,9 +406,9 @@ class History:
             except ValueError as exc:
                 raise HistoryError(f"{self.path}: run {run_id} not stored: a case record holds NaN or infinity "
                                    f"({exc}); the history stores finite numbers only") from None
-            run: dict[str, Any] = {"medqa_history_spool": SPOOL_VERSION, "run_id": run_id, "profile": profile,
-                                   "created": time.time() if created is None else float(created),
-                                   "meta": dict(meta or {}), "records": recs}
+            run: SpooledRun = {"medqa_history_spool": SPOOL_VERSION, "run_id": run_id, "profile": profile,
+                               "created": time.time() if created is None else float(created),
+                               "meta": RunMeta(**(meta or {})), "records": recs}
             timeout, retention = self.lock_timeout, self.retention()
 
             def body(con: sqlite3.Connection, replayed: dict[str, int]) -> int:
@@ -403,7 +435,7 @@ class History:
             raise HistoryError(f"{self.path}: run {run_id} not stored ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:300]})") from exc
 
-    def _spool(self, run: dict[str, Any], waited: float) -> HistoryError:
+    def _spool(self, run: SpooledRun, waited: float) -> HistoryError:
         """Write ``run`` to the spool (atomically); the error to raise, saying where it went."""
         where = self.spool_dir / f"{_spool_name(run['run_id'])}.json"
         tmp = where.with_name(f".{where.name}.{os.getpid()}.tmp")
@@ -449,7 +481,8 @@ class History:
             if stored is None:
                 con.execute("SAVEPOINT medqa_replay")
                 try:
-                    seq = _insert_run(con, rid, data["profile"], data["records"], dict(data.get("meta") or {}), created)
+                    meta = cast(RunMeta, dict(data.get("meta") or {}))  # the spool file's, as written by add_run
+                    seq = _insert_run(con, rid, data["profile"], data["records"], meta, created)
                 except (sqlite3.IntegrityError, ValueError, TypeError, KeyError) as exc:
                     con.execute("ROLLBACK TO medqa_replay")
                     con.execute("RELEASE medqa_replay")
@@ -517,9 +550,9 @@ class History:
         with self._open() as con:
             return read_groups(con)
 
-    def run_meta(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def run_meta(self, run_ids: list[str]) -> dict[str, RunMeta]:
         """The stored meta of runs (``exitstatus`` of a pytest session, ``source`` of an import, ...)."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, RunMeta] = {}
         ids = list(dict.fromkeys(run_ids))
         with self._open() as con:
             for i in range(0, len(ids), 500):
@@ -530,7 +563,7 @@ class History:
                         value = json.loads(meta)
                     except ValueError:
                         value = {}
-                    out[rid] = value if isinstance(value, dict) else {}
+                    out[rid] = cast(RunMeta, value) if isinstance(value, dict) else {}  # JSON as stored, not checked
         return out
 
     def resolve(self, ref: str) -> str:
@@ -574,7 +607,7 @@ class History:
         return out
 
     def case_rows(self, case_id: str, profile: str | None = None,
-                  last: int | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
+                  last: int | None = None) -> list[CaseRow]:
         """(run id, hardware class, record) of every stored result of one case, in run order
         (``last``: only the newest ``last`` stored results).
 
@@ -584,14 +617,14 @@ class History:
         return self._case_select(case_id, profile, last, lean=False)
 
     def trend_rows(self, case_id: str, profile: str | None = None,
-                   last: int | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
+                   last: int | None = None) -> list[CaseRow]:
         """:meth:`case_rows` with each record cut to what a trend reads (``metrics``, ``resources``,
         ``identity``, ``provenance.hardware``; SQLite extracts them, the per-example data is never
         decoded): the read :func:`~medqa_core.results.trend.case_trends` does at every session end."""
         return self._case_select(case_id, profile, last, lean=True)
 
     def _case_select(self, case_id: str, profile: str | None, last: int | None,
-                     lean: bool) -> list[tuple[str, str | None, dict[str, Any]]]:
+                     lean: bool) -> list[CaseRow]:
         rec_col = ("json_extract(cases.record, " + ", ".join(f"'$.{p}'" for p in LEAN_PATHS) + ")" if lean
                    else "cases.record")
         cols = f"runs.seq, runs.run_id, runs.hardware_class, runs.created, {rec_col}, {FIRST_GROUP}"
@@ -606,7 +639,7 @@ class History:
             q = f"SELECT {cols} FROM cases JOIN runs ON runs.run_id = cases.run_id WHERE {where} ORDER BY runs.seq"
         with self._open() as con:
             rows = con.execute(q, args).fetchall()
-        found = []
+        found: list[tuple[str, tuple[float, int], CaseRow]] = []
         for seq, run_id, hw_class, created, rec, group in rows:
             label = group or run_id
             r = _lean(rec) if lean else json.loads(rec)
