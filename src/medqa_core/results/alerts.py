@@ -9,17 +9,50 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from http.client import HTTPMessage
-from typing import IO, Any
+from typing import IO, Any, NotRequired, TypedDict
 
 from .record import CaseRecord, Status
+from .trend import Shift, ShiftJson
 
 MAX_LINES = 40  # keep a chat message readable; the full list is in the payload's "cases"
 
 
+class AlertTrend(ShiftJson):
+    """A trend shift of a case in the payload: the shift as JSON and the metric it moved."""
+
+    metric: str
+
+
+class AlertCase(TypedDict):
+    """One case in the payload: its outcome and verdict, the failing checks with the numbers
+    behind them (``name``, ``value``, ``baseline``, ``limit``, ``detail``, ``basis``, ``ci``: the
+    check's own values, None where it has none) and the worsening shifts found in the history."""
+
+    case_id: str
+    outcome: str | None
+    status: str | None
+    note: str
+    failures: list[dict[str, object]]
+    trend: list[AlertTrend]
+
+
+class AlertPayload(TypedDict):
+    """The JSON POSTed to the webhook: ``text`` for a chat, the same facts for machines."""
+
+    text: str
+    run_id: str
+    profile: str
+    status: str  # regression | trend | pass
+    exitstatus: int
+    cases: list[AlertCase]
+    warnings: NotRequired[list[str]]  # the session's warnings, added by the plugin (plugin.finish.alert)
+
+
 def payload(run_id: str, profile: str, records: list[CaseRecord], exitstatus: int,
-            trends: dict[str, dict[str, list[Any]]] | None = None, report_path: str | None = None) -> dict[str, Any]:
-    cases: list[dict[str, Any]] = []
+            trends: dict[str, dict[str, list[Shift]]] | None = None, report_path: str | None = None) -> AlertPayload:
+    cases: list[AlertCase] = []
     for r in records:
         verdict = r.get("verdict") or {}
         failing = [c for c in verdict.get("checks", []) if not c.get("passed", True)]
@@ -27,7 +60,7 @@ def payload(run_id: str, profile: str, records: list[CaseRecord], exitstatus: in
             "case_id": r["case_id"], "outcome": r.get("outcome"), "status": verdict.get("status"),
             "note": verdict.get("note", ""),
             "failures": [{k: c.get(k) for k in ("name", "value", "baseline", "limit", "detail", "basis", "ci")} for c in failing],
-            "trend": [s.to_json() | {"metric": m} for m, shifts in (trends or {}).get(r["case_id"], {}).items() for s in shifts],
+            "trend": [{**s.to_json(), "metric": m} for m, shifts in (trends or {}).get(r["case_id"], {}).items() for s in shifts],
         })
     bad = [c for c in cases if c["status"] in (Status.REGRESSION, Status.CHANGED, Status.ERROR, Status.INCOMPARABLE)
            or c["outcome"] == "failed"]
@@ -76,7 +109,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         raise urllib.error.HTTPError(req.full_url, code, f"redirected ({code}); the alert was not delivered", headers, fp)
 
 
-def post(url: str, body: dict[str, Any], timeout: float = 10.0) -> int:
+def post(url: str, body: Mapping[str, object], timeout: float = 10.0) -> int:
     """POST ``body`` as JSON; returns the HTTP status. Raises OSError when it is not delivered:
     network failure, an HTTP error, a redirect (urllib would re-send it as a GET and report the
     GET's 200), or no complete answer within ``timeout`` seconds in all (a server that drips one
@@ -87,26 +120,27 @@ def post(url: str, body: dict[str, Any], timeout: float = 10.0) -> int:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     opener = urllib.request.build_opener(_NoRedirect)
-    result: dict[str, Any] = {}
+    answered: dict[str, int] = {}  # "status": the HTTP status, once the answer is read
+    failed: list[OSError] = []  # why it was not delivered
 
     def send() -> None:
         try:
             with opener.open(req, timeout=timeout) as resp:  # noqa: S310 - the user's own URL
                 resp.read()
-                result["status"] = resp.status
+                answered["status"] = resp.status
         except urllib.error.HTTPError as exc:
-            result["error"] = OSError(f"webhook answered HTTP {exc.code}" + (f": {exc.msg}" if 300 <= exc.code < 400 else ""))
+            failed.append(OSError(f"webhook answered HTTP {exc.code}" + (f": {exc.msg}" if 300 <= exc.code < 400 else "")))
         except (OSError, ValueError) as exc:
-            result["error"] = OSError(f"webhook not reached: {type(exc).__name__}")
+            failed.append(OSError(f"webhook not reached: {type(exc).__name__}"))
 
     worker = threading.Thread(target=send, daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
         raise OSError(f"webhook gave no complete answer within {timeout:g} s; the alert may be lost")
-    if "error" in result:
-        raise result["error"]
-    return int(result["status"])
+    if failed:
+        raise failed[0]
+    return int(answered["status"])
 
 
 def _fmt(v: Any) -> str:

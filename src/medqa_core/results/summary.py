@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..metrics import METRICS
 from ..metrics.registry import NLL, RESOURCE_KEYS, RESOURCES
@@ -21,7 +21,7 @@ COLUMNS = (*METRICS, "degenerate", *RESOURCES)
 RUN_INFO = "run.toml"
 
 
-def write_run_info(run_dir: Path, info: dict[str, Any]) -> Path:
+def write_run_info(run_dir: Path, info: Mapping[str, object]) -> Path:
     """Write ``run.toml`` (string, number, bool and list-of-string values; None values are left out)."""
     lines = ["# medqa-bench: what this run used (read by `medqa-bench summary|report|history|trend`)"]
     for k, v in info.items():
@@ -42,7 +42,8 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> Path:
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """The run's ``run.toml``, or {} when it has none (a run from before it was written) or it is unreadable."""
+    """The run's ``run.toml``, or {} when it has none (a run from before it was written) or it is unreadable.
+    Free-form: whatever TOML the file holds (a user may edit it); readers check each value they use."""
     import tomllib
 
     try:
@@ -67,7 +68,7 @@ def load_records(paths: list[Path]) -> list[CaseRecord]:
 
 # ---- one aggregation for every column: the mean over a case's runs (seeds) ---------------------
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -78,13 +79,13 @@ def _runs(rec: CaseRecord) -> list[Mapping[str, Any]]:
     return runs or [dict(rec)]
 
 
-def _sources(run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _sources(run: Mapping[str, Any]) -> dict[str, dict[str, object]]:
     """One run's numbers per source: ``tuned`` (its metrics), ``base`` (the base model), each
     control by name (e.g. ``no_question``, ``shuffled``), and ``resources``."""
     controls = {name: (c.get("metrics") if isinstance(c, dict) and "metrics" in c else c) or {}
                 for name, c in (run.get("controls") or {}).items()}
-    out: dict[str, dict[str, Any]] = {"tuned": dict(run.get("metrics") or {}),
-                                      "base": {**(controls.pop("base", None) or {}), **(run.get("base_metrics") or {})}}
+    out: dict[str, dict[str, object]] = {"tuned": dict(run.get("metrics") or {}),
+                                         "base": {**(controls.pop("base", None) or {}), **(run.get("base_metrics") or {})}}
     out.update(controls)
     res = run.get("resources") or {}
     out["resources"] = {col: res[RESOURCE_KEYS[col]] for col in RESOURCES if RESOURCE_KEYS[col] in res}

@@ -3,7 +3,7 @@ trends, aggregates) and the state of each heatmap cell and case-level check."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from ...metrics import METRICS
 from ...metrics.registry import MEASURES
@@ -55,7 +55,17 @@ CELL_CLASSES = (Status.PASS, Status.REGRESSION, Status.CHANGED, Status.IMPROVEME
                 Status.NO_BASELINE, Status.ERROR, UNJUDGED)
 
 
-def cell_state(rec: CaseRecord, metric: str, baseline: BaselineFile | None) -> dict[str, Any]:
+class CellState(TypedDict):
+    """What one heatmap cell shows (:func:`cell_state`, :func:`case_check_state`): its CSS class
+    (a status or :data:`UNJUDGED`), its text, the interval line below it and its tooltip."""
+
+    cls: str
+    text: str
+    band: str
+    title: str
+
+
+def cell_state(rec: CaseRecord, metric: str, baseline: BaselineFile | None) -> CellState:
     """What the heatmap shows for one case x metric: the verdict class of that metric's check, the
     delta against the baseline, the interval (the noise band, or a bootstrap CI) and a tooltip."""
     v = rec.get("verdict") or {}
@@ -94,7 +104,7 @@ def cell_state(rec: CaseRecord, metric: str, baseline: BaselineFile | None) -> d
     return {"cls": cls, "text": f"{delta:+.3f}" if isinstance(delta, (int, float)) else "-", "band": band, "title": title}
 
 
-def case_check_state(rec: CaseRecord, column: str) -> dict[str, Any]:
+def case_check_state(rec: CaseRecord, column: str) -> CellState:
     """The case-level columns: controls (must beat the base model...), invariants, time/memory."""
     v = rec.get("verdict") or {}
     kinds = CASE_CHECKS[column]
