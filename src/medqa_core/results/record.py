@@ -65,6 +65,10 @@ class VerdictRecord(TypedDict, total=False):
 class RunRecord(TypedDict, total=False):
     """One training run (seed) of the case."""
 
+    # the nested objects typed dict[str, Any] here (controls, invariants, resources, provenance,
+    # identity; a case's train, data, scoring; a baseline's entries) are built and read as such by
+    # session.py, baselines.py and the gate: a precise type for one needs those changed with it
+
     seed: int
     metrics: dict[str, float]
     per_example: dict[str, list[Any]]

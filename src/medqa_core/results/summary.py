@@ -150,6 +150,8 @@ def _row_values(rec: CaseRecord) -> dict[str, float]:
 
 
 def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
+    # ``case``: an entry of BaselineFile.cases, which baselines.py, session.py and the gate build and
+    # read as dict[str, Any]; typing it here would need them changed too (issue 26, left open)
     if not case:
         return {}
     vals = dict(case["metrics"])
