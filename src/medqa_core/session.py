@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int]:
     """``--seeds``: ``K`` (the profile's seed and the K-1 following), a list ``0,101-104``, or
-    None: ``[gate] gate_seeds`` runs when gating (default 1), ``[gate] baseline_seeds`` when recording."""
+    None: ``[gate] gate_seeds`` runs when gating (1 unless the profile sets it), ``[gate] baseline_seeds`` when recording."""
     from .errors import ConfigError
 
     base = profile.train.seed
