@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("sweeps", nargs="*", help="sweep JSON files; FILE1,FILE2 = one sweep split over processes")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    ap.add_argument("--runs-per-gate", type=int, default=None,
+                    help="R: runs judged together per case, as --seeds R does (default: the profile's [gate] gate_seeds); "
+                         "a sweep's seeds are taken in sorted order in disjoint groups of R, a remainder left out")
     args = ap.parse_args(argv)
 
     from scipy import stats
@@ -42,13 +45,16 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = load_profile(args.profile)
     g = profile.gate
+    R = args.runs_per_gate or g.gate_seeds
+    if R < 1:
+        ap.error("--runs-per-gate must be >= 1")
     base = baselines.load(args.baseline)
     cases = base["cases"]
     tol = {**gate.DEFAULT_MIN_EFFECT, **g.metric_tolerance}
     out: dict = {"sweeps": [], "mde": {}}
 
     # ---- MDE table ------------------------------------------------------------------------
-    print(f"## MDE (80% power, one run vs K-run baseline, alpha {g.alpha} per side; aggregates alpha {g.aggregate_alpha})\n")
+    print(f"## MDE (80% power, R = {R} run(s) vs K-run baseline, alpha {g.alpha} per side; aggregates alpha {g.aggregate_alpha})\n")
     print("| case | K | BERTScore F1 sd | BERTScore F1 MDE | USE F1 sd | USE F1 MDE |")
     print("|---|---|---|---|---|---|")
     ses: dict[str, dict[str, float]] = defaultdict(dict)
@@ -59,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             if b is None:
                 row += ["-", "-"]
                 continue
-            ses[m][cid] = b.se(1)
-            mde = b.mde(1, g.alpha, tol[m])
+            ses[m][cid] = b.se(R)
+            mde = b.mde(R, g.alpha, tol[m])
             out["mde"].setdefault(cid, {})[m] = round(mde, 4)
             row += [f"{math.sqrt(b.var):.4f}", f"{mde:.4f}"]
         print(f"| {cid} | {len(cases[cid].get('runs', []))} | " + " | ".join(row) + " |")
@@ -108,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         path = files[0]
         env = data.get("settings", {}).get("env", {})
         seeds = sorted({r["seed"] for r in data["runs"]})
-        label = (f"{path.stem.rsplit('-', 1)[0]}: seeds {seeds[0]}-{seeds[-1]}, ATEN_CPU_CAPABILITY="
+        label = (f"{path.stem.rsplit('-', 1)[0]}: seeds {seeds[0]}-{seeds[-1]} (R = {R}), ATEN_CPU_CAPABILITY="
                  f"{env.get('ATEN_CPU_CAPABILITY') or 'unset (AVX512 here)'}, {env.get('MEDQA_THREADS') or '-'} thread(s)")
-        by_seed: dict[int, list[dict]] = defaultdict(list)
+        by_seed: dict[int, list[dict]] = defaultdict(list)  # one gate run: keyed by its first seed
         failing_checks: Counter = Counter()
         n_fail = n = 0
         reproduced = closest = 0.0
+        fresh: dict[str, dict[int, dict]] = defaultdict(dict)  # case -> seed -> run the baseline does not hold
         for r in data["runs"]:
             bc = cases.get(r["case"])
             if bc is None:
@@ -124,16 +131,24 @@ def main(argv: list[str] | None = None) -> int:
                 rec_run = next(x for x in bc["runs"] if x.get("seed") == r["seed"])
                 reproduced += all(abs(r["metrics"][m] - rec_run["metrics"][m]) <= 1e-5 for m in rec_run["metrics"])
                 continue
-            run = {**r, "seed": r["seed"]}
-            v = gate.judge_case(r["case"], [run], bc, cases, g, r["identity"], None)
-            n += 1
-            for c in v.checks:
-                if c.kind == "noise" and c.t is not None and c.df:
-                    closest = max(closest, abs(c.t) / gate.t_quantile(1 - g.alpha, c.df))
-            if v.failed or v.status == "incomparable":
-                n_fail += 1
-                failing_checks.update(c.name.split("@")[0] for c in v.failures)
-            by_seed[r["seed"]].append({"case_id": r["case"], "model": r["model"], "verdict": v.to_json()})
+            fresh[r["case"]][r["seed"]] = r
+        # gate runs: the sweep's fresh seeds in sorted order, disjoint groups of R (as `--seeds R` judges R runs)
+        all_seeds = sorted({s for runs in fresh.values() for s in runs})
+        groups = [all_seeds[i:i + R] for i in range(0, len(all_seeds) - R + 1, R)]
+        for grp in groups:
+            for cid, runs in sorted(fresh.items()):
+                if not all(s in runs for s in grp):
+                    continue
+                r = runs[grp[0]]
+                v = gate.judge_case(cid, [runs[s] for s in grp], cases[cid], cases, g, r["identity"], None)
+                n += 1
+                for c in v.checks:
+                    if c.kind == "noise" and c.t is not None and c.df:
+                        closest = max(closest, abs(c.t) / gate.t_quantile(1 - g.alpha, c.df))
+                if v.failed or v.status == "incomparable":
+                    n_fail += 1
+                    failing_checks.update(c.name.split("@")[0] for c in v.failures)
+                by_seed[grp[0]].append({"case_id": cid, "model": r["model"], "verdict": v.to_json()})
         fam_fail = fam_n = suite_fail = suite_n = 0
         verdicts: dict[str, list[int]] = {"family": [0, 0], "suite": [0, 0]}  # [failing, judged]
         for recs in by_seed.values():
