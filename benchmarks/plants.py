@@ -47,7 +47,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant("steps_div4_code", "the lean loop runs a quarter of the steps, same schedule", ("train_steps",),
           "train/lean.py", "batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed)",
           "batch_order(len(examples), cfg.batch_size, cfg.steps // 4, cfg.seed)"),
-    Plant("steps_div4", "training steps / 4 (profile)", ("train_steps",), overrides=("train.steps=25",), cheap=True),
+    Plant("steps_div4", "training steps / 4 (profile)", ("train_steps",), overrides=("train.steps=50",), cheap=True),
     Plant("quarter_rows", "training on a quarter of the rows", ("train_rows", "train_rows_digest"),
           "pipeline.py", "base, spec, data.train, cfg, ctx.device, distributed)",
           "base, spec, data.train[: len(data.train) // 4], cfg, ctx.device, distributed)"),

@@ -31,7 +31,7 @@ def add_options(parser: pytest.Parser) -> None:
                      "stages must be built); scores and runs stay")
     g.addoption("--seeds", default=os.environ.get("MEDQA_SEEDS"),
                 help="training runs per case: a count K (the profile's seed and the next K-1) or a list like "
-                     "0,101-104; default [gate] gate_seeds (1 unless the profile sets it; tiny: 2) when gating (more runs = more power), [gate] baseline_seeds when "
+                     "0,101-104; default [gate] gate_seeds (1 unless the profile sets it) when gating (more runs = more power), [gate] baseline_seeds when "
                      "recording (env MEDQA_SEEDS)")
     g.addoption("--baseline", default=os.environ.get("MEDQA_BASELINE"),
                 help="baseline file to read and, with --update-baselines, write (default: the profile's "
