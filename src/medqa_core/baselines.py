@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import BaselineError
 from .metrics import METRICS
-from .results.record import BaselineFile
+from .results.record import BaselineCase, BaselineFile, CaseRecord, Invariants, Resources, RunRecord
 
 #: resource fields that are text, not measurements: the device, and the CPU's identity
 #: (resources.cpu_identity: time is judged like for like only)
@@ -98,7 +98,7 @@ def _check_values(table: Any, where: str, rescaled: bool, skip: tuple[str, ...] 
             _check_value(v, k, f"{where}.{k}", rescaled)
 
 
-def _check_spread(runs: list[dict[str, Any]], section: str, where: str) -> None:
+def _check_spread(runs: Sequence[Mapping[str, Any]], section: str, where: str) -> None:
     """The between-run variance of each metric over the runs must be a finite number: it is the
     gate's noise band, and an inf or nan there would switch the check off."""
     names = {k for r in runs for k in (r.get(section) or {})}
@@ -113,7 +113,7 @@ def _check_spread(runs: list[dict[str, Any]], section: str, where: str) -> None:
                                 "the values are too large to be real scores")
 
 
-def _rescaled(case: dict[str, Any]) -> bool:
+def _rescaled(case: Mapping[str, Any]) -> bool:
     """Whether the case's BERTScore was rescaled (its recorded scorer invariant says so)."""
     inv = case.get("invariants")
     scorer = inv.get("scorer") if isinstance(inv, dict) else None
@@ -243,12 +243,12 @@ def write(path: Path, data: Mapping[str, Any]) -> None:
 
 def resource_baseline(
     case_id: str, model: str, main: BaselineFile | None, hw: BaselineFile | None, hw_class: str
-) -> dict[str, Any] | None:
+) -> Resources | None:
     """Which recorded training time/memory a case is gated against, in order of preference:
     the hardware-class file's entry for the case; the main baseline's per-model published
     training minutes when this machine is of the class they were measured on (paper.json:
     2x Tesla T4); the main baseline case's own resources. None = resources are not gated."""
-    res: dict[str, Any] | None
+    res: Resources | None
     if hw and case_id in hw.get("cases", {}):
         res = hw["cases"][case_id].get("resources")
         return res
@@ -263,8 +263,8 @@ def resource_baseline(
     return None
 
 
-def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A baseline case from the records of its K runs (each a passing case record)."""
+def case_entry(runs: Sequence[RunRecord]) -> BaselineCase:
+    """A baseline case from the records of its K runs (each a passing case record's run)."""
     first = runs[0]
     gated = [m for m in first["metrics"] if all(m in r["metrics"] for r in runs)]
     vals = {m: np.asarray([float(r["metrics"][m]) for r in runs]) for m in gated}
@@ -284,7 +284,7 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
                   "resources": {k: r["resources"][k] for k in res_keys}} for r in runs],
         "base_metrics": first["base_metrics"],
         "controls": {name: c["metrics"] for name, c in first.get("controls", {}).items()},
-        "invariants": {k: v for k, v in first["invariants"].items() if k != "tokens_seen"},
+        "invariants": _seedless(first["invariants"]),
         "identity": first["identity"],
         "resources": {**{k: round(float(np.mean([r["resources"][k] for r in runs])), 3) for k in res_keys},
                       "device": None, **text},
@@ -292,7 +292,15 @@ def case_entry(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def record_cases(path: Path, profile_name: str, records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+def _seedless(invariants: Invariants) -> Invariants:
+    """A run's invariants without ``tokens_seen``: it depends on the seed, so a baseline keeps it
+    per run (``runs[i].tokens_seen``), not with the case's."""
+    out = invariants.copy()
+    out.pop("tokens_seen", None)
+    return out
+
+
+def record_cases(path: Path, profile_name: str, records: Sequence[CaseRecord]) -> tuple[list[str], list[str]]:
     """Merge the records of passing cases into the baseline file at ``path`` (other cases kept).
 
     A record holds one case's runs (``runs``: one per seed). Returns (recorded case ids, skipped
@@ -317,7 +325,7 @@ def _lock(path: Path) -> Any:
     return FileLock(str(locks / f"baseline-{digest}.lock"))
 
 
-def _record_cases(path: Path, profile_name: str, records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+def _record_cases(path: Path, profile_name: str, records: Sequence[CaseRecord]) -> tuple[list[str], list[str]]:
     data: BaselineFile = load(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
     if data.get("schema_version") != SCHEMA_VERSION:  # an old recorded file is rewritten whole in the new schema
         data = {"schema_version": SCHEMA_VERSION, "profile": profile_name, "cases": {}}
@@ -336,7 +344,7 @@ def _record_cases(path: Path, profile_name: str, records: Sequence[Mapping[str, 
     return written, sorted(skipped)
 
 
-def record_resources(path: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
+def record_resources(path: Path, records: Sequence[CaseRecord]) -> list[str]:
     """``--update-resources``: replace only the time and memory of the baseline's cases with this
     run's (stages built in this run; scores, runs and invariants stay). For a time baseline taken
     on a quiet machine after the scores were recorded under load, or on a new hardware class."""
@@ -344,7 +352,7 @@ def record_resources(path: Path, records: Sequence[Mapping[str, Any]]) -> list[s
         return _record_resources(path, records)
 
 
-def _record_resources(path: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
+def _record_resources(path: Path, records: Sequence[CaseRecord]) -> list[str]:
     data = load(path)
     done = []
     for rec in records:

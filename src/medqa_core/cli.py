@@ -24,13 +24,13 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import paths
 from .errors import MedQAError
 
 if TYPE_CHECKING:
-    from .results.record import BaselineFile, CaseRecord
+    from .results.record import BaselineFile, CaseRecord, RunRecord
 
 
 def _results_roots() -> list[Path]:
@@ -193,12 +193,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return worst
 
 
-def _runs(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _runs(rec: Mapping[str, Any]) -> list[RunRecord]:
     """A record's runs (a record from before per-run records counts as one run)."""
     runs = rec.get("runs") or [rec]
-    return [{"seed": 0, "controls": {}, "invariants": {}, "margins": {}, "provenance": rec.get("provenance", {}),
+    # records as read from a run directory's JSON, older ones included: the defaults fill in what
+    # an old record lacks, the rest is taken as written
+    return [cast("RunRecord", {"seed": 0, "controls": {}, "invariants": {}, "margins": {}, "provenance": rec.get("provenance", {}),
              "identity": rec.get("identity", {}), "base_metrics": rec.get("base_metrics", {}),
-             "resources": rec.get("resources", {}), **r} for r in runs]
+             "resources": rec.get("resources", {}), **r}) for r in runs]
 
 
 def _profile_or_none(name: str | None, explicit: bool) -> Any:

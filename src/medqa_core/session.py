@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from . import gate, pipeline
 from .baselines import resource_baseline
 from .cache import content_key
 from .resources import hardware_class
-from .results.record import BaselineFile, CaseRecord, RunRecord
+from .results.record import BaselineFile, CaseRecord, DataSource, Identity, RunRecord
 from .specs import Profile, as_dict
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int
     return out
 
 
-def identity(profile: Profile, result: pipeline.CaseResult) -> dict[str, Any]:
+def identity(profile: Profile, result: pipeline.CaseResult) -> Identity:
     """What a baseline must share with the run to be compared (gate.IDENTITY_KEYS), plus the
     recipe's hash and the hardware class for information."""
     # the scorer is an identity key of its own (and not part of the recipe hash baselines recorded)
@@ -71,7 +71,7 @@ def identity(profile: Profile, result: pipeline.CaseResult) -> dict[str, Any]:
     }
 
 
-def data_source(profile: Profile, dataset: str) -> dict[str, Any]:
+def data_source(profile: Profile, dataset: str) -> DataSource:
     """Where a case's rows were read from, in the loader's order (datasets.load_examples): the file
     named by ``MEDQA_DATA_<NAME>``, else ``<data dir>/<file>``, else the hub id. Information for the
     reader of a record (which file was this?); the data's identity stays its fingerprint, so the

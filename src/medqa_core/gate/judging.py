@@ -13,7 +13,7 @@ import numpy as np
 from ..metrics import degeneration
 from ..metrics.registry import DEFAULT_MIN_EFFECT, GATED, MEASURES, POWER_CHECKED
 from ..resources import BUSY_LIMIT
-from ..results.record import Status
+from ..results.record import BaselineCase, Identity, Invariants, Resources, RunRecord, Status
 from .checks import Check, Verdict, _higher_is_better, is_one_sided, is_worse, worse_way
 from .stats import Band, band, paired_bootstrap_ci, run_means, run_value, t_cdf, t_quantile, variance_prior
 
@@ -73,9 +73,11 @@ INVARIANT_ORDER = ("test_ids", "train_rows", "train_rows_digest", "train_test_ov
                    "trainable_params", "generation", "prompt_digest", "scorer", "scorer_canary")
 
 
-def judge_invariants(current: dict[str, Any], baseline: dict[str, Any], same_seed: bool) -> list[Check]:
+def judge_invariants(current: Mapping[str, Any], baseline: Mapping[str, Any], same_seed: bool) -> list[Check]:
     """Exact comparisons; ``tokens_seen`` depends on the batch order, so only for the same seed.
-    ``scorer_canary`` values compare to 1e-4 (another CPU's float rounding)."""
+    ``scorer_canary`` values compare to 1e-4 (another CPU's float rounding). ``current`` and
+    ``baseline`` are ``results.record.Invariants``, read by key name in a loop (hence
+    mappings of any value: each invariant is compared as it was recorded)."""
     out: list[Check] = []
     for key in INVARIANT_ORDER:
         if key not in current:
@@ -99,7 +101,7 @@ def judge_invariants(current: dict[str, Any], baseline: dict[str, Any], same_see
     return out
 
 
-def judge_recipe(current: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+def judge_recipe(current: Invariants, baseline: Invariants) -> list[Check]:
     """The recipe as applied (train/applied.py), exactly: a failing ``recipe:<setting>`` check for
     each setting that differs from what the profile asked (within the run: a trainer that trains
     something else), ``recipe:prompt_layout`` when training saw other prompt tokens than generation
@@ -189,8 +191,9 @@ IDENTITY_KEYS = {"data": "data (fingerprint of the cleaned rows)", "test_ids": "
 SPEC_IDENTITY_KEYS = {"scorer_spec": "scorer (models and settings, metrics.spec)"}
 
 
-def identity_mismatch(current: dict[str, Any], baseline: dict[str, Any] | None) -> str:
-    """One line naming what differs between a run and its baseline's identity ('' = comparable)."""
+def identity_mismatch(current: Mapping[str, object], baseline: Mapping[str, object] | None) -> str:
+    """One line naming what differs between a run and its baseline's identity ('' = comparable).
+    Both are ``results.record.Identity``, read by the key names of IDENTITY_KEYS."""
     if not baseline:
         return ""
     diffs = [f"{label} {baseline[k]!s:.24} -> {current[k]!s:.24}" for k, label in {**IDENTITY_KEYS, **SPEC_IDENTITY_KEYS}.items()
@@ -206,9 +209,9 @@ def _one_run(check: Check, seed: int) -> Check:
     return check
 
 
-def judge_case(case_id: str, runs: Sequence[Mapping[str, Any]], baseline_case: dict[str, Any] | None,
-               baseline_cases: dict[str, Any], gate: Any, identity: dict[str, Any],
-               resources_baseline: dict[str, Any] | None = None) -> Verdict:
+def judge_case(case_id: str, runs: Sequence[RunRecord], baseline_case: BaselineCase | None,
+               baseline_cases: Mapping[str, BaselineCase], gate: Any, identity: Identity,
+               resources_baseline: Resources | None = None) -> Verdict:
     """Judge the R runs of one case (records of :func:`pipeline.run_case`) against its baseline.
 
     Controls and the ceiling on looping answers (:func:`judge_degenerate_ceiling`) are judged on
@@ -324,7 +327,7 @@ def other_machine(res: Mapping[str, Any], cur: Mapping[str, Any]) -> str:
     return ""
 
 
-def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[str, Any]:
+def like_for_like(res: Resources, baseline_case: BaselineCase) -> Resources:
     """The resources a run is compared with, measured the way the run measures them. When they are
     the baseline case's own (not a hardware-class file's or published minutes): memory is the
     baseline's first run's (the first seed in its process, as a gate run's first seed is: later
@@ -349,7 +352,7 @@ def like_for_like(res: dict[str, Any], baseline_case: dict[str, Any]) -> dict[st
     return out
 
 
-def _judge_without_runs(metric: str, runs: Sequence[Mapping[str, Any]], baseline: float, min_effect: float,
+def _judge_without_runs(metric: str, runs: Sequence[RunRecord], baseline: float, min_effect: float,
                         higher_is_better: bool | None = None) -> Check:
     """No between-run spread is known: flag only when this run's whole 95% bootstrap CI (over test
     questions) lies beyond baseline -/+ min effect the worse way (below for a score, above for a
@@ -372,7 +375,7 @@ def _judge_without_runs(metric: str, runs: Sequence[Mapping[str, Any]], baseline
                  direction=worse_way if worse else "", metric=metric)
 
 
-def judge_degenerate_ceiling(run: Mapping[str, Any], ceiling: float | None) -> Check | None:
+def judge_degenerate_ceiling(run: RunRecord, ceiling: float | None) -> Check | None:
     """The share of this run's tuned answers that loop (``metrics.degenerate``, see
     metrics/degeneration.py) must stay below ``ceiling`` (``MAX_DEGENERATE`` unless ``[gate]
     max_degenerate`` says otherwise). Needs no baseline. None when the ceiling is off or the run

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..results.record import BaselineCase, BaselineRun, RunRecord
+
 #: bounds of the prior degrees of freedom fitted by :func:`pooled_variance`
 MIN_PRIOR_DF = 1.0
 
@@ -31,23 +33,23 @@ def t_cdf(x: float, df: float) -> float:
     return float(stats.t.cdf(x, df)) if math.isfinite(df) else float(stats.norm.cdf(x))
 
 
-def run_means(runs: Sequence[Mapping[str, Any]], metric: str) -> np.ndarray:
+def run_means(runs: Sequence[RunRecord | BaselineRun], metric: str) -> np.ndarray:
     """One value per run: a metric's mean, or a control margin (``margin:<control>:<metric>``)."""
     return np.asarray([v for r in runs if (v := run_value(r, metric)) is not None], dtype=np.float64)
 
 
-def run_value(run: Mapping[str, Any], metric: str) -> float | None:
-    section = run.get("margins" if metric.startswith("margin:") else "metrics", {})
+def run_value(run: RunRecord | BaselineRun, metric: str) -> float | None:
+    section = run.get("margins", {}) if metric.startswith("margin:") else run.get("metrics", {})
     return float(section[metric]) if metric in section else None
 
 
-def margins(run: Mapping[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
+def margins(run: RunRecord, metrics: tuple[str, ...]) -> dict[str, float]:
     """Tuned minus control mean, per control and metric (``margin:<control>:<metric>``)."""
     return {f"margin:{name}:{m}": round(float(run["metrics"][m]) - float(c["metrics"][m]), 6)
             for name, c in run.get("controls", {}).items() for m in metrics if m in c["metrics"]}
 
 
-def pooled_variance(baseline_cases: dict[str, Any], metric: str) -> tuple[float, float]:
+def pooled_variance(baseline_cases: Mapping[str, BaselineCase], metric: str) -> tuple[float, float]:
     """The prior of the between-run variance of ``metric``: ``(s0^2, d0)``, fitted to the K-run
     variances of every case in the baseline file by limma's moment method (Smyth 2004): if
     ``s_c^2 ~ sigma_c^2 chi2_{k}/k`` and ``sigma_c^2 ~ s0^2 d0 / chi2_{d0}``, the log variances have
@@ -98,7 +100,7 @@ class Band:
         return max(min_effect, (t_quantile(1 - alpha, self.df) + t_quantile(power, self.df)) * self.se(r))
 
 
-def variance_prior(baseline_cases: dict[str, Any], metric: str, gate: Any) -> tuple[float, float]:
+def variance_prior(baseline_cases: Mapping[str, BaselineCase], metric: str, gate: Any) -> tuple[float, float]:
     """The stronger of the baseline's own cross-case pool (:func:`pooled_variance`) and the
     profile's measured prior (``[gate] prior_sd`` / ``prior_df``, for a single case that has no
     other case to pool with). Margins keep their own pool: their variance is not the score's."""
@@ -110,7 +112,7 @@ def variance_prior(baseline_cases: dict[str, Any], metric: str, gate: Any) -> tu
     return float(sd) ** 2, df
 
 
-def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band | None:
+def band(case: BaselineCase, metric: str, prior: tuple[float, float]) -> Band | None:
     y = run_means(case.get("runs", []), metric)
     if y.size == 0:
         if metric in case.get("metrics", {}) and prior[1] > 0 and not metric.startswith("margin:"):
@@ -127,7 +129,7 @@ def band(case: dict[str, Any], metric: str, prior: tuple[float, float]) -> Band 
     if not (math.isfinite(mean) and math.isfinite(var)):  # an infinite band would pass any value
         from ..errors import BaselineError
 
-        raise BaselineError(f"baseline case {case.get('case_id', '?')!r}, {metric}: its runs give a non-finite "
+        raise BaselineError(f"baseline case {dict(case).get('case_id', '?')!r}, {metric}: its runs give a non-finite "
                             f"mean or variance ({mean}, {var}); the baseline is corrupt - restore it from git")
     return Band(mean, var, d0 + dc, int(y.size))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, Required, TypedDict
 
 from ..errors import MedQAError
 
@@ -62,24 +62,91 @@ class VerdictRecord(TypedDict, total=False):
     checks: list[CheckRecord]
 
 
+#: A JSON object whose keys and values are not fixed by this package (user-edited TOML, a library's
+#: settings, a provenance blob read by probing for keys): the one name for the record's free-form
+#: parts, so every spot that is still untyped is spelled this way and can be found.
+JsonObject = dict[str, Any]
+
+#: A run's resources: numbers (``train_seconds``, ``peak_mem_mib``, ``tokens_per_s``, ``threads``,
+#: ``<stage>_work``, ``<stage>_busy``) and text (``device``, ``cpu``; a recorded baseline's
+#: ``device`` may be None). Its keys are open (one ``_work``/``_busy`` pair per stage built) and
+#: readers index it by computed names, so it stays a JSON object: values are as JSON gives them.
+Resources = JsonObject
+
+
+class ControlRecord(TypedDict):
+    """One control of a run (``controls`` of a record: ``no_question``, ``shuffled``, ...): its
+    scores, means and per test question (pipeline.run_case). A baseline keeps only the means
+    (:class:`BaselineCase` ``controls``)."""
+
+    metrics: dict[str, float]
+    per_example: dict[str, list[Any]]
+
+
+class Identity(TypedDict, total=False):
+    """What a baseline must share with a run to be compared (session.identity; the gate's
+    IDENTITY_KEYS and SPEC_IDENTITY_KEYS), plus the recipe's hash and the hardware class. Every
+    key is optional: a published baseline (paper.json) records ``scorer_spec`` only."""
+
+    data: str  # fingerprint of the cleaned rows
+    test_ids: str
+    scorer: str
+    scorer_spec: str
+    profile: str  # hash of the recipe (the profile without seeds, paths, gate, baseline, scorer)
+    hardware_class: str
+
+
+class Invariants(TypedDict, total=False):
+    """The exact quantities of a run the gate compares with its baseline (pipeline.run_case,
+    gate.judge_invariants and judge_recipe). Optional keys: older records and baselines lack the
+    newer ones, and a baseline keeps its runs' ``tokens_seen`` per run, not here."""
+
+    test_ids: str
+    train_rows: int
+    train_rows_digest: str
+    train_test_overlap: int
+    train_steps: int
+    tokens_seen: int
+    trainable_params: int
+    lora_closed_form: int | None
+    generation: JsonObject | None  # the generation settings (model/generation.py)
+    prompt_digest: str | None
+    recipe: JsonObject  # the recipe as applied (train/applied.py): its settings are open-ended
+    recipe_asked: JsonObject
+    generation_prompt_ids: list[int]
+    scorer: dict[str, str]  # metric -> scorer fingerprint (metrics.fingerprint)
+    scorer_spec: str
+    scorer_canary: dict[str, float]
+    base_revision: str
+
+
+class DataSource(TypedDict, total=False):
+    """Where a case's rows were read from (session.data_source): {} when the profile does not
+    know the dataset."""
+
+    kind: str  # file | hub | missing
+    path: str | None
+    via: str  # the environment variable, or "profile"
+    hub_id: str
+    revision: str | None
+
+
 class RunRecord(TypedDict, total=False):
     """One training run (seed) of the case."""
-
-    # the nested objects typed dict[str, Any] here (controls, invariants, resources, provenance,
-    # identity; a case's train, data, scoring; a baseline's entries) are built and read as such by
-    # session.py, baselines.py and the gate: a precise type for one needs those changed with it
 
     seed: int
     metrics: dict[str, float]
     per_example: dict[str, list[Any]]
-    controls: dict[str, dict[str, Any]]
-    invariants: dict[str, Any]
-    resources: dict[str, Any]  # train_seconds, peak_mem_mib, tokens_per_s, device, <stage>_work
+    controls: dict[str, ControlRecord]
+    invariants: Invariants
+    resources: Resources
     base_metrics: dict[str, float]
     cached: dict[str, bool]
     margins: dict[str, float]
-    provenance: dict[str, Any]
-    identity: dict[str, Any]
+    # git sha, versions, hardware, profile, seeds, scorer spec (pipeline.provenance); left open:
+    # the CLI and merge probe it for keys by name (run ids, time stamps) it may or may not hold
+    provenance: JsonObject
+    identity: Identity
 
 
 class CaseRecord(RunRecord, total=False):
@@ -91,14 +158,16 @@ class CaseRecord(RunRecord, total=False):
     profile: str
     runs: list[RunRecord]
     seeds: list[int]
-    train: dict[str, Any]
+    # the training statistics (train.common.TrainStats as JSON), the data's sizes and cleaning
+    # statistics, and what the scorers cut: information for the reader of a record, open-ended
+    train: JsonObject
     seconds: dict[str, float]
     work: dict[str, float]
     keys: dict[str, str]
-    data: dict[str, Any]
-    data_source: dict[str, Any]
+    data: JsonObject
+    data_source: DataSource
     answers_sample: list[dict[str, str]]
-    scoring: dict[str, Any]
+    scoring: JsonObject
     verdict: VerdictRecord
     # in memory only, never in the record's file: the pytest outcome (passed, failed, ...) where it
     # is known, the file it was (to be) written to or read from, why that write failed (a full
@@ -109,20 +178,50 @@ class CaseRecord(RunRecord, total=False):
     _run: str
 
 
+class BaselineRun(TypedDict, total=False):
+    """One of the K recorded runs of a baseline case (baselines.case_entry)."""
+
+    seed: int
+    metrics: dict[str, float]
+    margins: dict[str, float]
+    per_example: dict[str, list[Any]]
+    tokens_seen: int | None
+    resources: Resources  # its measurements only (no text fields)
+
+
+class BaselineCase(TypedDict, total=False):
+    """One case of a baseline file (``cases.<case id>``), as :func:`medqa_core.baselines.case_entry`
+    writes it. Only ``metrics`` is required (:func:`medqa_core.baselines.validate`): a schema-1
+    file (paper.json) has metrics and identity and nothing else."""
+
+    metrics: Required[dict[str, float]]  # the mean over the K runs
+    spread: dict[str, float]  # between-run standard deviation
+    runs: list[BaselineRun]
+    base_metrics: dict[str, float]
+    controls: dict[str, dict[str, float]]  # per control its metrics' means (the first run's)
+    invariants: Invariants
+    identity: Identity
+    resources: Resources
+    per_example: dict[str, list[Any]]  # a hand-made or aggregates-only case may carry one
+    recorded: JsonObject  # git_sha, versions, hardware: the provenance it was recorded with
+
+
 class BaselineFile(TypedDict, total=False):
     """A baseline file as :func:`medqa_core.baselines.load` returns it, validated: its schema
     version, the profile it was recorded for, where its numbers come from (``source``) and per
-    case id the recorded entry (the case record's fields, every run, resources by seed)."""
+    case id the recorded entry (a :class:`BaselineCase`: the case's means, every run, resources by
+    seed)."""
 
     schema_version: int
     profile: str
     source: str
-    cases: dict[str, dict[str, Any]]
-    # a published baseline (paper.json) also says how its numbers were made
-    models: dict[str, dict[str, Any]]  # per model: published training minutes, parameters
-    hardware: dict[str, Any]  # the hardware class the published times were measured on
-    recipe: dict[str, Any]
-    scorer: dict[str, Any]
+    cases: dict[str, BaselineCase]
+    # a published baseline (paper.json) also says how its numbers were made: free-form text and
+    # numbers of the study, read by key where used (models' training_minutes, hardware's class)
+    models: dict[str, JsonObject]  # per model: published training minutes, parameters
+    hardware: JsonObject  # the hardware class the published times were measured on
+    recipe: JsonObject
+    scorer: JsonObject
 
 
 REQUIRED = ("case_id", "model", "dataset")

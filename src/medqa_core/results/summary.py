@@ -8,7 +8,7 @@ from typing import Any, TypeGuard
 
 from ..metrics import METRICS
 from ..metrics.registry import NLL, RESOURCE_KEYS, RESOURCES
-from .record import BaselineFile, CaseRecord, CheckRecord, Status, check_fields, is_record, judges_score
+from .record import BaselineCase, BaselineFile, CaseRecord, CheckRecord, Status, check_fields, is_record, judges_score
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); gated like a
 #: score, lower is better (metrics/registry.py)
@@ -149,9 +149,7 @@ def _row_values(rec: CaseRecord) -> dict[str, float]:
     return {**means.get("tuned", {}), **means.get("resources", {})}
 
 
-def _baseline_values(case: dict[str, Any] | None) -> dict[str, float]:
-    # ``case``: an entry of BaselineFile.cases, which baselines.py, session.py and the gate build and
-    # read as dict[str, Any]; typing it here would need them changed too (issue 26, left open)
+def _baseline_values(case: BaselineCase | None) -> dict[str, float]:
     if not case:
         return {}
     vals = dict(case["metrics"])

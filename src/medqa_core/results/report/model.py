@@ -2,6 +2,7 @@
 trends, aggregates) and the state of each heatmap cell and case-level check."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -74,7 +75,7 @@ def cell_state(rec: CaseRecord, metric: str, baseline: BaselineFile | None) -> C
     if status == Status.ERROR:
         return {"cls": Status.ERROR, "text": "error", "band": "", "title": f"{metric}: case error: {v.get('note', '')}"}
     chk = next((c for c in v.get("checks", []) if judges_score(c, metric)), None)
-    base_case = ((baseline or {}).get("cases") or {}).get(rec["case_id"]) or {}
+    base_case: Mapping[str, Any] = ((baseline or {}).get("cases") or {}).get(rec["case_id"]) or {}
     if chk is None:
         b = (base_case.get("metrics") or {}).get(metric)
         cls = Status.INCOMPARABLE if status == Status.INCOMPARABLE else (Status.NO_BASELINE if b is None else UNJUDGED)
