@@ -30,7 +30,7 @@ from . import paths
 from .errors import MedQAError
 
 if TYPE_CHECKING:
-    from .results.record import BaselineFile, CaseRecord, RunRecord
+    from .results.record import BaselineFile, CaseRecord, JsonObject, RunRecord
 
 
 def _results_roots() -> list[Path]:
@@ -123,7 +123,7 @@ def _records(ref: str, args: argparse.Namespace | None = None) -> list[CaseRecor
     return sorted(recs, key=lambda r: (r["dataset"], r["model"]))
 
 
-def _run_info(args: argparse.Namespace, recs: list[CaseRecord] | None = None) -> dict[str, Any]:
+def _run_info(args: argparse.Namespace, recs: list[CaseRecord] | None = None) -> JsonObject:
     """run.toml of RUN (a run directory, or the directory of a history run under the results dir)."""
     from .results.summary import read_run_info
 

@@ -8,7 +8,17 @@ from typing import Any, TypeGuard
 
 from ..metrics import METRICS
 from ..metrics.registry import NLL, RESOURCE_KEYS, RESOURCES
-from .record import BaselineCase, BaselineFile, CaseRecord, CheckRecord, Status, check_fields, is_record, judges_score
+from .record import (
+    BaselineCase,
+    BaselineFile,
+    CaseRecord,
+    CheckRecord,
+    JsonObject,
+    Status,
+    check_fields,
+    is_record,
+    judges_score,
+)
 
 #: ``degenerate``: share of the tuned answers that loop (metrics/degeneration.py); gated like a
 #: score, lower is better (metrics/registry.py)
@@ -41,7 +51,7 @@ def write_run_info(run_dir: Path, info: Mapping[str, object]) -> Path:
     return path
 
 
-def read_run_info(run_dir: Path) -> dict[str, Any]:
+def read_run_info(run_dir: Path) -> JsonObject:
     """The run's ``run.toml``, or {} when it has none (a run from before it was written) or it is unreadable.
     Free-form: whatever TOML the file holds (a user may edit it); readers check each value they use."""
     import tomllib
