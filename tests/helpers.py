@@ -212,7 +212,7 @@ def install(monkeypatch):
         controls = {"base": {"metrics": row["base"], "per_example": {m: [v] * 3 for m, v in row["base"].items()}}}
         invariants = {"test_ids": "t3", "train_rows": 30, "train_steps": 5, "tokens_seen": 10000 + seed,
                       "trainable_params": 10, "train_test_overlap": 0, "scorer": {"name": "fake"}}
-        return pipeline.CaseResult(
+        return pipeline.RunResult(
             case_id=cid, model=model, dataset=dataset, profile=profile.name, seed=seed,
             metrics=tuned, base_metrics=row["base"], per_example=per, controls=controls, invariants=invariants,
             train=stats, cached={"train": False}, seconds={}, work={"train": row.get("train_work", 1.0)}, keys={},

@@ -61,7 +61,10 @@ CANARY_PAIRS = (
 
 
 @dataclass
-class CaseResult:
+class RunResult:
+    """One training run (one seed) of a case, as :func:`run_case` returns it; a case's record
+    (session.case_record) gathers its R runs."""
+
     case_id: str
     model: str
     dataset: str
@@ -134,7 +137,7 @@ def answer_words(answers: list[str]) -> np.ndarray:
     return np.asarray([len(a.split()) for a in answers], dtype=np.float64)
 
 
-def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunContext) -> CaseResult:
+def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunContext) -> RunResult:
     try:
         spec = profile.models[model_name]
         dspec = profile.datasets[dataset_name]
@@ -282,7 +285,7 @@ def run_case(profile: Profile, model_name: str, dataset_name: str, ctx: RunConte
                 for name in profile.gate.controls if name in scores}
     sample = [{"question": e.question, "reference": e.answer, "answer": a}
               for e, a in zip(data.test[:3], answers["tuned"][:3])]
-    return CaseResult(
+    return RunResult(
         case_id=case_id, model=model_name, dataset=dataset_name, profile=profile.name, seed=cfg.seed,
         metrics=means(scores["tuned"]), base_metrics=means(scores["base"]),
         per_example={"ids": test_ids, **per_example(scores["tuned"])}, controls=controls, invariants=invariants,

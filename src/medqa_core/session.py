@@ -52,7 +52,7 @@ def parse_seeds(text: str | None, profile: Profile, recording: bool) -> list[int
     return out
 
 
-def identity(profile: Profile, result: pipeline.CaseResult) -> Identity:
+def identity(profile: Profile, result: pipeline.RunResult) -> Identity:
     """What a baseline must share with the run to be compared (gate.IDENTITY_KEYS), plus the
     recipe's hash and the hardware class for information."""
     # the scorer is an identity key of its own (and not part of the recipe hash baselines recorded)
@@ -91,7 +91,7 @@ def data_source(profile: Profile, dataset: str) -> DataSource:
     return {"kind": "missing", "path": str(profile.data_dir / spec.file) if spec.file else None}
 
 
-def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeline.CaseResult]) -> CaseRecord:
+def case_record(profile: Profile, ctx: pipeline.RunContext, results: list[pipeline.RunResult]) -> CaseRecord:
     """The case's record: the first run's fields, metrics averaged over the runs, every run kept."""
     runs = [r.to_json() for r in results]
     rec = cast(CaseRecord, dict(runs[0]))

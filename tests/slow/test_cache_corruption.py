@@ -47,7 +47,7 @@ def _flip_one_byte(entry: Path) -> str:
     return rel
 
 
-def _scores(r: pipeline.CaseResult) -> dict:
+def _scores(r: pipeline.RunResult) -> dict:
     return {"metrics": r.metrics, "base_metrics": r.base_metrics, "per_example": r.per_example,
             "controls": r.controls, "canary": r.invariants["scorer_canary"]}
 
