@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = load_profile(args.profile)
     g = profile.gate
-    R = args.runs_per_gate or g.gate_seeds
+    R = g.gate_seeds if args.runs_per_gate is None else args.runs_per_gate
     if R < 1:
         ap.error("--runs-per-gate must be >= 1")
     base = baselines.load(args.baseline)
