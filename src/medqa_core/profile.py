@@ -310,7 +310,7 @@ _SEED = Range(0, 2**32 - 1, integer=True)
 RANGES: dict[str, dict[str, Range]] = {
     "train": {"steps": _COUNT, "learning_rate": _POSITIVE, "batch_size": _COUNT, "max_length": _COUNT,
               "lora_r": _COUNT, "lora_alpha": _COUNT, "lora_dropout": Range(0, 1, hi_open=True),
-              "warmup_ratio": Range(0, 1), "seed": _SEED, "num_processes": _COUNT},
+              "warmup_ratio": Range(0, 1), "seed": _SEED, "num_processes": _COUNT, "average_tail": Range(0, 1)},
     "pretrain": {"steps": _COUNT, "learning_rate": _POSITIVE, "batch_size": _COUNT, "block_size": _COUNT,
                  "seed": _SEED},
     "generation": {"max_new_tokens": _COUNT, "batch_size": _COUNT, "repetition_penalty": _POSITIVE},
@@ -372,6 +372,9 @@ def _check_train(train: TrainConfig, where: str) -> None:
     if train.batch_size % train.num_processes:
         raise ConfigError(f"{where} batch_size = {train.batch_size}: must be divisible by num_processes = "
                           f"{train.num_processes} (each process takes batch_size / num_processes rows)")
+    if train.average_tail and train.trainer != "lean":
+        raise ConfigError(f"{where} average_tail = {train.average_tail}: tail averaging is built into trainer = 'lean' "
+                          "only; set trainer = \"lean\" or average_tail = 0")
     if train.packing and train.trainer == "sft":
         # trl's padding_free does not truncate rows to max_length, so SFTTrainer refuses it at
         # run time ("When `padding_free=True` without packing, `max_length` is not enforced").

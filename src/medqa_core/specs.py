@@ -129,6 +129,10 @@ class TrainConfig:
     # > 1: one model trained data-parallel on this many processes (GPUs) via torchrun (launch.py);
     # the global batch stays batch_size
     num_processes: int = 1
+    # > 0 (trainer = "lean"): the saved adapter is the uniform mean of the LoRA weights after each
+    # of the last average_tail x steps optimizer steps (tail averaging), not the last step's
+    # weights; 0 keeps the last step's (docs/performance.md, section 7)
+    average_tail: float = 0.0
 
 
 TRAINERS = ("sft", "lean")

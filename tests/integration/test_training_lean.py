@@ -13,6 +13,8 @@ import dataclasses
 
 import pytest
 from helpers import REPO_ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medqa_core.data.split import load_split
 from medqa_core.model.bases import load_tokenizer
@@ -147,3 +149,45 @@ def test_packed_training_follows_padded_training(prof, tok, data, tmp_path):
     assert runs[True].loss_first == pytest.approx(runs[False].loss_first, abs=1e-3)
     assert runs[True].loss_last == pytest.approx(runs[False].loss_last, abs=1e-3)
     assert runs[True].tokens_seen == runs[False].tokens_seen
+
+
+@given(st.integers(1, 12), st.floats(0.01, 1.0), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_property_tail_average_is_the_mean_of_the_last_iterates(steps, fraction, seed):
+    """TailAverage against an independent mean: the weights after each of the last
+    round(fraction x steps) steps (at least one), averaged with numpy."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from medqa_core.train.lean import TailAverage
+
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.zeros(3, 2), torch.zeros(5)]
+    tail = TailAverage(params, steps, fraction)
+    seen = []
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=gen))
+        seen.append([p.clone().numpy().astype(np.float64) for p in params])
+        tail.update(step)
+    k = max(1, round(fraction * steps))
+    tail.apply()
+    assert tail.count == k
+    for i, p in enumerate(params):
+        want = np.mean([s[i] for s in seen[-k:]], axis=0)
+        np.testing.assert_allclose(p.numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_tail_average_of_one_step_is_the_last_step_and_of_more_is_not(prof, tok, data, tmp_path):
+    from safetensors.torch import load_file
+
+    spec = prof.models["llama"]
+    adapters = {}
+    for tail in (0.0, 0.2, 0.5):  # 0.2 of 5 steps: one step averaged, i.e. the last step's weights
+        cfg = dataclasses.replace(prof.train, steps=5, trainer="lean", average_tail=tail)
+        stats = fine_tune(build_tiny(spec, tok, 0), tok, spec, data.train, cfg, tmp_path / str(tail), "cpu")
+        adapters[tail] = load_file(str(tmp_path / str(tail) / "adapter_model.safetensors"))
+        assert stats.recipe["applied"].get("average_tail_steps") == ({0.2: 1, 0.5: 2}[tail] if tail else None)
+    assert all(adapters[0.2][k].equal(v) for k, v in adapters[0.0].items())
+    assert any(not adapters[0.5][k].equal(v) for k, v in adapters[0.0].items() if "lora_B" in k)
