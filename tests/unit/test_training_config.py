@@ -41,3 +41,20 @@ def test_bad_packing(tmp_path, value):
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, f"packing = {value}\n")
     assert "packing" in str(info.value) and "true or false" in str(info.value)
+
+
+def test_average_tail_defaults_off_and_parses_under_lean(tmp_path):
+    assert _load(tmp_path, "steps = 3\n").train.average_tail == 0.0
+    assert _load(tmp_path, 'trainer = "lean"\naverage_tail = 0.5\n').train.average_tail == 0.5
+
+
+@pytest.mark.parametrize("train, words", [
+    ('trainer = "sft"\naverage_tail = 0.5\n', ("average_tail = 0.5", "trainer = 'lean'")),
+    ('trainer = "lean"\naverage_tail = 1.5\n', ("average_tail = 1.5", "must be a number in [0, 1]")),
+    ('trainer = "lean"\naverage_tail = -0.1\n', ("average_tail = -0.1",)),
+])
+def test_bad_average_tail(tmp_path, train, words):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, train)
+    msg = str(info.value)
+    assert all(w in msg for w in words) and "\n" not in msg, msg
