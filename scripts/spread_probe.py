@@ -17,6 +17,7 @@ the way this script patches the seeds.)
 Use its own ``--cache-dir``: the cache key does not know about these changes. Compare the
 output with ``scripts/spread_sources.py``. Nothing here is used by the pipeline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,24 @@ def fix(which: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fix", choices=("order", "init"), default=None,
-                    help="order: the seed moves only the LoRA init; init: the seed moves only the batch order")
+    ap.add_argument(
+        "--fix",
+        choices=("order", "init"),
+        default=None,
+        help="order: the seed moves only the LoRA init; init: the seed moves only the batch order",
+    )
     ap.add_argument("sweep_args", nargs=argparse.REMAINDER, help="after --: scripts/noise_sweep.py's arguments")
     args = ap.parse_args()
+    rest = args.sweep_args[1:] if args.sweep_args[:1] == ["--"] else args.sweep_args
+    if not any(a == "--cache-dir" or a.startswith("--cache-dir=") for a in rest):
+        ap.error(
+            "give the sweep its own --cache-dir: the cache key does not know about --fix, so the "
+            "patched adapters would be served to later runs"
+        )
     if args.fix:
         fix(args.fix)
     import noise_sweep
 
-    rest = args.sweep_args[1:] if args.sweep_args[:1] == ["--"] else args.sweep_args
     return noise_sweep.main(rest)
 
 

@@ -11,6 +11,7 @@
         the baseline's runs plus the sweeps' runs as one larger baseline: the variance prior and
         the suite MDE at R = 1 and 2, as scripts/gate_calibration.py computes them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,17 +53,22 @@ def items(paths: list[str]) -> None:
         print(f"\n{m}: case, seeds, sd of the case mean, seed share sd_a, question x seed sd_e/sqrt(n), sd at 2n")
         for cid, seeds in sorted(cases.items()):
             ids = seeds[min(seeds)]["per_example"]["ids"]
-            s = np.array([[dict(zip(r["per_example"]["ids"], r["per_example"][m]))[i] for i in ids]
-                          for _, r in sorted(seeds.items())])
+            s = np.array(
+                [[dict(zip(r["per_example"]["ids"], r["per_example"][m]))[i] for i in ids] for _, r in sorted(seeds.items())]
+            )
             k, n = s.shape
             a = s.mean(1) - s.mean()
             e = s - s.mean(1, keepdims=True) - s.mean(0, keepdims=True) + s.mean()
             mse = float((e**2).sum()) / ((k - 1) * (n - 1))
             var_a = max(0.0, (n * float((a**2).sum()) / (k - 1) - mse) / n)
+            if k < 2 or n < 2:
+                continue  # no split without two seeds and two questions
             var_mean = float(s.mean(1).var(ddof=1))
-            now, doubled = now + var_mean, doubled + var_a + mse / (2 * n)
-            print(f"  {cid:28s} {k:2d} {math.sqrt(var_mean):.4f} {math.sqrt(var_a):.4f} {math.sqrt(mse / n):.4f} "
-                  f"{math.sqrt(var_a + mse / (2 * n)):.4f}")
+            now, doubled = now + var_a + mse / n, doubled + var_a + mse / (2 * n)  # the same model both times
+            print(
+                f"  {cid:28s} {k:2d} {math.sqrt(var_mean):.4f} {math.sqrt(var_a):.4f} {math.sqrt(mse / n):.4f} "
+                f"{math.sqrt(var_a + mse / (2 * n)):.4f}"
+            )
         print(f"  suite: twice the test questions leave x{math.sqrt(doubled / now):.2f} of the sd")
 
 
@@ -77,12 +83,15 @@ def compare(against: list[str], paths: list[str]) -> None:
             var = df = 0.0
             for cid in common:
                 y = np.array([r["metrics"][m] for r in side[cid].values()])
-                var, df = var + float(y.var(ddof=1)) * (y.size - 1), df + y.size - 1
+                if y.size > 1:
+                    var, df = var + float(y.var(ddof=1)) * (y.size - 1), df + y.size - 1
             pooled[name] = (var / df, df)
         (va, da), (vp, dp) = pooled["against"], pooled["probe"]
-        p = 1 - stats.f.cdf(va / vp, da, dp)
-        print(f"{m} over {len(common)} cases: sd {math.sqrt(va):.4f} (df {da:.0f}) vs probe {math.sqrt(vp):.4f} "
-              f"(df {dp:.0f}): x{math.sqrt(vp / va):.2f}, one-sided p {p:.3f}")
+        p = float(stats.f.sf(va / vp, da, dp))
+        print(
+            f"{m} over {len(common)} cases: sd {math.sqrt(va):.4f} (df {da:.0f}) vs probe {math.sqrt(vp):.4f} "
+            f"(df {dp:.0f}): x{math.sqrt(vp / va):.2f}, one-sided p {p:.3f}"
+        )
 
 
 def pool(paths: list[str], baseline: Path) -> None:
@@ -95,15 +104,23 @@ def pool(paths: list[str], baseline: Path) -> None:
     cases = copy.deepcopy(baselines.load(baseline)["cases"])
     extra = by_case(runs_of(paths))
     for cid in cases:
+        have = {r["seed"] for r in cases[cid]["runs"]}
+        again = have & set(extra.get(cid, {}))
+        if again:
+            raise SystemExit(f"{cid}: seeds {sorted(again)} are in the baseline already; pool other seeds")
         cases[cid]["runs"] = list(cases[cid]["runs"]) + [extra[cid][s] for s in sorted(extra.get(cid, {}))]
     crit = stats.norm.ppf(1 - g.aggregate_alpha) + stats.norm.ppf(gate.POWER)
     k = sorted({len(c["runs"]) for c in cases.values()})
+    tol = {**gate.DEFAULT_MIN_EFFECT, **g.metric_tolerance}
     for m in METRICS:
         prior = gate.pooled_variance(cases, m)
-        bands = [gate.band(cases[c], m, prior) for c in sorted(cases)]
-        suite = [crit * math.sqrt(len(bands)) / sum(1 / b.se(r) for b in bands if b) for r in (1, 2)]
-        print(f"{m}: K = {k}, prior s0 {math.sqrt(prior[0]):.4f} (d0 {prior[1]:.1f}); suite MDE R=1 {suite[0]:.4f}, "
-              f"R=2 {suite[1]:.4f}")
+        bands = [b for b in (gate.band(cases[c], m, prior) for c in sorted(cases)) if b is not None]
+        eff = tol[m] * g.aggregate_min_effect_factor
+        suite = [max(eff, crit * math.sqrt(len(bands)) / sum(1 / b.se(r) for b in bands)) for r in (1, 2)]
+        print(
+            f"{m}: K = {k}, prior s0 {math.sqrt(prior[0]):.4f} (d0 {prior[1]:.1f}); suite MDE R=1 {suite[0]:.4f}, "
+            f"R=2 {suite[1]:.4f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,10 @@ implementation, USE scoring with an injected fake encoder, score_all's checks, a
 run of the real BERTScore + USE encoders (loaded once for the module)."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
+import weakref
 from unittest import mock
 
 import numpy as np
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from medqa_core import metrics
 from medqa_core.errors import ConfigError, MedQAError, MetricError
 from medqa_core.metrics import METRICS, bertscore, score_all, use
+from medqa_core.model.bases import free_memory
 
 DIM = 16
 
@@ -192,7 +195,11 @@ def test_property_use_score_matches_pairwise_definition(rows):
             assert got == pytest.approx(expected_use(c, r, cands[i], refs[i]), abs=1e-12)
     sent = [t for call in fake.calls for t in call]
     assert len(sent) == len(set(sent)), "each distinct text encoded once"
-    assert len(fake.calls) <= (0 if all(e for *_, e in rows) else 2)
+    if all(e for *_, e in rows):
+        assert fake.calls == []
+    else:  # the references' texts first (all of them), then any candidate text not among them
+        assert 1 <= len(fake.calls) <= 2
+        assert {t for r in refs for t in (*use.split_sentences(r), r)} <= set(fake.calls[0])
 
 
 def test_use_score_all_empty_never_encodes(monkeypatch):
@@ -353,3 +360,144 @@ def test_real_score_all(real_scores):
     # a pair scored alone matches its row in the batch (no index mix-up)
     for m in METRICS:
         assert single[m][0] == pytest.approx(full[m][2], abs=1e-4), m
+
+
+# ---------------------------------------------------------------- references embedded once per process
+# The scorers embed a case's references once per process (issue 27, cheaper scoring): the
+# reference set is the same for every seed of a case and for its base answers. A hit must give
+# the same bits a miss gives, a changed set must miss, and the kept sets are bounded.
+
+REFS = [
+    "Rest and drink fluids. See a doctor if the fever lasts.",
+    "Ibuprofen eases the pain.",
+    "Insulin lowers blood sugar; check it before meals.",
+    "A stroke needs emergency care at once.",
+]
+CANDS_A = ["Rest at home. Drink water.", "Take ibuprofen.", "Check your sugar.", "Call an ambulance."]
+CANDS_B = ["Sleep.", "Paracetamol or ibuprofen helps with pain. Ask a pharmacist.", "Eat less sugar.", ""]
+
+
+@pytest.fixture(autouse=True)
+def _empty_reference_caches():
+    bertscore._references.clear()
+    use._references.clear()
+    yield
+    bertscore._references.clear()
+    use._references.clear()
+
+
+def test_use_references_encoded_once_and_scores_unchanged(monkeypatch):
+    fake = FakeEncoder()
+    monkeypatch.setattr(use, "encoder", fake.factory)
+    first = use.score(CANDS_A, REFS)
+    ref_texts = set(fake.calls[0])
+    assert REFS[1] in ref_texts and CANDS_A[1] not in ref_texts
+    fake.calls.clear()
+    second = use.score(CANDS_B, REFS)
+    sent = {t for call in fake.calls for t in call}
+    assert not sent & ref_texts, "a reference text was encoded again"
+    for i, (c, r) in enumerate(zip(CANDS_B, REFS)):
+        if c:
+            want = expected_use(use.split_sentences(c), use.split_sentences(r), c, r)
+            assert (second["use_p"][i], second["use_r"][i], second["use_f1"][i], second["cosine"][i]) == pytest.approx(
+                want, abs=1e-12
+            )
+    fake.calls.clear()
+    third = use.score(CANDS_A, REFS)
+    assert all(np.array_equal(first[k], third[k]) for k in first)
+    assert len(fake.calls) == 1 and not set(fake.calls[0]) & ref_texts  # only the candidates' texts
+
+
+def test_use_cache_misses_on_another_set_or_encoder_and_stays_bounded(monkeypatch):
+    fake = FakeEncoder()
+    monkeypatch.setattr(use, "encoder", fake.factory)
+    use.score(CANDS_A, REFS)
+    fake.calls.clear()
+    use.score(CANDS_A, REFS[:3] + ["A different reference."])  # one reference changed: the set misses
+    assert "Ibuprofen eases the pain." in fake.calls[0]
+    other = FakeEncoder()
+    monkeypatch.setattr(use, "encoder", other.factory)
+    use.score(CANDS_A, REFS)  # same set, another encoder object: never its neighbour's vectors
+    assert "Ibuprofen eases the pain." in other.calls[0]
+    for k in range(5):
+        use.score(CANDS_A, [f"{r} {k}" for r in REFS])
+    assert len(use._references) == use.REFERENCE_SETS
+
+
+def test_use_blank_reference_of_a_live_row(monkeypatch):
+    fake = FakeEncoder()
+    monkeypatch.setattr(use, "encoder", fake.factory)
+    out = use.score(["Take rest.", "Drink water."], ["   ", "Fluids help."])
+    want = expected_use(["Drink water."], ["Fluids help."], "Drink water.", "Fluids help.")
+    assert (out["use_p"][1], out["use_r"][1], out["use_f1"][1], out["cosine"][1]) == pytest.approx(want, abs=1e-12)
+    assert all(np.isfinite(out[k][0]) for k in out)
+
+
+def test_bertscore_hit_gives_the_bits_of_a_miss(monkeypatch):
+    embedded: list[str] = []
+    real = bertscore._embed
+
+    def spy(s, sentences, weights=None):
+        embedded.extend(sentences)
+        return real(s, sentences, weights)
+
+    monkeypatch.setattr(bertscore, "_embed", spy)
+    miss = bertscore.score(CANDS_A, REFS)
+    assert set(REFS) <= set(embedded)
+    embedded.clear()
+    hit = bertscore.score(CANDS_A, REFS)
+    assert embedded and not set(REFS) & set(embedded), "the references were embedded again"
+    for k in miss:
+        assert np.array_equal(miss[k], hit[k]), k
+    # a cold cache in between (another process) gives the same bits again
+    bertscore._references.clear()
+    bertscore.score(CANDS_B, REFS)  # the set embedded first with other candidates in the call
+    again = bertscore.score(CANDS_A, REFS)
+    for k in miss:
+        assert np.array_equal(miss[k], again[k]), k
+    for k in range(3):
+        bertscore.score(CANDS_A, [f"{r} {k}" for r in REFS])
+    assert len(bertscore._references) == bertscore.REFERENCE_SETS
+
+
+@pytest.fixture
+def fresh_freeze(monkeypatch):
+    """A process that has not frozen yet; unfrozen again afterwards, so no other test runs frozen."""
+    from medqa_core.model import bases
+
+    gc.unfreeze()
+    monkeypatch.setattr(bases, "_frozen", False)
+    yield
+    gc.unfreeze()
+
+
+def test_free_memory_freezes_once_and_still_collects_later_cycles(fresh_freeze):
+    free_memory()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+
+    class Node:
+        pass
+
+    alive = Node()
+    alive.me = alive  # a cycle alive across a later call: it must not be frozen by that call
+    free_memory()
+    assert gc.get_freeze_count() == frozen, "a later call froze again"
+    gone = weakref.ref(alive)
+    del alive
+    free_memory()
+    assert gone() is None, "a cycle alive at a later call leaked"
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle made after the freeze
+    gone = weakref.ref(a)
+    del a, b
+    free_memory()
+    assert gone() is None, "a cycle made after the last freeze was not collected"
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(4, 4)
+    model.me = [model]  # a module in a cycle, dropped before free_memory as the stages do
+    gone = weakref.ref(model)
+    del model
+    free_memory()
+    assert gone() is None

@@ -261,8 +261,9 @@ def test_readme_says_what_picks_the_cpu_torch_wheel():
 
 
 def test_readme_verdict_example_is_what_the_gate_prints_for_baselines_tiny():
-    """The example verdict: the run's value and steps are invented, everything else (baseline,
-    band, t, df, K, MDE, the head line) is what the gate prints against baselines/tiny.json."""
+    """The example verdict: the run's value and steps are invented (each of the profile's
+    gate_seeds runs at that value), everything else (baseline, band, t, df, K, R, MDE, the head
+    line) is what the gate prints against baselines/tiny.json."""
     from medqa_core import gate
     from medqa_core.metrics.registry import MEASURES
     from medqa_core.profile import load_profile
@@ -281,7 +282,7 @@ def test_readme_verdict_example_is_what_the_gate_prints_for_baselines_tiny():
     case = cases[case_id]
     band = gate.band(case, metric, gate.variance_prior(cases, metric, g))
     tol = {**gate.DEFAULT_MIN_EFFECT, **g.metric_tolerance}[metric]
-    checks = [gate.judge_noise(metric, [float(value)], band, g.alpha, tol, metric in g.one_sided,
+    checks = [gate.judge_noise(metric, [float(value)] * g.gate_seeds, band, g.alpha, tol, metric in g.one_sided,
                                MEASURES[metric].higher_is_better),
               *gate.judge_invariants({"train_steps": steps}, {"train_steps": case["invariants"]["train_steps"]}, False)]
     printed = [line.strip() for line in gate.Verdict(case_id, gate.status_of(checks), checks).explain().splitlines()]

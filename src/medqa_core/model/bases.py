@@ -161,21 +161,28 @@ def cuda_index() -> int:
     return torch.cuda.current_device()
 
 
+_frozen = False  # whether free_memory has frozen this process's survivors
+
+
 def free_memory() -> None:
     """Collect unreachable models (trl's patched forward keeps reference cycles) and hand the
     freed blocks back to the CUDA allocator, between the stages of a case.
 
-    The objects still alive then (modules, the scorers' models, pytest's own: ~550k after the
-    imports) are frozen out of later collections (``gc.freeze``), so each collection scans only
-    what was made since: 0.25 s per call before, ~0 after (docs/performance.md, section 7).
-    No model is alive here (the callers drop theirs first), so none is frozen; a frozen object
-    that later loses its last reference is still freed by its reference count."""
+    The first call of a process also freezes what survives it (``gc.freeze``: the modules, the
+    scorers' models, pytest's own, ~550k objects once torch and transformers are imported), so
+    later collections scan only what was made since: 0.25 s a call before, ~0 after
+    (docs/performance.md, section 7). Once only: an object alive at the freeze that later dies
+    inside a reference cycle is never collected, so the freeze is not repeated and that stays
+    one bounded snapshot (no model is in it: the callers drop theirs first)."""
     import gc
 
     import torch
 
+    global _frozen
     gc.collect()
-    gc.freeze()
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -116,8 +116,17 @@ def asked(spec: ModelSpec, cfg: TrainConfig, n_params: int, logged_steps: list[i
             "optimizer": [{"lr": _r(cfg.learning_rate), "weight_decay": RECIPE_OPTIMIZER["weight_decay"],
                            "betas": RECIPE_OPTIMIZER["betas"], "eps": RECIPE_OPTIMIZER["eps"], "params": n_params}],
             "lr_at_log": lr_trace(rates), **({} if chat else {"untruncated_rows_without_eos": 0}),
-            "rows_without_prompt": 0,
+            "rows_without_prompt": 0, "average_tail_steps": _tail_steps(cfg.steps, cfg.average_tail),
             **({"autocast": "bfloat16" if cfg.cpu_bf16 else "none"} if device == "cpu" else {})}
+
+
+def _tail_steps(steps: int, fraction: float) -> int:
+    """``[train] average_tail`` as a count of steps (fraction x steps rounded half up, at least 1;
+    0 when off), written out here rather than taken from the trainer."""
+    if fraction <= 0:
+        return 0
+    whole, rest = divmod(fraction * steps, 1)
+    return max(1, int(whole) + (rest >= 0.5))
 
 
 def logged_steps(steps: int) -> list[int]:

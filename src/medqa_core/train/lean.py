@@ -143,15 +143,21 @@ def _lr_lambda(warmup: int, steps: int) -> Any:
     return f
 
 
+def tail_steps(steps: int, fraction: float) -> int:
+    """How many of the last steps ``[train] average_tail = fraction`` averages: fraction x steps
+    rounded half up, at least 1; 0 when the option is off."""
+    return max(1, math.floor(fraction * steps + 0.5)) if fraction > 0 else 0
+
+
 class TailAverage:
-    """The uniform running mean of ``params`` over the last ``round(fraction * steps)`` optimizer
-    steps (at least one when ``fraction`` > 0): :meth:`update` after each step, :meth:`apply`
-    copies the mean into the parameters once training ends. Averaging the iterates narrows
-    the seed-to-seed spread of what the adapter scores (docs/performance.md, section 7)."""
+    """The uniform running mean of ``params`` over the last :func:`tail_steps` optimizer steps:
+    :meth:`update` after each step, :meth:`apply` copies the mean into the parameters once
+    training ends. (On the tiny matrix it did not narrow the seed-to-seed spread:
+    docs/performance.md, section 7.)"""
 
     def __init__(self, params: list[Any], steps: int, fraction: float) -> None:
         self.params = params
-        self.first = steps - max(1, round(fraction * steps)) + 1  # the first step averaged (1-based)
+        self.first = steps - tail_steps(steps, fraction) + 1  # the first step averaged (1-based)
         self.mean: list[Any] | None = None
         self.count = 0
 
@@ -262,7 +268,7 @@ def fine_tune_lean(
     check_losses(spec, losses)
     if tail is not None:
         tail.apply()
-        recipe["average_tail_steps"] = tail.count
+    recipe["average_tail_steps"] = tail.count if tail is not None else 0
     peft_model.save_pretrained(str(out_dir))
     recipe["lr_at_log"] = applied.lr_trace(rates)
     recipe["autocast"] = str(amp.fast_dtype).removeprefix("torch.") if amp is not None else "none"
