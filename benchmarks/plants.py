@@ -73,7 +73,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant("train_3x_slower", "training loop ~3x slower (each step's forward/backward done three times)",
           ("train_work",), "train/lean.py", "            loss.backward()\n            torch.nn.utils.clip_grad_norm_",
           "            loss.backward()\n            for _ in range(2):\n                opt.zero_grad(set_to_none=True)\n"
-          "                loss = peft_model(**batch, use_cache=False).loss\n                loss.backward()\n"
+          "                loss = step_loss(peft_model, batch, answers_only)\n                loss.backward()\n"
           "            torch.nn.utils.clip_grad_norm_"),
     Plant("gen_5x_slower", "generation 5x slower (every batch generated five times)", ("generate_work",),
           "model/generation.py", "out = model.generate(**enc, **kwargs, use_cache=True)",

@@ -192,3 +192,65 @@ def test_tail_average_of_one_step_is_the_last_step_and_of_more_is_not(prof, tok,
         assert stats.recipe["applied"]["average_tail_steps"] == stats.recipe["asked"]["average_tail_steps"] == want
     assert all(adapters[0.2][k].equal(v) for k, v in adapters[0.0].items())
     assert any(not adapters[0.5][k].equal(v) for k, v in adapters[0.0].items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "phi"])
+@pytest.mark.parametrize("packing", [False, True])
+def test_answer_logits_only_give_the_full_loss_and_its_gradients(prof, tok, examples, family, packing):
+    """``step_loss`` with the LM head at the supervised positions only against the model's own
+    loss over every position: the same loss, and gradients equal to the last bit on every LoRA
+    weight (each kept token's gradient does not depend on the others; a skipped one's is zero)."""
+    pytest.importorskip("torch")
+    from medqa_core.train.lean import keeps_answer_logits, step_loss
+
+    model = _peft(prof, family, tok)
+    assert keeps_answer_logits(model), f"{family}: the lever is off for a shipped family"
+    batch = collate([examples[i] for i in (0, 5, 9, 13, 21, 30, 2, 17)], tok.pad_token_id, packing)
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < supervised < batch["labels"].numel() - 1, "a batch with prompt positions to skip"
+    grads = {}
+    losses = {}
+    for answers_only in (False, True):
+        model.zero_grad(set_to_none=True)
+        loss = step_loss(model, batch, answers_only)
+        loss.backward()
+        losses[answers_only] = loss.item()
+        grads[answers_only] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 0
+    diff = max(float((grads[True][n] - g).abs().max()) for n, g in grads[False].items())
+    assert diff == 0.0, f"{family}: largest gradient difference {diff:.3e}"
+
+
+def test_answer_logits_only_off_for_a_forward_without_the_mask(prof, tok):
+    """A causal LM whose forward takes no ``logits_to_keep`` gets the full loss path."""
+    torch = pytest.importorskip("torch")
+    from medqa_core.train.lean import keeps_answer_logits
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, labels=None):  # pragma: no cover - never called
+            raise AssertionError
+
+    assert not keeps_answer_logits(Plain())
+    assert keeps_answer_logits(_peft(prof, "llama", tok))
+
+
+def test_lean_training_with_answer_logits_only_trains_the_same_adapter(prof, tok, data, tmp_path, monkeypatch):
+    """Five steps of the lean loop with and without the lever: the saved adapters are equal to
+    the last bit, and so are the logged losses to 1e-6."""
+    from safetensors.torch import load_file
+
+    from medqa_core.train import lean
+
+    spec = prof.models["gemma"]  # soft-capped final logits: the kept path goes through the model's own head
+    cfg = dataclasses.replace(prof.train, steps=5, trainer="lean")
+    runs = {}
+    for on in (False, True):
+        monkeypatch.setattr(lean, "keeps_answer_logits", lambda _m, on=on: on)
+        stats = fine_tune(build_tiny(spec, tok, 0), tok, spec, data.train, cfg, tmp_path / str(on), "cpu")
+        runs[on] = (stats, load_file(str(tmp_path / str(on) / "adapter_model.safetensors")))
+    (s0, w0), (s1, w1) = runs[False], runs[True]
+    assert w0.keys() == w1.keys()
+    assert all(w1[k].equal(v) for k, v in w0.items())
+    assert s1.loss_first == pytest.approx(s0.loss_first, rel=1e-6)
+    assert s1.loss_last == pytest.approx(s0.loss_last, rel=1e-6)

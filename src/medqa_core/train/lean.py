@@ -184,6 +184,44 @@ class TailAverage:
                 p.copy_(m.to(p.dtype))
 
 
+def keeps_answer_logits(model: Any) -> bool:
+    """Whether ``model``'s causal-LM forward takes a boolean ``logits_to_keep`` mask (transformers'
+    ``slice_logits_to_keep``: Llama, Mistral, Gemma 2, Phi-3 and most decoder families since
+    transformers 5), so :func:`step_loss` can skip the prompt positions' logits."""
+    import inspect
+    import sys
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(inner).__module__)
+    try:
+        takes = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return takes and module is not None and hasattr(module, "slice_logits_to_keep")
+
+
+def step_loss(model: Any, batch: dict[str, Any], answers_only: bool) -> Any:
+    """The batch's mean next-token loss over the supervised (answer) tokens.
+
+    ``answers_only``: the LM head runs only at the positions whose next token is supervised (a
+    boolean ``logits_to_keep``), and the cross-entropy is averaged over those tokens, as
+    transformers' causal-LM loss averages over the tokens whose label is not -100. Each kept
+    token's gradient, ``(softmax - onehot) / n``, is the one the full loss gives it and an ignored
+    position's is zero in both, so the adapter trains to the same bits; the prompt positions'
+    vocabulary projection, softmax and their backward are skipped (docs/performance.md, section 7).
+    Otherwise the model's own ``.loss`` over every position."""
+    import torch
+
+    if not answers_only:
+        return model(**batch, use_cache=False).loss
+    labels = batch["labels"]
+    supervised = labels[:, 1:] != -100  # position t predicts label t + 1
+    keep = torch.nn.functional.pad(supervised, (0, 1), value=False)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (kept tokens, vocabulary)
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][supervised])
+
+
 def _optimizer(params: list[Any], cfg: TrainConfig) -> Any:
     import torch
 
@@ -218,6 +256,7 @@ def fine_tune_lean(
     opt = _optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(0, round(cfg.warmup_ratio * cfg.steps)), cfg.steps))
     amp, scaler = _amp(device, spec.family, cfg)
+    answers_only = keeps_answer_logits(peft_model)
     tail = TailAverage(params, cfg.steps, cfg.average_tail) if cfg.average_tail > 0 else None
     every = max(1, cfg.steps // 10)
     losses: list[float] = []
@@ -238,9 +277,9 @@ def fine_tune_lean(
             batch = {k: v.to(device) for k, v in batch.items()}
             if amp is not None:
                 with amp:
-                    loss = peft_model(**batch, use_cache=False).loss
+                    loss = step_loss(peft_model, batch, answers_only)
             else:
-                loss = peft_model(**batch, use_cache=False).loss
+                loss = step_loss(peft_model, batch, answers_only)
             logged = loss.detach()
             if scaler is not None:  # fp16: scale the loss so that small gradients do not flush to zero
                 loss = scaler.scale(loss)
