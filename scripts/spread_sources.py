@@ -9,7 +9,7 @@
         pooled between-seed sd over the cases both sides ran, and a one-sided F test.
     python scripts/spread_sources.py pool SWEEP... [--baseline FILE]
         the baseline's runs plus the sweeps' runs as one larger baseline: the variance prior and
-        the suite MDE at R = 1 and 2, as scripts/gate_calibration.py computes them.
+        the suite MDE at R = 1, 2 and 3, as scripts/gate_calibration.py computes them.
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ def pool(paths: list[str], baseline: Path) -> None:
         prior = gate.pooled_variance(cases, m)
         bands = [b for b in (gate.band(cases[c], m, prior) for c in sorted(cases)) if b is not None]
         eff = tol[m] * g.aggregate_min_effect_factor
-        suite = [max(eff, crit * math.sqrt(len(bands)) / sum(1 / b.se(r) for b in bands)) for r in (1, 2)]
+        suite = [max(eff, crit * math.sqrt(len(bands)) / sum(1 / b.se(r) for b in bands)) for r in (1, 2, 3)]
         print(
             f"{m}: K = {k}, prior s0 {math.sqrt(prior[0]):.4f} (d0 {prior[1]:.1f}); suite MDE R=1 {suite[0]:.4f}, "
-            f"R=2 {suite[1]:.4f}"
+            f"R=2 {suite[1]:.4f}, R=3 {suite[2]:.4f}"
         )
 
 
