@@ -18,10 +18,6 @@ import pytest
 from benchmarks.plants import PLANTS, judge, run
 
 CASE = os.environ.get("MEDQA_PLANT_CASE", "llama-wikidoc")
-# Runs per planted case: one by default, whatever --seeds / MEDQA_SEEDS ask of the matrix. One run
-# is the gate's least power, so a plant caught on one run is caught on more; the checks most
-# plants trip (invariants, the recipe, the scorer canary) do not depend on the number of runs.
-PLANT_SEEDS = os.environ.get("MEDQA_PLANT_SEEDS", "1")
 
 
 def _param(p):
@@ -35,7 +31,7 @@ def test_plant_is_caught(plant, tmp_path: Path, request):
     if profile not in (None, "tiny"):  # `pytest benchmarks/ --profile small -m slow` records small, not plants
         pytest.skip(f"plants are defined on the tiny profile (this run: --profile {profile})")
     cache = Path(request.config.getoption("--cache-dir") or request.config.rootpath / ".medqa-cache")
-    result = run(plant, tmp_path, CASE, cache, seeds=PLANT_SEEDS)
+    result = run(plant, tmp_path, CASE, cache)  # one run per case: benchmarks.plants.PLANT_SEEDS
     outcome = judge(plant, result)
     assert outcome.caught, (
         f"plant {plant.name} ({plant.what}) was NOT caught on {CASE}: status {outcome.status}, "

@@ -222,32 +222,53 @@ def test_answer_logits_only_give_the_full_loss_and_its_gradients(prof, tok, exam
     assert diff == 0.0, f"{family}: largest gradient difference {diff:.3e}"
 
 
-def test_answer_logits_only_off_for_a_forward_without_the_mask(prof, tok):
-    """A causal LM whose forward takes no ``logits_to_keep`` gets the full loss path."""
+def test_answer_logits_only_off_for_a_forward_without_the_mask(prof, tok, monkeypatch):
+    """The full loss path for a forward without ``logits_to_keep``, for one that takes it in a
+    module without transformers' slicer, and for a slicer that takes positions, not a mask."""
     torch = pytest.importorskip("torch")
+    import sys
+
     from medqa_core.train.lean import keeps_answer_logits
 
     class Plain(torch.nn.Module):
         def forward(self, input_ids, labels=None):  # pragma: no cover - never called
             raise AssertionError
 
+    class Takes(torch.nn.Module):  # defined here: this test module has no slice_logits_to_keep
+        def forward(self, input_ids, labels=None, logits_to_keep=0):  # pragma: no cover - never called
+            raise AssertionError
+
     assert not keeps_answer_logits(Plain())
-    assert keeps_answer_logits(_peft(prof, "llama", tok))
+    assert not keeps_answer_logits(Takes())
+    model = _peft(prof, "llama", tok)
+    assert keeps_answer_logits(model)
+    module = sys.modules[type(model.get_base_model()).__module__]
+    monkeypatch.setattr(module, "slice_logits_to_keep", lambda h, keep: h[:, keep, :])  # positions only
+    assert not keeps_answer_logits(model)
 
 
 def test_lean_training_with_answer_logits_only_trains_the_same_adapter(prof, tok, data, tmp_path, monkeypatch):
-    """Five steps of the lean loop with and without the lever: the saved adapters are equal to
-    the last bit, and so are the logged losses to 1e-6."""
+    """Five steps of the lean loop with the lever (as the loop decides it) and with it forced off:
+    the lever was used, and the saved adapters are equal to the last bit, the logged losses to 1e-6."""
     from safetensors.torch import load_file
 
     from medqa_core.train import lean
 
     spec = prof.models["gemma"]  # soft-capped final logits: the kept path goes through the model's own head
     cfg = dataclasses.replace(prof.train, steps=5, trainer="lean")
+    real_step_loss, real_keeps = lean.step_loss, lean.keeps_answer_logits
     runs = {}
     for on in (False, True):
-        monkeypatch.setattr(lean, "keeps_answer_logits", lambda _m, on=on: on)
+        used: list[bool] = []
+
+        def spy(model, batch, answers_only, used=used):
+            used.append(answers_only)
+            return real_step_loss(model, batch, answers_only)
+
+        monkeypatch.setattr(lean, "step_loss", spy)
+        monkeypatch.setattr(lean, "keeps_answer_logits", real_keeps if on else (lambda _m: False))
         stats = fine_tune(build_tiny(spec, tok, 0), tok, spec, data.train, cfg, tmp_path / str(on), "cpu")
+        assert used == [on] * 5, f"lever {'on' if on else 'off'}: step_loss saw answers_only={used}"
         runs[on] = (stats, load_file(str(tmp_path / str(on) / "adapter_model.safetensors")))
     (s0, w0), (s1, w1) = runs[False], runs[True]
     assert w0.keys() == w1.keys()

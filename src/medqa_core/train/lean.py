@@ -185,11 +185,15 @@ class TailAverage:
 
 
 def keeps_answer_logits(model: Any) -> bool:
-    """Whether ``model``'s causal-LM forward takes a boolean ``logits_to_keep`` mask (transformers'
-    ``slice_logits_to_keep``: Llama, Mistral, Gemma 2, Phi-3 and most decoder families since
-    transformers 5), so :func:`step_loss` can skip the prompt positions' logits."""
+    """Whether ``model``'s causal-LM forward takes a boolean ``logits_to_keep`` mask: its forward
+    has the argument and its module slices with transformers' ``slice_logits_to_keep`` (Llama,
+    Mistral, Gemma 2, Phi-3 in transformers 5.25), and that function, tried on a 1 x 2 mask,
+    keeps the masked position only (older versions take positions, not a mask). Then
+    :func:`step_loss` can skip the prompt positions' logits."""
     import inspect
     import sys
+
+    import torch
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     module = sys.modules.get(type(inner).__module__)
@@ -197,7 +201,14 @@ def keeps_answer_logits(model: Any) -> bool:
         takes = "logits_to_keep" in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
         return False
-    return takes and module is not None and hasattr(module, "slice_logits_to_keep")
+    slicer = getattr(module, "slice_logits_to_keep", None)
+    if not takes or slicer is None:
+        return False
+    try:
+        kept = slicer(torch.arange(2.0).view(1, 2, 1), torch.tensor([[False, True]]))
+    except Exception:  # noqa: BLE001 - any failure means: no boolean masks here
+        return False
+    return tuple(kept.shape) == (1, 1) and float(kept[0, 0]) == 1.0
 
 
 def step_loss(model: Any, batch: dict[str, Any], answers_only: bool) -> Any:
@@ -207,9 +218,10 @@ def step_loss(model: Any, batch: dict[str, Any], answers_only: bool) -> Any:
     boolean ``logits_to_keep``), and the cross-entropy is averaged over those tokens, as
     transformers' causal-LM loss averages over the tokens whose label is not -100. Each kept
     token's gradient, ``(softmax - onehot) / n``, is the one the full loss gives it and an ignored
-    position's is zero in both, so the adapter trains to the same bits; the prompt positions'
-    vocabulary projection, softmax and their backward are skipped (docs/performance.md, section 7).
-    Otherwise the model's own ``.loss`` over every position."""
+    position's is zero in both, so the gradients are the same (to the last bit on the tiny CPU
+    models, tested; a product over fewer rows may round differently elsewhere); the prompt
+    positions' vocabulary projection, softmax and their backward are skipped (docs/performance.md,
+    section 7). Otherwise the model's own ``.loss`` over every position."""
     import torch
 
     if not answers_only:
